@@ -1,0 +1,38 @@
+"""Liveness, readiness and the model card."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api.deps import EngineDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is alive."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", responses={503: {"description": "the model is not loaded and warmed up yet"}})
+def readyz(request: Request) -> JSONResponse:
+    """200 once the model is loaded and a warm-up inference succeeded, else 503."""
+    if request.app.state.engine is None:
+        return JSONResponse({"status": "not ready", "reason": request.app.state.not_ready_reason}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/v1/model")
+def model_card(engine: EngineDep) -> dict:
+    """The manifest's public fields, the runtime serving them and the request limits."""
+    return {
+        **engine.manifest.public(),
+        "runtime": engine.runtime.name,
+        "limits": {
+            "max_instances": engine.limits.max_instances,
+            "max_samples": engine.limits.max_samples,
+            "max_draws": engine.limits.max_draws,
+        },
+    }

@@ -1,0 +1,126 @@
+"""create_app(settings, ...): builds the FastAPI app around one model directory.
+
+The artifact is verified when the app is built (a bad directory stops start-up at once); the runtime
+is loaded and warmed up in the lifespan, and /readyz turns 200 only after that succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api import health, inference
+from service.artifact import Artifact, Manifest, load_artifact
+from service.engine import VaeEngine
+from service.errors import ServiceError
+from service.runtime import Runtime, load_runtime
+from service.settings import Settings
+
+log = logging.getLogger("vae.service")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    """One readable line from pydantic's errors: where, what was expected, what arrived."""
+    errors = exc.errors()
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        reason = first.get("ctx", {}).get("error", "invalid JSON")
+        return 400, "malformed_request", f"the body is not valid JSON: {reason}"
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        got = repr(err.get("input"))
+        got = got if len(got) <= 40 else got[:37] + "..."
+        parts.append(f"{loc}: {err['msg']} (got {got})" if err["type"] != "missing" else f"{loc}: {err['msg']}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return 422, "invalid_input", "; ".join(parts) + more
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc.status_code, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(*_validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+
+def _request_examples(manifest: Manifest) -> dict[str, dict]:
+    """Request bodies that this model accepts, shown in /docs."""
+    middle = manifest.preprocessing.to_raw(np.full((1, manifest.n_features), 0.5))[0]
+    instance = [round(float(v), 4) for v in middle]
+    return {
+        "/encode": {"instances": [instance]},
+        "/sample": {"instances": [instance], "n_samples": 2, "seed": 0, "decode": False},
+        "/decode": {"z": [[0.0] * manifest.latent_dim]},
+        "/elbo": {"instances": [instance], "n_samples": 8, "seed": 0},
+    }
+
+
+def _install_openapi(app: FastAPI, manifest: Manifest) -> None:
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path, example in _request_examples(manifest).items():
+                body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+                body["example"] = example
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
+    artifact = artifact or load_artifact(settings.model_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            loaded = runtime or await run_in_threadpool(load_runtime, artifact, settings.runtime, settings.threads)
+            engine = VaeEngine(artifact.manifest, loaded, settings.limits)
+            await run_in_threadpool(engine.warm_up)
+        except Exception as exc:
+            app.state.not_ready_reason = f"{type(exc).__name__}: {exc}"
+            log.error("model %s failed to load: %s", artifact.dir, app.state.not_ready_reason)
+            raise
+        app.state.engine = engine
+        log.info("serving %s with the %s runtime", artifact.dir, engine.runtime.name)
+        yield
+        app.state.engine = None
+
+    app = FastAPI(
+        title="VAE anomaly-scoring service",
+        version="0.1.0",
+        description=(
+            f"Model `{artifact.manifest.name}`: {artifact.manifest.likelihood} likelihood, "
+            f"input_shape {artifact.manifest.input_shape}, latent_dim {artifact.manifest.latent_dim}. "
+            "All log-densities are in nats per input."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.engine = None
+    app.state.not_ready_reason = "loading"
+    app.state.settings = settings
+    app.include_router(health.router)
+    app.include_router(inference.router)
+    _install_error_handlers(app)
+    _install_openapi(app, artifact.manifest)
+    return app

@@ -1,0 +1,214 @@
+"""The model directory: the one manifest schema, its writer helpers and its one loader.
+
+Training writes a directory with `write_manifest`; serving, scoring and evaluation read it with
+`load_artifact`. Both sides use the classes below, so writer and reader cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+# The exported graphs must match the eager model to this absolute tolerance, or export fails.
+PARITY_TOLERANCE = 1e-4
+RUNTIMES = ("onnx", "torchscript")
+Likelihood = Literal["bernoulli", "gaussian"]
+
+
+class Preprocessing(BaseModel):
+    """x_model = (x_raw - offset) / scale; each is one number or a list with one per feature."""
+
+    model_config = ConfigDict(frozen=True)
+
+    offset: float | list[float]
+    scale: float | list[float]
+
+    @field_validator("scale")
+    @classmethod
+    def _positive(cls, scale: float | list[float]) -> float | list[float]:
+        values = scale if isinstance(scale, list) else [scale]
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError("every scale must be finite and > 0")
+        return scale
+
+    @cached_property
+    def _offset(self) -> np.ndarray:
+        return np.asarray(self.offset, dtype=np.float64)
+
+    @cached_property
+    def _scale(self) -> np.ndarray:
+        return np.asarray(self.scale, dtype=np.float64)
+
+    def to_model(self, x_raw: np.ndarray) -> np.ndarray:
+        """(B, D) raw values -> (B, D) model-space float64."""
+        return (x_raw - self._offset) / self._scale
+
+    def to_raw(self, x_model: np.ndarray) -> np.ndarray:
+        """(B, D) model-space values -> (B, D) raw units, float64."""
+        return x_model * self._scale + self._offset
+
+    def log_scale_sum(self, n_features: int) -> float:
+        """sum_j ln scale_j: the change of variables from model-space to raw-unit densities."""
+        return float(np.sum(np.broadcast_to(np.log(self._scale), (n_features,))))
+
+
+class Graph(BaseModel):
+    """One exported network in both formats, with its tensor names."""
+
+    onnx: str
+    torchscript: str
+    inputs: list[str]
+    outputs: list[str]
+
+    def file(self, runtime: str) -> str:
+        return self.onnx if runtime == "onnx" else self.torchscript
+
+
+class Graphs(BaseModel):
+    encoder: Graph
+    decoder: Graph
+
+
+class TrainingSummary(BaseModel):
+    """How the model was made; enough to reproduce it with `vae train`."""
+
+    data_source: str
+    seed: int
+    epochs: int = Field(description="epochs run, early stopping included")
+    best_epoch: int
+    best_val_elbo: float = Field(description="mean validation ELBO (nats per input, beta = 1)")
+    config: dict = Field(description="the full training configuration")
+
+
+class Manifest(BaseModel):
+    """manifest.json: everything a loader needs to serve the directory."""
+
+    format_version: int
+    name: str
+    created_at: str
+    architecture: str
+    input_shape: list[int]
+    latent_dim: int = Field(gt=0)
+    likelihood: Likelihood
+    preprocessing: Preprocessing
+    graphs: Graphs
+    files: dict[str, str] = Field(description="sha256 of every file in the directory but this one")
+    training: TrainingSummary
+    parity: dict[str, dict[str, float]] = Field(
+        description="largest |exported - eager| per runtime and graph on a check batch"
+    )
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, shape: list[int]) -> list[int]:
+        if not shape or any(d <= 0 for d in shape):
+            raise ValueError(f"input_shape must be non-empty positive sizes, got {shape}")
+        return shape
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        n = self.n_features
+        for name in ("offset", "scale"):
+            value = getattr(self.preprocessing, name)
+            if isinstance(value, list) and len(value) != n:
+                raise ValueError(f"preprocessing.{name} has {len(value)} values, input_shape has {n} features")
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def log_jacobian(self) -> float:
+        """Added to model-space log-densities to give raw-unit ones: -sum ln scale for gaussian data.
+
+        Bernoulli likelihoods are probabilities of the scaled values, so they need no change of variables.
+        """
+        if self.likelihood == "bernoulli":
+            return 0.0
+        return -self.preprocessing.log_scale_sum(self.n_features)
+
+    def public(self) -> dict:
+        """The fields served at GET /v1/model."""
+        return self.model_dump(mode="json")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
+    path = model_dir / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+class Artifact:
+    """A verified model directory: its manifest and the paths of its files."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest) -> None:
+        self.dir = model_dir
+        self.manifest = manifest
+
+    def path(self, graph: Literal["encoder", "decoder"], runtime: str) -> Path:
+        return self.dir / getattr(self.manifest.graphs, graph).file(runtime)
+
+
+def load_artifact(model_dir: str | Path, *, verify: bool = True) -> Artifact:
+    """Read and check a model directory. Raises ArtifactError with a one-line reason.
+
+    With `verify`, every file listed in the manifest must exist and match its sha256.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ArtifactError(f"model directory {model_dir} does not exist")
+    manifest_path = model_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ArtifactError(
+            f"{manifest_path} is missing: {model_dir} is not a complete model directory "
+            f"(write one with `vae train --out {model_dir}`)"
+        )
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path} is not readable JSON: {exc}") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{manifest_path} has format_version {version!r}; this service reads {FORMAT_VERSION}")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"{manifest_path} is invalid: {where}: {first['msg']}") from None
+    graph_files = {getattr(g, rt) for g in (manifest.graphs.encoder, manifest.graphs.decoder) for rt in RUNTIMES}
+    unlisted = sorted(graph_files - manifest.files.keys())
+    if unlisted:
+        raise ArtifactError(f"{manifest_path} lists no sha256 for {', '.join(unlisted)}")
+    if verify:
+        for name, expected in sorted(manifest.files.items()):
+            path = model_dir / name
+            if not path.is_file():
+                raise ArtifactError(f"{path} is missing: the model directory is incomplete")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ArtifactError(
+                    f"{path} fails its sha256 check (manifest {expected[:12]}…, file {actual[:12]}…): "
+                    "it changed after export"
+                )
+    return Artifact(model_dir, manifest)

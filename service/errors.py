@@ -1,0 +1,49 @@
+"""Domain errors that carry their own HTTP status; one handler in app.py renders them all."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServiceError):
+    """The request is well-formed JSON but its values are not what the model takes."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class MalformedRequest(ServiceError):
+    """The body is not parseable (bad JSON, wrong content type)."""
+
+    status_code = 400
+    code = "malformed_request"
+
+
+class LimitExceeded(ServiceError):
+    """The request asks for more work than the configured limits allow."""
+
+    status_code = 413
+    code = "limit_exceeded"
+
+
+class ModelNotReady(ServiceError):
+    """The model has not finished loading and warming up."""
+
+    status_code = 503
+    code = "model_not_ready"
+
+
+class ArtifactError(Exception):
+    """A model directory that cannot be served: missing, incomplete or corrupt.
+
+    Its message is one line naming the directory or file and the problem, fit to stop start-up with.
+    """

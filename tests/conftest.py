@@ -1,0 +1,56 @@
+"""Shared fixtures: small real models, trained once per session and reused by every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "container: builds and runs the container images (needs podman)")
+
+
+# Small enough to train in seconds, large enough to learn digits.
+FAST = dict(hidden=[64, 32], latent_dim=4, epochs=12, patience=50, progress=False)
+
+
+def write_tabular_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
+    """Correlated gaussian features, one constant column, and a header: what users' CSVs look like."""
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((n, 2))
+    features = latent @ rng.standard_normal((2, 5)) * [1.0, 10.0, 0.1, 3.0, 100.0] + [0, 50, -3, 7, 1000]
+    features += 0.05 * rng.standard_normal(features.shape)
+    table = np.column_stack([features, np.full(n, 4.0)])
+    header = "a,b,c,d,e,constant"
+    np.savetxt(path, table, delimiter=",", header=header, comments="", fmt="%.6f")
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_model_dir(tmp_path_factory) -> Path:
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "digits"
+    train(TrainConfig(data="digits", out=str(out), **FAST))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tabular_csv(tmp_path_factory) -> Path:
+    return write_tabular_csv(tmp_path_factory.mktemp("data") / "tabular.csv")
+
+
+@pytest.fixture(scope="session")
+def tabular_model_dir(tmp_path_factory, tabular_csv) -> Path:
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "tabular"
+    train(TrainConfig(data=str(tabular_csv), out=str(out), **FAST))
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dirs(digits_model_dir, tabular_model_dir) -> dict[str, Path]:
+    return {"digits": digits_model_dir, "tabular": tabular_model_dir}

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+MODELS = ["digits", "tabular"]
+RUNTIMES = ["onnx", "torchscript"]
+
+
+@pytest.fixture(scope="session")
+def clients(model_dirs):
+    """One started app per (model, runtime), shared across the session."""
+    opened = {}
+    for model in MODELS:
+        for runtime in RUNTIMES:
+            client = TestClient(create_app(Settings(model_dir=model_dirs[model], runtime=runtime)))
+            client.__enter__()
+            opened[model, runtime] = client
+    yield opened
+    for client in opened.values():
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture(params=[(m, r) for m in MODELS for r in RUNTIMES], ids=lambda p: f"{p[0]}-{p[1]}")
+def client(request, clients) -> TestClient:
+    return clients[request.param]
+
+
+@pytest.fixture(params=MODELS)
+def onnx_client(request, clients) -> TestClient:
+    return clients[request.param, "onnx"]
+
+
+@pytest.fixture(scope="session")
+def digits_client(clients) -> TestClient:
+    return clients["digits", "onnx"]
+
+
+def instances_for(client: TestClient, n: int = 3, seed: int = 0) -> list:
+    """Realistic raw-unit instances for the client's model: real digits, or rows near the data."""
+    card = client.get("/v1/model").json()
+    if card["likelihood"] == "bernoulli":
+        from sklearn.datasets import load_digits
+
+        return load_digits().data[:n].reshape(n, 1, 8, 8).tolist()
+    rng = np.random.default_rng(seed)
+    offset = np.asarray(card["preprocessing"]["offset"])
+    scale = np.asarray(card["preprocessing"]["scale"])
+    return (offset + scale * rng.standard_normal((n, len(offset)))).tolist()

@@ -1,0 +1,120 @@
+"""The one loader: a directory that is missing, incomplete or corrupt stops start-up with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.artifact import load_artifact
+from service.errors import ArtifactError
+
+VAE = str(Path(sys.executable).with_name("vae"))
+
+
+@pytest.fixture
+def model_copy(tmp_path, digits_model_dir) -> Path:
+    return Path(shutil.copytree(digits_model_dir, tmp_path / "copy"))
+
+
+def test_loads_a_complete_directory(digits_model_dir):
+    artifact = load_artifact(digits_model_dir)
+    assert artifact.manifest.input_shape == [1, 8, 8]
+    assert artifact.path("decoder", "onnx") == digits_model_dir / "decoder.onnx"
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(tmp_path / "nope")
+    assert str(err.value) == f"model directory {tmp_path / 'nope'} does not exist"
+
+
+def test_directory_without_manifest(tmp_path):
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'manifest.json'} is missing: {tmp_path} is not a complete model directory "
+        f"(write one with `vae train --out {tmp_path}`)"
+    )
+
+
+def test_missing_file(model_copy):
+    (model_copy / "decoder.onnx").unlink()
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy)
+    assert str(err.value) == f"{model_copy / 'decoder.onnx'} is missing: the model directory is incomplete"
+
+
+def test_changed_file_fails_its_sha256(model_copy):
+    with (model_copy / "encoder.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy)
+    assert str(err.value).startswith(f"{model_copy / 'encoder.onnx'} fails its sha256 check (manifest ")
+    assert str(err.value).endswith("it changed after export")
+
+
+def test_manifest_that_is_not_json(model_copy):
+    (model_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy)
+    assert str(err.value).startswith(f"{model_copy / 'manifest.json'} is not readable JSON: ")
+
+
+def test_unsupported_format_version(model_copy):
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    (model_copy / "manifest.json").write_text(json.dumps(manifest | {"format_version": 99}))
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy)
+    assert str(err.value) == f"{model_copy / 'manifest.json'} has format_version 99; this service reads 1"
+
+
+def test_manifest_with_a_bad_field(model_copy):
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["latent_dim"] = 0
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy)
+    assert str(err.value) == f"{model_copy / 'manifest.json'} is invalid: latent_dim: Input should be greater than 0"
+
+
+@pytest.mark.parametrize("break_it", ["delete", "corrupt"])
+def test_vae_serve_stops_with_one_line(model_copy, break_it):
+    target = model_copy / "encoder.onnx"
+    if break_it == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(b"garbage")
+    result = subprocess.run([VAE, "serve", str(model_copy), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"vae serve: {target}")
+
+
+def test_asgi_app_stops_with_one_line(model_copy):
+    (model_copy / "checkpoint.pt").unlink()
+    env = os.environ | {"VAE_MODEL_DIR": str(model_copy)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import service.main"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"vae serve: {model_copy / 'checkpoint.pt'} is missing: the model directory is incomplete"
+    )
+
+
+def test_asgi_app_refuses_a_bad_setting(digits_model_dir):
+    env = os.environ | {"VAE_MODEL_DIR": str(digits_model_dir), "VAE_RUNTIME": "tensorflow"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import service.main"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "vae serve: invalid setting VAE_RUNTIME: Input should be 'onnx' or 'torchscript' (got 'tensorflow')"
+    )

@@ -1,0 +1,144 @@
+"""The model directory: parity of both formats, self-description, checkpoints, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from service.artifact import PARITY_TOLERANCE, load_artifact, sha256_file
+from training import export
+from training.export import ExportError, export_model_dir, load_checkpoint, model_from_checkpoint
+
+EXPECTED_FILES = {"checkpoint.pt", "decoder.onnx", "decoder.pt", "encoder.onnx", "encoder.pt", "manifest.json", "metrics.jsonl"}
+
+
+@pytest.mark.parametrize("model", ["digits", "tabular"])
+def test_directory_holds_every_file_with_its_sha256(model_dirs, model):
+    model_dir = model_dirs[model]
+    assert {p.name for p in model_dir.iterdir()} == EXPECTED_FILES
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["files"] == {name: sha256_file(model_dir / name) for name in sorted(EXPECTED_FILES - {"manifest.json"})}
+
+
+def test_manifest_describes_the_digits_model(digits_model_dir):
+    m = load_artifact(digits_model_dir).manifest
+    assert (m.input_shape, m.latent_dim, m.likelihood) == ([1, 8, 8], 4, "bernoulli")
+    assert m.preprocessing.model_dump() == {"offset": 0.0, "scale": 16.0}
+    assert m.graphs.encoder.model_dump() == {"onnx": "encoder.onnx", "torchscript": "encoder.pt", "inputs": ["x"], "outputs": ["mu", "logvar"]}
+    assert m.graphs.decoder.outputs == ["logits"]
+    assert m.training.data_source == "digits" and m.training.seed == 0 and m.training.epochs == 12
+    assert m.training.config["hidden"] == [64, 32]
+
+
+def test_manifest_describes_the_tabular_model(tabular_model_dir, tabular_csv):
+    m = load_artifact(tabular_model_dir).manifest
+    assert (m.input_shape, m.likelihood) == ([6], "gaussian")
+    assert m.graphs.decoder.outputs == ["mean", "logvar"]
+    assert m.preprocessing.scale[5] == 1.0  # the constant column: scale 1, not a division by zero
+    assert m.preprocessing.offset[5] == pytest.approx(4.0)
+    assert m.training.data_source == str(tabular_csv)
+
+
+@pytest.mark.parametrize("model", ["digits", "tabular"])
+def test_recorded_parity_is_within_tolerance(model_dirs, model):
+    parity = load_artifact(model_dirs[model]).manifest.parity
+    assert set(parity) == {"onnx", "torchscript"}
+    for by_graph in parity.values():
+        assert set(by_graph) == {"encoder", "decoder"}
+        assert all(0.0 <= v <= PARITY_TOLERANCE for v in by_graph.values())
+
+
+@pytest.mark.parametrize("model", ["digits", "tabular"])
+def test_both_formats_match_the_eager_model_at_any_batch_size(model_dirs, model):
+    model_dir = model_dirs[model]
+    eager = model_from_checkpoint(load_checkpoint(model_dir / "checkpoint.pt"))
+    encoder_ts = torch.jit.load(str(model_dir / "encoder.pt"))
+    decoder_ts = torch.jit.load(str(model_dir / "decoder.pt"))
+    encoder_onnx = ort.InferenceSession(str(model_dir / "encoder.onnx"))
+    decoder_onnx = ort.InferenceSession(str(model_dir / "decoder.onnx"))
+    for batch in (1, 7, 300):
+        x = torch.rand(batch, *eager.config.input_shape)
+        z = torch.randn(batch, eager.config.latent_dim)
+        with torch.no_grad():
+            for expected, ts, ox in [
+                (eager.encode(x), encoder_ts(x), encoder_onnx.run(None, {"x": x.numpy()})),
+                (eager.decode(z), decoder_ts(z), decoder_onnx.run(None, {"z": z.numpy()})),
+            ]:
+                for e, t, o in zip(expected, ts, ox):
+                    torch.testing.assert_close(t, e, rtol=0, atol=1e-5)
+                    np.testing.assert_allclose(o, e.numpy(), rtol=0, atol=1e-4)
+
+
+def test_checkpoint_loads_with_weights_only(digits_model_dir):
+    checkpoint = torch.load(digits_model_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["model_config"]["input_shape"] == [1, 8, 8]
+    assert checkpoint["training"]["seed"] == 0
+    assert len(checkpoint["history"]) == 12
+
+
+def test_export_from_checkpoint_rebuilds_the_same_graphs(digits_model_dir, tmp_path):
+    checkpoint = load_checkpoint(digits_model_dir / "checkpoint.pt")
+    artifact = export_model_dir(checkpoint, tmp_path / "again")
+    again = model_from_checkpoint(load_checkpoint(artifact.dir / "checkpoint.pt"))
+    original = model_from_checkpoint(checkpoint)
+    for key, value in original.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    assert artifact.manifest.training == load_artifact(digits_model_dir).manifest.training
+    assert (artifact.dir / "metrics.jsonl").read_text() == (digits_model_dir / "metrics.jsonl").read_text()
+
+
+def test_a_crash_mid_export_leaves_the_old_directory_intact(digits_model_dir, tmp_path, monkeypatch):
+    checkpoint = load_checkpoint(digits_model_dir / "checkpoint.pt")
+    out = tmp_path / "model"
+    export_model_dir(checkpoint, out)
+    before = {p.name: sha256_file(p) for p in out.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-export")
+
+    monkeypatch.setattr(export, "_export_torchscript", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model_dir(checkpoint, out)
+    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no half-written sibling left behind
+
+
+def test_a_crash_on_a_new_directory_leaves_nothing_that_looks_complete(digits_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "_export_torchscript", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError):
+        export_model_dir(load_checkpoint(digits_model_dir / "checkpoint.pt"), tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_fails_loudly_when_parity_is_broken(digits_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "_max_abs_diff", lambda expected, actual: 0.5)
+    with pytest.raises(ExportError) as err:
+        export_model_dir(load_checkpoint(digits_model_dir / "checkpoint.pt"), tmp_path / "model")
+    assert str(err.value).startswith("exported graphs differ from the eager model by 0.5 > 0.0001: ")
+    assert not (tmp_path / "model").exists()
+
+
+def test_export_refuses_to_replace_a_directory_that_is_not_a_model(digits_model_dir, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError) as err:
+        export_model_dir(load_checkpoint(digits_model_dir / "checkpoint.pt"), out)
+    assert str(err.value) == f"{out}: exists and is not a model directory; refusing to replace it"
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_load_checkpoint_names_the_bad_file(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportError) as err:
+        load_checkpoint(bad)
+    assert str(err.value).startswith(f"{bad}: not a readable checkpoint (")
+    with pytest.raises(ExportError) as err:
+        load_checkpoint(tmp_path / "missing.pt")
+    assert str(err.value) == f"{tmp_path / 'missing.pt'}: checkpoint not found"

@@ -1,0 +1,105 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+from service import scoring
+from training.loss import (
+    bernoulli_log_prob,
+    elbo_terms,
+    gaussian_log_prob,
+    kl_to_standard_normal,
+    log_likelihood,
+)
+from training.model import VAE, ModelConfig
+
+
+def test_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    p = Independent(Normal(torch.zeros(4), torch.ones(4)), 1)
+    torch.testing.assert_close(kl_to_standard_normal(mu, logvar), kl_divergence(q, p), rtol=0, atol=1e-5)
+
+
+def test_kl_matches_a_monte_carlo_estimate():
+    mu = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    logvar = torch.tensor([[0.2, -0.7, 0.0]], dtype=torch.float64)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    z = q.sample((400_000,), )  # (N, 1, 3)
+    log_ratio = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum(-1)  # ln q(z|x) - ln p(z)
+    estimate, stderr = log_ratio.mean().item(), log_ratio.std().item() / math.sqrt(len(z))
+    exact = kl_to_standard_normal(mu, logvar).item()
+    assert abs(estimate - exact) < 5 * stderr
+    assert exact == pytest.approx(0.5 * (0.25 + 1 + 4 + math.exp(0.2) + math.exp(-0.7) + 1 - 3 - 0.2 + 0.7 - 0.0))
+
+
+def test_kl_is_zero_at_the_prior():
+    assert kl_to_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)).tolist() == [0.0, 0.0]
+
+
+def test_bernoulli_log_prob_matches_torch_distributions():
+    x = torch.tensor([[0.0, 1.0, 0.3, 1.0]])
+    logits = torch.tensor([[-3.0, 2.5, 0.1, -40.0]])
+    expected = Bernoulli(logits=logits, validate_args=False).log_prob(x)  # x in [0, 1], not only {0, 1}
+    torch.testing.assert_close(bernoulli_log_prob(x, logits), expected, rtol=0, atol=1e-6)
+
+
+def test_bernoulli_log_prob_is_finite_for_extreme_logits():
+    logits = torch.tensor([-1e4, 1e4, -100.0, 100.0])
+    x = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    out = bernoulli_log_prob(x, logits)
+    assert torch.isfinite(out).all()
+    assert out.tolist() == pytest.approx([-1e4, -1e4, 0.0, 0.0], abs=1e-30)
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    g = torch.Generator().manual_seed(1)
+    x, mean, logvar = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    expected = Normal(mean, torch.exp(0.5 * logvar)).log_prob(x)
+    torch.testing.assert_close(gaussian_log_prob(x, mean, logvar), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_elbo_terms_match_the_numpy_scoring_module(likelihood):
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_shape=[2, 3], latent_dim=3, hidden=[16], likelihood=likelihood)).eval()
+    x = torch.rand(5, 2, 3)
+    eps = torch.randn(4, 5, 3)  # (L, B, d)
+    with torch.no_grad():
+        terms = elbo_terms(model, x, eps, log_jacobian=-0.75)
+        mu, logvar = model.encode(x)
+
+    def decode(z):
+        with torch.no_grad():
+            return tuple(t.numpy() for t in model.decode(torch.from_numpy(z)))
+
+    result = scoring.elbo(
+        x.reshape(5, -1).double().numpy(),
+        mu.numpy(),
+        logvar.numpy(),
+        eps.permute(1, 0, 2).numpy(),  # numpy scoring takes (B, L, d)
+        decode,
+        likelihood,
+        log_jacobian=-0.75,
+    )
+    np.testing.assert_allclose(result.reconstruction, terms.reconstruction.numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(result.kl, terms.kl.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(result.elbo, terms.elbo.numpy(), rtol=0, atol=1e-4)
+
+
+def test_log_likelihood_sums_over_every_feature():
+    x = torch.zeros(2, 1, 2, 2)
+    logits = torch.zeros(2, 1, 2, 2)
+    assert log_likelihood(x, (logits,), "bernoulli").tolist() == pytest.approx([4 * -math.log(2)] * 2)
+
+
+def test_loss_weights_kl_by_beta():
+    from training.loss import ElboTerms
+
+    terms = ElboTerms(torch.tensor([-10.0, -20.0]), torch.tensor([2.0, 4.0]))
+    assert terms.elbo.tolist() == [-12.0, -24.0]
+    assert terms.loss(beta=0.5).item() == 16.5
+    assert terms.loss().item() == 18.0

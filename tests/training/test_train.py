@@ -1,0 +1,101 @@
+"""A real, short training run on digits, and the guarantees of `vae train`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.export import load_checkpoint
+from training.train import TrainConfig, split_indices, train
+from tests.conftest import FAST
+
+VAE = str(Path(sys.executable).with_name("vae"))
+
+
+def test_validation_elbo_improves_on_the_first_epoch(digits_model_dir):
+    history = [json.loads(line) for line in (digits_model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 12
+    assert max(row["val_elbo"] for row in history[1:]) > history[0]["val_elbo"] + 5.0  # nats
+    assert set(history[0]) == {
+        "epoch", "train_loss", "train_elbo", "train_reconstruction", "train_kl",
+        "val_elbo", "val_reconstruction", "val_kl", "seconds",
+    }
+    for row in history:
+        assert row["val_elbo"] == pytest.approx(row["val_reconstruction"] - row["val_kl"], abs=1e-3)
+
+
+def test_best_weights_are_kept(digits_model_dir):
+    checkpoint = load_checkpoint(digits_model_dir / "checkpoint.pt")
+    history = checkpoint["history"]
+    best = max(history, key=lambda row: row["val_elbo"])
+    assert checkpoint["training"]["best_epoch"] == best["epoch"]
+    assert checkpoint["training"]["best_val_elbo"] == best["val_elbo"]
+
+
+def test_same_seed_same_weights_and_numbers(tmp_path):
+    config = dict(FAST, epochs=2, data="digits")
+    a = train(TrainConfig(out=str(tmp_path / "a"), seed=3, **config))
+    b = train(TrainConfig(out=str(tmp_path / "b"), seed=3, **config))
+    c = train(TrainConfig(out=str(tmp_path / "c"), seed=4, **config))
+    sa, sb, sc = (load_checkpoint(m.dir / "checkpoint.pt")["state_dict"] for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert (a.dir / "metrics.jsonl").read_text().replace("seconds", "") != ""
+    strip = lambda d: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert strip(a.dir) == strip(b.dir)
+
+
+def test_early_stopping_ends_training(tmp_path):
+    artifact = train(TrainConfig(data="digits", out=str(tmp_path / "m"), **dict(FAST, epochs=200, patience=1, lr=0.05)))
+    assert artifact.manifest.training.epochs < 200
+
+
+def test_split_is_seeded_and_disjoint():
+    train_rows, val_rows = split_indices(100, 0.2, seed=5)
+    assert len(train_rows) == 80 and len(val_rows) == 20
+    assert set(train_rows).isdisjoint(val_rows)
+    assert split_indices(100, 0.2, seed=5)[1].tolist() == val_rows.tolist()
+
+
+def test_help_shows_every_default():
+    result = subprocess.run([VAE, "train", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, default in [
+        ("--data", "digits"), ("--latent-dim", "8"), ("--hidden", "256,128"), ("--epochs", "200"),
+        ("--batch-size", "128"), ("--lr", "0.001"), ("--beta", "1.0"), ("--seed", "0"), ("--val-fraction", "0.1"),
+        ("--out", "models/digits"), ("--likelihood", "bernoulli for digits, gaussian for files"),
+    ]:
+        assert flag in text
+        assert f"(default: {default})" in text, flag
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "nope.csv"], "vae train: nope.csv: "),
+        (["--hidden", "a,b"], "argument --hidden: expected comma-separated integers like 256,128, got 'a,b'"),
+        (["--val-fraction", "1.5"], "argument --val-fraction: expected a fraction strictly between 0 and 1, got 1.5"),
+    ],
+)
+def test_cli_errors_name_the_problem(tmp_path, args, message):
+    result = subprocess.run([VAE, "train", "--out", str(tmp_path / "m"), *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_trains_a_csv_with_gaussian_default(tmp_path, tabular_csv):
+    out = tmp_path / "m"
+    result = subprocess.run(
+        [VAE, "train", "--data", str(tabular_csv), "--out", str(out), "--epochs", "2", "--hidden", "16", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}: best validation ELBO ")
+    assert json.loads((out / "manifest.json").read_text())["likelihood"] == "gaussian"

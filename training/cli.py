@@ -1,0 +1,157 @@
+"""The `vae` command. Subcommands import what they need when they run: `vae serve` never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 256,128, got {text!r}") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,128, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from training.train_config import TrainConfig  # no torch: only the defaults
+
+    defaults = asdict(TrainConfig())
+    p = sub.add_parser(
+        "train",
+        help="train a VAE and write a model directory",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", default=defaults["data"], help="'digits', or a .npy, .npz or .csv file")
+    p.add_argument("--out", default=defaults["out"], help="model directory to write (replaced atomically)")
+    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=argparse.SUPPRESS,
+                   help="p(x|z) (default: bernoulli for digits, gaussian for files)")
+    p.add_argument("--latent-dim", type=_positive_int, default=defaults["latent_dim"], help="size of z")
+    p.add_argument("--hidden", type=_hidden, default=",".join(map(str, defaults["hidden"])),
+                   help="encoder layer widths; the decoder mirrors them")
+    p.add_argument("--epochs", type=_positive_int, default=defaults["epochs"], help="maximum epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"], help="rows per gradient step")
+    p.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate")
+    p.add_argument("--beta", type=_non_negative_float, default=defaults["beta"], help="KL weight in the loss")
+    p.add_argument("--seed", type=int, default=defaults["seed"], help="same seed, same weights and numbers")
+    p.add_argument("--val-fraction", type=_fraction, default=defaults["val_fraction"],
+                   help="share of rows held out for early stopping")
+    p.add_argument("--patience", type=_positive_int, default=defaults["patience"],
+                   help="epochs without a better validation ELBO before stopping")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a model directory again from a checkpoint.pt")
+    p.add_argument("checkpoint", help="a checkpoint.pt written by vae train")
+    p.add_argument("--out", required=True, help="model directory to write")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model directory over HTTP",
+        description="Serve a model directory. Flags override the VAE_* environment variables.",
+    )
+    p.add_argument("model_dir", nargs="?", default=None, help="model directory (default: $VAE_MODEL_DIR)")
+    p.add_argument("--host", default=None, help="bind address (default: $VAE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: $VAE_PORT or 8000)")
+    p.add_argument("--runtime", choices=["onnx", "torchscript"], default=None,
+                   help="network runtime (default: $VAE_RUNTIME or onnx)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vae", description="Variational autoencoder anomaly scoring.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_export(sub)
+    _add_serve(sub)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.export import ExportError
+    from training.train import TrainConfig, train
+
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    try:
+        artifact = train(config)
+    except (DataError, ExportError) as exc:
+        print(f"vae train: {exc}", file=sys.stderr)
+        return 2
+    summary = artifact.manifest.training
+    print(
+        f"wrote {artifact.dir}: best validation ELBO {summary.best_val_elbo:.3f} nats "
+        f"at epoch {summary.best_epoch} of {summary.epochs}"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import ExportError, export_model_dir, load_checkpoint
+
+    try:
+        artifact = export_model_dir(load_checkpoint(args.checkpoint), args.out)
+    except ExportError as exc:
+        print(f"vae export: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {artifact.dir}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.errors import ArtifactError
+    from service.settings import Settings, describe_settings_error
+
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        settings = Settings(**overrides)
+        app = create_app(settings)
+    except ValidationError as exc:
+        print(f"vae serve: {describe_settings_error(exc)}", file=sys.stderr)
+        return 2
+    except ArtifactError as exc:
+        print(f"vae serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": _train, "export": _export, "serve": _serve}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

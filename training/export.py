@@ -1,0 +1,203 @@
+"""Write a model directory from a checkpoint: ONNX, TorchScript, parity check, manifest. Atomically.
+
+Training ends by calling `export_model_dir` with the checkpoint it just made; `vae export` calls it
+with one loaded from disk. Both paths write the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.artifact import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PARITY_TOLERANCE,
+    Artifact,
+    Graph,
+    Graphs,
+    Manifest,
+    Preprocessing,
+    TrainingSummary,
+    load_artifact,
+    sha256_file,
+    write_manifest,
+)
+from service.runtime import OnnxRuntime, TorchScriptRuntime
+from training.model import DECODER_OUTPUTS, VAE, ModelConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+CHECK_BATCH_SIZE = 64
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a directory that is safe to serve."""
+
+
+def make_checkpoint(
+    model: VAE, preprocessing: Preprocessing, training: TrainingSummary, history: list[dict]
+) -> dict:
+    """Weights plus everything needed to rebuild and describe the model; loads with weights_only=True."""
+    return {
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "preprocessing": preprocessing.model_dump(),
+        "training": training.model_dump(),
+        "history": history,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises pickle, zip and runtime errors alike
+        raise ExportError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    missing = {"model_config", "state_dict", "preprocessing", "training", "history"} - set(checkpoint)
+    if missing:
+        raise ExportError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict) -> VAE:
+    model = VAE(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def check_batches(config: ModelConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs spanning the model-space range the service will see, for the parity check."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (CHECK_BATCH_SIZE, *config.input_shape)
+    if config.likelihood == "bernoulli":
+        x = torch.rand(shape, generator=g)
+    else:
+        x = 1.5 * torch.randn(shape, generator=g)
+    z = 2.0 * torch.randn(CHECK_BATCH_SIZE, config.latent_dim, generator=g)  # wider than the prior
+    return x, z
+
+
+def _export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, graph: Graph) -> None:
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silence "torchvision is not installed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=graph.inputs,
+            output_names=graph.outputs,
+            dynamic_shapes={graph.inputs[0]: {0: torch.export.Dim("batch")}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def _export_torchscript(module: torch.nn.Module, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated in 2.13 but still the format we ship
+        torch.jit.script(module).save(str(path))
+
+
+def _max_abs_diff(expected: tuple[torch.Tensor, ...], actual: tuple[np.ndarray, ...]) -> float:
+    return max(float(np.max(np.abs(e.numpy() - a))) for e, a in zip(expected, actual))
+
+
+def _parity(model: VAE, staged: Artifact) -> dict[str, dict[str, float]]:
+    """Largest |exported - eager| for each runtime and graph on the check batches."""
+    x, z = check_batches(model.config)
+    with torch.inference_mode():
+        eager_encoded, eager_decoded = model.encode(x), model.decode(z)
+    parity = {}
+    for runtime in (OnnxRuntime(staged), TorchScriptRuntime(staged)):
+        parity[runtime.name] = {
+            "encoder": _max_abs_diff(eager_encoded, runtime.encode(x.numpy())),
+            "decoder": _max_abs_diff(eager_decoded, runtime.decode(z.numpy())),
+        }
+    return parity
+
+
+def _graphs(likelihood: str) -> Graphs:
+    return Graphs(
+        encoder=Graph(onnx="encoder.onnx", torchscript="encoder.pt", inputs=["x"], outputs=["mu", "logvar"]),
+        decoder=Graph(onnx="decoder.onnx", torchscript="decoder.pt", inputs=["z"], outputs=DECODER_OUTPUTS[likelihood]),
+    )
+
+
+def _replace_dir(staged: Path, out: Path) -> None:
+    """Move the finished directory into place; the old one is removed only after the new one is there."""
+    if not out.exists():
+        staged.rename(out)
+        return
+    if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists()):
+        raise ExportError(f"{out}: exists and is not a model directory; refusing to replace it")
+    retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    out.rename(retired)
+    staged.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def export_model_dir(checkpoint: dict, out: str | Path) -> Artifact:
+    """Write the model directory `out` from a checkpoint. Returns the verified artifact.
+
+    Everything is written into a hidden sibling directory, the manifest last, and renamed into place,
+    so a crash never leaves a directory that looks complete.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model_from_checkpoint(checkpoint)
+    config = model.config
+    graphs = _graphs(config.likelihood)
+    staged = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staged.mkdir()
+    try:
+        torch.save(checkpoint, staged / CHECKPOINT_NAME)
+        with (staged / METRICS_NAME).open("w") as f:
+            for row in checkpoint["history"]:
+                f.write(json.dumps(row) + "\n")
+        x, z = check_batches(config)
+        _export_onnx(model.encoder, x[:2], staged / graphs.encoder.onnx, graphs.encoder)
+        _export_onnx(model.decoder, z[:2], staged / graphs.decoder.onnx, graphs.decoder)
+        _export_torchscript(model.encoder, staged / graphs.encoder.torchscript)
+        _export_torchscript(model.decoder, staged / graphs.decoder.torchscript)
+
+        files = {p.name: sha256_file(p) for p in sorted(staged.iterdir())}
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            name=out.name,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            architecture=config.architecture,
+            input_shape=config.input_shape,
+            latent_dim=config.latent_dim,
+            likelihood=config.likelihood,
+            preprocessing=Preprocessing(**checkpoint["preprocessing"]),
+            graphs=graphs,
+            files=files,
+            training=TrainingSummary(**checkpoint["training"]),
+            parity={},
+        )
+        parity = _parity(model, Artifact(staged, manifest))
+        worst = max(v for by_graph in parity.values() for v in by_graph.values())
+        if not worst <= PARITY_TOLERANCE:
+            raise ExportError(
+                f"exported graphs differ from the eager model by {worst:.3g} > {PARITY_TOLERANCE:g}: {parity}"
+            )
+        write_manifest(staged, manifest.model_copy(update={"parity": parity}))
+        load_artifact(staged)  # read back through the one loader before anything is replaced
+        _replace_dir(staged, out)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    return load_artifact(out)

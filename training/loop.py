@@ -1,0 +1,71 @@
+"""A model-agnostic training loop: step, log, stop early, keep the best weights.
+
+It knows nothing of VAEs: the caller supplies a step function and a validation function.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+StepFn = Callable[[torch.Tensor, int], dict[str, float]]  # (batch, epoch) -> metrics incl. "loss"; steps the optimizer
+ValidateFn = Callable[[], dict[str, float]]  # () -> validation metrics incl. the monitored one
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_value: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(
+    model: torch.nn.Module,
+    batches: Callable[[int], Iterable[torch.Tensor]],
+    step: StepFn,
+    validate: ValidateFn,
+    *,
+    epochs: int,
+    patience: int,
+    monitor: str,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train for up to `epochs`, stopping when `monitor` (higher is better) has not improved for `patience` epochs."""
+    best_value, best_epoch, best_state = -float("inf"), 0, copy.deepcopy(model.state_dict())
+    history: list[dict] = []
+    bar = tqdm(range(1, epochs + 1), desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
+    for epoch in bar:
+        started = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in batches(epoch):
+            metrics = step(batch, epoch)
+            size = len(batch)
+            n += size
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * size
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", refresh=False)
+        model.eval()
+        with torch.inference_mode():
+            val = validate()
+        row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}, **val}
+        row["seconds"] = round(time.perf_counter() - started, 4)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{monitor: f"{row[monitor]:.3f}"})
+        if row[monitor] > best_value:
+            best_value, best_epoch, best_state = row[monitor], epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    bar.close()
+    return FitResult(best_state, best_epoch, best_value, len(history), history)
