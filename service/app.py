@@ -70,7 +70,7 @@ def _request_examples(manifest: Manifest) -> dict[str, dict]:
         "/encode": {"instances": [instance]},
         "/sample": {"instances": [instance], "n_samples": 2, "seed": 0, "decode": False},
         "/decode": {"z": [[0.0] * manifest.latent_dim]},
-        "/elbo": {"instances": [instance], "n_samples": 8, "seed": 0},
+        "/elbo": {"instances": [instance], "n_samples": 8, "seed": 0, "feature_scores": False},
     }
 
 
@@ -95,7 +95,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     async def lifespan(app: FastAPI):
         try:
             loaded = runtime or await run_in_threadpool(load_runtime, artifact, settings.runtime, settings.threads)
-            engine = VaeEngine(artifact.manifest, loaded, settings.limits)
+            engine = VaeEngine(artifact.manifest, loaded, settings.limits, settings.threshold)
             await run_in_threadpool(engine.warm_up)
         except Exception as exc:
             app.state.not_ready_reason = f"{type(exc).__name__}: {exc}"

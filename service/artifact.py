@@ -58,9 +58,9 @@ class Preprocessing(BaseModel):
         """(B, D) model-space values -> (B, D) raw units, float64."""
         return x_model * self._scale + self._offset
 
-    def log_scale_sum(self, n_features: int) -> float:
-        """sum_j ln scale_j: the change of variables from model-space to raw-unit densities."""
-        return float(np.sum(np.broadcast_to(np.log(self._scale), (n_features,))))
+    def log_scale(self, n_features: int) -> np.ndarray:
+        """ln scale_j per feature, (D,): the change of variables between model-space and raw-unit densities."""
+        return np.broadcast_to(np.log(self._scale), (n_features,)).copy()
 
 
 class Graph(BaseModel):
@@ -91,6 +91,40 @@ class TrainingSummary(BaseModel):
     config: dict = Field(description="the full training configuration")
 
 
+# Calibration keeps at most this many scores: all of them for up to this many rows, else evenly spaced
+# order statistics, which reproduce p-values to within 1/MAX_CALIBRATION_SCORES.
+MAX_CALIBRATION_SCORES = 10_000
+
+
+class Calibration(BaseModel):
+    """Anomaly scores (-L_K) of a held-out split of the normal training data, and the default threshold."""
+
+    n: int = Field(gt=0, description="calibration rows scored")
+    scores: list[float] = Field(description="sorted ascending; all n, or evenly spaced order statistics")
+    fpr: float = Field(gt=0, lt=1, description="target false-alarm rate of the default threshold")
+    threshold: float = Field(description="flag a score above this: the conformal threshold at fpr")
+
+    @field_validator("scores")
+    @classmethod
+    def _sorted(cls, scores: list[float]) -> list[float]:
+        if not scores or any(b < a for a, b in zip(scores, scores[1:])):
+            raise ValueError("must be a non-empty ascending list")
+        return scores
+
+    @cached_property
+    def sorted_scores(self) -> np.ndarray:
+        return np.asarray(self.scores, dtype=np.float64)
+
+
+class Scoring(BaseModel):
+    """How the service scores by default: the estimator and K the threshold was calibrated with."""
+
+    estimator: Literal["iwae"] = "iwae"
+    iw_samples: int = Field(gt=0, description="K of the importance-weighted bound L_K")
+    seed: int = Field(description="seed of the calibration run")
+    calibration: Calibration
+
+
 class Manifest(BaseModel):
     """manifest.json: everything a loader needs to serve the directory."""
 
@@ -108,6 +142,7 @@ class Manifest(BaseModel):
     parity: dict[str, dict[str, float]] = Field(
         description="largest |exported - eager| per runtime and graph on a check batch"
     )
+    scoring: Scoring | None = Field(None, description="set by calibration; required to serve")
 
     @field_validator("input_shape")
     @classmethod
@@ -129,15 +164,15 @@ class Manifest(BaseModel):
     def n_features(self) -> int:
         return math.prod(self.input_shape)
 
-    @property
-    def log_jacobian(self) -> float:
-        """Added to model-space log-densities to give raw-unit ones: -sum ln scale for gaussian data.
+    @cached_property
+    def log_jacobian(self) -> np.ndarray:
+        """(D,) added per feature to model-space log-densities to give raw-unit ones: -ln scale_j for gaussian.
 
         Bernoulli likelihoods are probabilities of the scaled values, so they need no change of variables.
         """
         if self.likelihood == "bernoulli":
-            return 0.0
-        return -self.preprocessing.log_scale_sum(self.n_features)
+            return np.zeros(self.n_features)
+        return -self.preprocessing.log_scale(self.n_features)
 
     def public(self) -> dict:
         """The fields served at GET /v1/model."""
@@ -200,6 +235,8 @@ def load_artifact(model_dir: str | Path, *, verify: bool = True) -> Artifact:
     unlisted = sorted(graph_files - manifest.files.keys())
     if unlisted:
         raise ArtifactError(f"{manifest_path} lists no sha256 for {', '.join(unlisted)}")
+    if manifest.scoring is None:
+        raise ArtifactError(f"{manifest_path} has no scoring calibration; export it again with `vae export`")
     if verify:
         for name, expected in sorted(manifest.files.items()):
             path = model_dir / name

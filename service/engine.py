@@ -25,7 +25,8 @@ RANGE_TOLERANCE = 1e-6
 class Limits:
     max_instances: int = 4096  # instances (or latent vectors) in one request
     max_samples: int = 10_000  # n_samples in one request
-    max_draws: int = 1_000_000  # instances x n_samples: the decoder rows one request may cost
+    max_iw_samples: int = 10_000  # iw_samples (K) in one request
+    max_draws: int = 1_000_000  # instances x (n_samples + iw_samples): the decoder rows one request may cost
 
 
 def new_seed() -> int:
@@ -51,20 +52,37 @@ class Sampled:
 
 
 @dataclass(frozen=True)
+class Decisions:
+    anomaly_score: np.ndarray  # (B,) -log_likelihood: higher is more anomalous
+    threshold: float
+    is_anomaly: np.ndarray  # (B,) anomaly_score > threshold
+    p_value: np.ndarray  # (B,) conformal, against the calibration scores
+
+
+@dataclass(frozen=True)
 class Scored:
     elbo: np.ndarray  # (B,)
     reconstruction: np.ndarray  # (B,)
     kl: np.ndarray  # (B,)
+    log_likelihood: np.ndarray  # (B,) L_K, the importance-weighted bound
     n_samples: int
+    iw_samples: int
     seed: int
+    decisions: Decisions | None = None  # None only while the model is being calibrated
+    feature_scores: np.ndarray | None = None  # (B, *input_shape), sums to -reconstruction
 
 
 class VaeEngine:
-    def __init__(self, manifest: Manifest, runtime: Runtime, limits: Limits = Limits()) -> None:
+    def __init__(
+        self, manifest: Manifest, runtime: Runtime, limits: Limits = Limits(), threshold: float | None = None
+    ) -> None:
         self.manifest = manifest
         self.runtime = runtime
         self.limits = limits
         self._shape = list(manifest.input_shape)
+        # The serve-time override (VAE_THRESHOLD), else the calibrated default.
+        calibrated = manifest.scoring.calibration.threshold if manifest.scoring else None
+        self.default_threshold = threshold if threshold is not None else calibrated
 
     # --- conversions between raw units and model space -------------------------------------------------
     def to_model(self, x_raw: np.ndarray) -> np.ndarray:
@@ -90,14 +108,18 @@ class VaeEngine:
         return self.manifest.preprocessing.to_raw(flat).reshape(mean.shape)
 
     # --- limits -------------------------------------------------------------------------------------------
-    def _check_draws(self, batch: int, n_samples: int, field: str) -> None:
+    def _check_draws(self, batch: int, n_samples: int, iw_samples: int = 0) -> None:
         if n_samples > self.limits.max_samples:
+            raise InvalidInput(f"n_samples: {n_samples} exceeds the limit of {self.limits.max_samples} (VAE_MAX_SAMPLES)")
+        if iw_samples > self.limits.max_iw_samples:
             raise InvalidInput(
-                f"{field}: {n_samples} exceeds the limit of {self.limits.max_samples} (VAE_MAX_SAMPLES)"
+                f"iw_samples: {iw_samples} exceeds the limit of {self.limits.max_iw_samples} (VAE_MAX_IW_SAMPLES)"
             )
-        if batch * n_samples > self.limits.max_draws:
+        draws = batch * (n_samples + iw_samples)
+        if draws > self.limits.max_draws:
+            per = f"(n_samples {n_samples} + iw_samples {iw_samples})" if iw_samples else f"n_samples {n_samples}"
             raise LimitExceeded(
-                f"{batch} instances x {n_samples} {field} = {batch * n_samples} draws exceed the limit of "
+                f"{batch} instances x {per} = {draws} draws exceed the limit of "
                 f"{self.limits.max_draws} per request (VAE_MAX_DRAWS); send fewer instances per request"
             )
 
@@ -119,7 +141,7 @@ class VaeEngine:
     def sample(self, x_raw: np.ndarray | None, n_samples: int, seed: int | None, decode: bool) -> Sampled:
         """z = mu + sigma * eps for each instance, or n draws from the prior N(0, I) when x_raw is None."""
         batch = 1 if x_raw is None else len(x_raw)
-        self._check_draws(batch, n_samples, "n_samples")
+        self._check_draws(batch, n_samples)
         d = self.manifest.latent_dim
         eps, seed = self._noise(seed, (batch, n_samples, d))
         if x_raw is None:
@@ -132,26 +154,83 @@ class VaeEngine:
             x = self.decode(z.reshape(batch * n_samples, d)).reshape([batch, n_samples, *self._shape])
         return Sampled(z, x, seed)
 
-    def elbo(self, x_raw: np.ndarray, n_samples: int = 1, seed: int | None = None) -> Scored:
-        """Per-input ELBO, reconstruction and KL in nats (beta = 1), with n_samples Monte Carlo draws."""
-        self._check_draws(len(x_raw), n_samples, "n_samples")
+    def elbo(
+        self,
+        x_raw: np.ndarray,
+        n_samples: int = 1,
+        seed: int | None = None,
+        iw_samples: int | None = None,
+        feature_scores: bool = False,
+        threshold: float | None = None,
+        fpr: float | None = None,
+    ) -> Scored:
+        """Per-input ELBO (L draws), L_K (K draws) and the anomaly decisions, in nats (beta = 1).
+
+        K defaults to the calibration's, so the default decision uses the estimator its threshold was
+        calibrated with. The ELBO's draws come first from the seeded generator, then L_K's.
+        """
+        scoring_config = self.manifest.scoring
+        if iw_samples is None:
+            iw_samples = scoring_config.iw_samples if scoring_config else 1
+        batch, d = len(x_raw), self.manifest.latent_dim
+        self._check_draws(batch, n_samples, iw_samples)
         x = self.to_model(x_raw)
         mu, logvar = self.runtime.encode(x)
-        eps, seed = self._noise(seed, (len(x), n_samples, self.manifest.latent_dim))
-        result = scoring.elbo(
-            x.reshape(len(x), -1).astype(np.float64),
-            mu,
-            logvar,
-            eps,
-            self.runtime.decode,
-            self.manifest.likelihood,
-            self.manifest.log_jacobian,
+        x_flat = x.reshape(batch, -1).astype(np.float64)
+        seed = new_seed() if seed is None else seed
+        rng = np.random.default_rng(seed)
+        eps = rng.standard_normal((batch, n_samples, d), dtype=np.float32)
+        eps_iw = rng.standard_normal((batch, iw_samples, d), dtype=np.float32)
+        likelihood, jacobian = self.manifest.likelihood, self.manifest.log_jacobian
+        terms = scoring.elbo(x_flat, mu, logvar, eps, self.runtime.decode, likelihood, jacobian, feature_scores)
+        log_likelihood = scoring.importance_weighted_bound(
+            x_flat, mu, logvar, eps_iw, self.runtime.decode, likelihood, jacobian
         )
-        return Scored(result.elbo, result.reconstruction, result.kl, n_samples, seed)
+        features = None
+        if feature_scores:
+            features = (-terms.feature_reconstruction).reshape([batch, *self._shape])
+        decisions = self.decide(-log_likelihood, threshold, fpr) if scoring_config else None
+        return Scored(
+            terms.elbo, terms.reconstruction, terms.kl, log_likelihood, n_samples, iw_samples, seed, decisions, features
+        )
+
+    def decide(self, anomaly_score: np.ndarray, threshold: float | None = None, fpr: float | None = None) -> Decisions:
+        """Decisions against a threshold: the request's, or the one at the request's fpr, or the default."""
+        calibration = self.manifest.scoring.calibration
+        if threshold is not None and fpr is not None:
+            raise InvalidInput(f"give threshold or fpr, not both (got threshold {threshold:g} and fpr {fpr:g})")
+        if fpr is not None:
+            floor = scoring.min_fpr(calibration.n)
+            if not floor <= fpr < 1.0:
+                raise InvalidInput(
+                    f"fpr: expected a false-alarm rate in [{floor:.4g}, 1) — 1/(n+1) for this model's "
+                    f"{calibration.n} calibration scores — got {fpr:g}"
+                )
+            threshold = scoring.threshold_for_fpr(calibration.sorted_scores, calibration.n, fpr)
+        elif threshold is None:
+            threshold = self.default_threshold
+        p_value = scoring.p_values(anomaly_score, calibration.sorted_scores, calibration.n)
+        return Decisions(anomaly_score, float(threshold), anomaly_score > threshold, p_value)
 
     def warm_up(self) -> None:
         """One real inference through both graphs; raises if the model cannot produce finite numbers."""
         example = self.manifest.preprocessing.to_raw(np.full((2, self.manifest.n_features), 0.5))
-        scored = self.elbo(example, n_samples=2, seed=0)
-        if not np.all(np.isfinite(scored.elbo)):
-            raise RuntimeError(f"warm-up inference gave a non-finite ELBO: {scored.elbo.tolist()}")
+        scored = self.elbo(example, n_samples=2, seed=0, iw_samples=2)
+        if not np.all(np.isfinite(scored.elbo)) or not np.all(np.isfinite(scored.log_likelihood)):
+            raise RuntimeError(f"warm-up inference gave a non-finite score: {scored.elbo.tolist()}")
+
+
+def score_in_chunks(
+    engine: VaeEngine, x_raw: np.ndarray, *, seed: int, chunk_rows: int = 256, progress: bool = False, **options
+):
+    """engine.elbo over many rows (N, D), `chunk_rows` at a time; chunk i uses seed + i. Yields Scored.
+
+    Calibration, `vae evaluate` and bulk scoring all go through here, so they score exactly as /elbo does.
+    """
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(x_raw), unit="row", disable=not progress, desc="score", dynamic_ncols=True) as bar:
+        for i, start in enumerate(range(0, len(x_raw), chunk_rows)):
+            chunk = x_raw[start : start + chunk_rows]
+            yield engine.elbo(chunk, seed=seed + i, **options)
+            bar.update(len(chunk))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictBool, StrictInt
 
 Seed = StrictInt
 INSTANCES_DOC = (
@@ -36,7 +36,15 @@ class DecodeRequest(Request):
 class ElboRequest(Request):
     instances: list[Any] = Field(description=INSTANCES_DOC)
     n_samples: StrictInt = Field(1, ge=1, description="Monte Carlo draws L for the reconstruction term")
+    iw_samples: StrictInt | None = Field(
+        None, ge=1, description="K for log_likelihood; default: the K the threshold was calibrated with"
+    )
     seed: Seed | None = Field(None, ge=0, le=2**63 - 1, description="the same seed gives the same numbers")
+    feature_scores: StrictBool = Field(False, description="also return each feature's share of -reconstruction")
+    threshold: FiniteFloat | None = Field(None, description="decide against this anomaly score instead")
+    fpr: float | None = Field(
+        None, gt=0, lt=1, description="decide at the calibration quantile for this false-alarm rate instead"
+    )
 
 
 class EncodeResponse(BaseModel):
@@ -59,7 +67,16 @@ class ElboResponse(BaseModel):
     elbo: list[float] = Field(description="reconstruction - kl, nats per input")
     reconstruction: list[float] = Field(description="(1/L) sum_l ln p(x|z_l), nats per input")
     kl: list[float] = Field(description="KL(q(z|x) || N(0, I)) in closed form, nats per input")
+    log_likelihood: list[float] = Field(description="L_K, the importance-weighted bound on ln p(x), nats")
+    anomaly_score: list[float] = Field(description="-log_likelihood: higher is more anomalous")
+    threshold: float = Field(description="the anomaly score above which an input is flagged")
+    is_anomaly: list[bool] = Field(description="anomaly_score > threshold")
+    p_value: list[float] = Field(description="conformal: (1 + #{calibration scores >= score}) / (n_cal + 1)")
+    feature_scores: list[Any] | None = Field(
+        None, description="[B] + input_shape: each feature's share of -reconstruction (with feature_scores)"
+    )
     n_samples: int
+    iw_samples: int
     seed: int = Field(description="the seed used; send it back to repeat the numbers")
 
 

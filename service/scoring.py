@@ -47,21 +47,64 @@ def reparameterize(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.nd
 
 
 def log_likelihood_draws(
-    x: np.ndarray, z: np.ndarray, decode: Decode, likelihood: str, chunk_rows: int = DECODE_CHUNK_ROWS
-) -> np.ndarray:
+    x: np.ndarray,
+    z: np.ndarray,
+    decode: Decode,
+    likelihood: str,
+    per_feature: bool = False,
+    chunk_rows: int = DECODE_CHUNK_ROWS,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """ln p(x_b | z_bl) for every draw: x (B, D) model space, z (B, L, d) -> (B, L) float64.
 
+    With `per_feature`, also the per-feature log-probabilities averaged over the draws, (B, D).
     Decodes at most `chunk_rows` draws at a time, so memory stays bounded for large L.
     """
     batch, n_draws, latent_dim = z.shape
     flat_z = z.reshape(batch * n_draws, latent_dim)
     owner = np.repeat(np.arange(batch), n_draws)  # which input each flat draw belongs to
     out = np.empty(batch * n_draws, dtype=np.float64)
+    features = np.zeros_like(x, dtype=np.float64) if per_feature else None
     for start in range(0, batch * n_draws, chunk_rows):
         stop = min(start + chunk_rows, batch * n_draws)
         params = tuple(p.reshape(stop - start, -1) for p in decode(flat_z[start:stop]))
-        out[start:stop] = log_prob_per_feature(x[owner[start:stop]], params, likelihood).sum(axis=1)
-    return out.reshape(batch, n_draws)
+        logp = log_prob_per_feature(x[owner[start:stop]], params, likelihood)  # (rows, D)
+        out[start:stop] = logp.sum(axis=1)
+        if features is not None:
+            np.add.at(features, owner[start:stop], logp)
+    if features is not None:
+        features /= n_draws
+    return out.reshape(batch, n_draws), features
+
+
+def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    """ln sum exp(a) along axis without overflow; -inf where every term is -inf."""
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(peak, axis=axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+
+
+def importance_weighted_bound(
+    x: np.ndarray,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    eps: np.ndarray,
+    decode: Decode,
+    likelihood: str,
+    log_jacobian: np.ndarray | None = None,
+) -> np.ndarray:
+    """L_K = ln (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mu + sigma * eps_k (Burda et al. 2016), (B,).
+
+    eps (B, K, d). ln q(z|x) is computed from eps itself: (z - mu) / sigma = eps exactly.
+    """
+    z = reparameterize(mu, logvar, eps)
+    log_px, _ = log_likelihood_draws(x, z, decode, likelihood)  # (B, K)
+    eps64, z64 = eps.astype(np.float64), z.astype(np.float64)
+    log_prior = -0.5 * np.sum(LOG_2PI + z64**2, axis=2)
+    log_posterior = -0.5 * np.sum(LOG_2PI + logvar.astype(np.float64)[:, None, :] + eps64**2, axis=2)
+    log_weights = log_px + log_prior - log_posterior
+    jacobian = 0.0 if log_jacobian is None else float(np.sum(log_jacobian))
+    return logsumexp(log_weights, axis=1) - math.log(eps.shape[1]) + jacobian
 
 
 class ElboResult(NamedTuple):
@@ -69,6 +112,7 @@ class ElboResult(NamedTuple):
 
     reconstruction: np.ndarray  # (B,)
     kl: np.ndarray  # (B,)
+    feature_reconstruction: np.ndarray | None = None  # (B, D): per-feature terms that sum to reconstruction
 
     @property
     def elbo(self) -> np.ndarray:
@@ -82,12 +126,55 @@ def elbo(
     eps: np.ndarray,
     decode: Decode,
     likelihood: str,
-    log_jacobian: float = 0.0,
+    log_jacobian: np.ndarray | None = None,
+    per_feature: bool = False,
 ) -> ElboResult:
     """The Monte Carlo ELBO of x (B, D) in model space, with noise eps (B, L, d).
 
-    `log_jacobian` (-sum ln scale for gaussian data, else 0) reports densities in raw units.
+    `log_jacobian` (D,): per feature, what moves a model-space log-density to raw units (-ln scale_j
+    for gaussian data; None for none). With `per_feature`, each feature's term of the reconstruction.
     """
+    jacobian = np.zeros(x.shape[1]) if log_jacobian is None else np.asarray(log_jacobian, dtype=np.float64)
     z = reparameterize(mu, logvar, eps)
-    reconstruction = log_likelihood_draws(x, z, decode, likelihood).mean(axis=1) + log_jacobian
-    return ElboResult(reconstruction, kl_to_standard_normal(mu, logvar))
+    log_px, features = log_likelihood_draws(x, z, decode, likelihood, per_feature)
+    reconstruction = log_px.mean(axis=1) + jacobian.sum()
+    if features is not None:
+        features += jacobian
+    return ElboResult(reconstruction, kl_to_standard_normal(mu, logvar), features)
+
+
+def p_values(scores: np.ndarray, calibration: np.ndarray, n_calibration: int) -> np.ndarray:
+    """Conformal p-values (1 + #{calibration scores >= s}) / (n + 1); calibration sorted ascending.
+
+    When only evenly spaced order statistics of n scores are kept, the count is scaled up to n.
+    """
+    count = len(calibration) - np.searchsorted(calibration, scores, side="left")
+    if len(calibration) < n_calibration:
+        count = np.round(count * n_calibration / len(calibration))
+    return (1.0 + count) / (n_calibration + 1.0)
+
+
+def min_fpr(n_calibration: int) -> float:
+    """The smallest false-alarm rate n calibration scores can promise: 1 / (n + 1)."""
+    return 1.0 / (n_calibration + 1.0)
+
+
+def threshold_for_fpr(calibration: np.ndarray, n_calibration: int, fpr: float) -> float:
+    """The threshold t such that flagging scores > t flags exactly the p-values <= fpr.
+
+    That is the (m+1)-th largest calibration score, m = floor(fpr (n + 1)) - 1 the number of calibration
+    scores allowed at or above a flagged score; by exchangeability the false-alarm rate is then <= fpr.
+    """
+    m = math.floor(fpr * (n_calibration + 1) + 1e-9) - 1
+    if m < 0:
+        raise ValueError(f"fpr {fpr:g} is below 1/(n+1) = {min_fpr(n_calibration):.3g} for {n_calibration} calibration scores")
+    index = len(calibration) - 1 - round(m * len(calibration) / n_calibration)
+    return float(calibration[max(index, 0)])
+
+
+def keep_calibration_scores(scores: np.ndarray, limit: int) -> np.ndarray:
+    """All scores sorted, or `limit` evenly spaced order statistics of them (the extremes included)."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(ordered) <= limit:
+        return ordered
+    return ordered[np.round(np.linspace(0, len(ordered) - 1, limit)).astype(int)]

@@ -21,12 +21,14 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="runtime intra-op threads; 0 lets the runtime choose")
     max_instances: int = Field(4096, ge=1, description="instances (or latent vectors) per request")
     max_samples: int = Field(10_000, ge=1, description="n_samples per request")
-    max_draws: int = Field(1_000_000, ge=1, description="instances x n_samples per request")
+    max_iw_samples: int = Field(10_000, ge=1, description="iw_samples (K) per request")
+    max_draws: int = Field(1_000_000, ge=1, description="instances x (n_samples + iw_samples) per request")
+    threshold: float | None = Field(None, allow_inf_nan=False, description="replaces the calibrated threshold")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="uvicorn log level")
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_instances, self.max_samples, self.max_draws)
+        return Limits(self.max_instances, self.max_samples, self.max_iw_samples, self.max_draws)
 
 
 def describe_settings_error(exc) -> str:

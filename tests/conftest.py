@@ -16,7 +16,7 @@ def pytest_configure(config):
 FAST = dict(hidden=[64, 32], latent_dim=4, epochs=12, patience=50, progress=False)
 
 
-def write_tabular_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
+def write_tabular_csv(path: Path, n: int = 1000, seed: int = 0) -> Path:
     """Correlated gaussian features, one constant column, and a header: what users' CSVs look like."""
     rng = np.random.default_rng(seed)
     latent = rng.standard_normal((n, 2))

@@ -24,6 +24,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -61,8 +68,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults["seed"], help="same seed, same weights and numbers")
     p.add_argument("--val-fraction", type=_fraction, default=defaults["val_fraction"],
                    help="share of rows held out for early stopping")
+    p.add_argument("--calibration-fraction", type=_fraction, default=defaults["calibration_fraction"],
+                   help="share of rows held out from training and early stopping to calibrate the threshold")
+    p.add_argument("--score-iw-samples", type=_positive_int, default=defaults["score_iw_samples"],
+                   help="K of the importance-weighted log-likelihood used to calibrate, and served by default")
+    p.add_argument("--fpr", type=_fraction, default=defaults["fpr"],
+                   help="target false-alarm rate of the default threshold")
     p.add_argument("--patience", type=_positive_int, default=defaults["patience"],
                    help="epochs without a better validation ELBO before stopping")
+    p.add_argument("--kl-warmup", type=_non_negative_int, default=defaults["kl_warmup"],
+                   help="epochs over which beta ramps linearly from 0 (0: off)")
+    p.add_argument("--free-bits", type=_non_negative_float, default=defaults["free_bits"],
+                   help="per-dimension KL floor in nats against posterior collapse (0: off)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
@@ -97,18 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.export import ExportError
-    from training.train import TrainConfig, train
+    from training.train import ConfigError, TrainConfig, train
 
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
     try:
         artifact = train(config)
-    except (DataError, ExportError) as exc:
+    except (DataError, ExportError, ConfigError) as exc:
         print(f"vae train: {exc}", file=sys.stderr)
         return 2
-    summary = artifact.manifest.training
+    summary, calibration = artifact.manifest.training, artifact.manifest.scoring.calibration
     print(
         f"wrote {artifact.dir}: best validation ELBO {summary.best_val_elbo:.3f} nats "
-        f"at epoch {summary.best_epoch} of {summary.epochs}"
+        f"at epoch {summary.best_epoch} of {summary.epochs}; threshold {calibration.threshold:.3f} "
+        f"at fpr {calibration.fpr:g} from {calibration.n} calibration rows"
     )
     return 0
 

@@ -1,42 +1,189 @@
-# TEMPORARY placeholder until the full loader lands; replaced by helper's version.
+"""Data sources -> arrays: scikit-learn's digits, .npy, .npz and .csv files.
+
+Every problem with a source is found here, before training starts, and reported as a DataError
+that names the source and says what was expected and what was found.
+"""
+
 from __future__ import annotations
+
+import csv
+import math
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
-MIN_ROWS = 10
+MIN_ROWS = 10  # fewer rows than this cannot be split into training, validation and calibration
+ACCEPTED = "'digits', or a .npy, .npz or .csv file"
+
 
 class DataError(ValueError):
-    pass
+    """A data source that cannot be used; the message starts with the source's name."""
+
+    def __init__(self, source: str | Path, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray
-    y: np.ndarray | None
-    source: str
-    kind: str
-    @property
-    def input_shape(self): return tuple(self.x.shape[1:])
-    @property
-    def default_likelihood(self): return "bernoulli" if self.kind == "digits" else "gaussian"
+    x: np.ndarray  # (N, *input_shape) float32, raw units, all finite
+    y: np.ndarray | None  # (N,) labels, or None
+    source: str  # "digits" or the path as the user gave it
+    kind: str  # "digits" | "array" (npy/npz) | "tabular" (csv)
 
-def load_dataset(source, *, label_column=None):
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def default_likelihood(self) -> str:
+        return "bernoulli" if self.kind == "digits" else "gaussian"
+
+
+def load_dataset(source: str, *, label_column: str | None = None) -> Dataset:
+    """Load and check a data source; raises DataError naming the source and the problem."""
     if source == "digits":
         from sklearn.datasets import load_digits
-        d = load_digits()
-        return Dataset(d.data.reshape(-1, 1, 8, 8).astype(np.float32), d.target, "digits", "digits")
-    if source.endswith(".csv"):
-        try:
-            x = np.loadtxt(source, delimiter=",", skiprows=1)
-        except OSError as e:
-            raise DataError(f"{source}: {e}")
-        return Dataset(x.astype(np.float32), None, source, "tabular")
-    raise DataError(f"{source}: unsupported")
 
-def fit_preprocessing(x, likelihood):
+        digits = load_digits()
+        x = digits.data.reshape(-1, 1, 8, 8).astype(np.float32)
+        return Dataset(x, digits.target.astype(np.int64), "digits", "digits")
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise DataError(source, f"unsupported data source; expected {ACCEPTED}")
+    if not path.is_file():
+        raise DataError(source, "no such file")
+    if suffix == ".csv":
+        x, y = _read_csv(source, path, label_column)
+        kind = "tabular"
+    else:
+        x, y = _read_npy(source, path) if suffix == ".npy" else _read_npz(source, path)
+        kind = "array"
+    return Dataset(_checked_features(source, x), _checked_labels(source, y, len(x)), source, kind)
+
+
+def _read_npy(source: str, path: Path) -> tuple[np.ndarray, None]:
+    try:
+        return np.load(path, allow_pickle=False), None
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(source, f"not a readable .npy array ({exc})") from None
+
+
+def _read_npz(source: str, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            arrays = {name: archive[name] for name in ("x", "y") if name in names}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(source, f"not a readable .npz archive ({exc})") from None
+    if "x" not in arrays:
+        raise DataError(source, f"expected an array named 'x' (and optionally 'y'); found {names or 'none'}")
+    return arrays["x"], arrays.get("y")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(source: str, path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with path.open(newline="") as f:
+            rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(source, f"not a readable CSV file ({exc})") from None
+    if not rows:
+        raise DataError(source, "the file is empty; expected rows of numeric columns")
+    # A first row with any non-numeric field is a header: data rows must be numeric throughout.
+    has_header = not all(_is_number(cell) for cell in rows[0])
+    header = [cell.strip() for cell in rows[0]] if has_header else [str(i) for i in range(len(rows[0]))]
+    body = rows[1:] if has_header else rows
+    first_line = 2 if has_header else 1
+    for offset, row in enumerate(body):
+        if len(row) != len(header):
+            raise DataError(
+                source, f"line {first_line + offset} has {len(row)} fields; expected {len(header)} like the first line"
+            )
+    labels = None
+    if label_column is not None:
+        index = _column_index(source, header, label_column, has_header)
+        labels = np.asarray([row[index].strip() for row in body])
+        if all(_is_number(v) for v in labels):
+            labels = labels.astype(np.float64)
+            if np.all(labels == np.round(labels)):
+                labels = labels.astype(np.int64)
+        body = [row[:index] + row[index + 1 :] for row in body]
+        header = header[:index] + header[index + 1 :]
+    if not header:
+        raise DataError(source, "no feature columns are left after removing the label column")
+    values = np.empty((len(body), len(header)), dtype=np.float64)
+    for i, row in enumerate(body):
+        for j, cell in enumerate(row):
+            try:
+                values[i, j] = float(cell)
+            except ValueError:
+                raise DataError(
+                    source,
+                    f"column {j} ({header[j]!r}) is not numeric: line {first_line + i} has {cell.strip()!r}",
+                ) from None
+    return values, labels
+
+
+def _column_index(source: str, header: list[str], label_column: str, has_header: bool) -> int:
+    if label_column in header and has_header:
+        return header.index(label_column)
+    if label_column.isdigit() and int(label_column) < len(header):
+        return int(label_column)
+    raise DataError(source, f"label column {label_column!r} not found; the columns are {header}")
+
+
+def _checked_features(source: str, x: np.ndarray) -> np.ndarray:
+    if x.dtype.kind not in "biuf":
+        raise DataError(source, f"expected a numeric array, got dtype {x.dtype}")
+    if x.ndim not in (2, 4):
+        raise DataError(source, f"expected 2-D N×D or 4-D N×C×H×W data, got shape {tuple(x.shape)}")
+    if len(x) < MIN_ROWS:
+        raise DataError(source, f"expected at least {MIN_ROWS} rows, got {len(x)}")
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(source, f"expected at least one feature per row, got shape {tuple(x.shape)}")
+    x = x.astype(np.float64)
+    bad = ~np.isfinite(x.reshape(len(x), -1))
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise DataError(
+            source, f"{int(bad.sum())} values are NaN or infinite, in {len(rows)} rows; the first is row {rows[0]}"
+        )
+    if np.abs(x).max() > np.finfo(np.float32).max:
+        raise DataError(source, "values exceed the float32 range")
+    return x.astype(np.float32)
+
+
+def _checked_labels(source: str, y: np.ndarray | None, n: int) -> np.ndarray | None:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(source, f"expected labels y with one value per row ({n}), got shape {tuple(y.shape)}")
+    return y
+
+
+def fit_preprocessing(x: np.ndarray, likelihood: str) -> tuple[float | list[float], float | list[float]]:
+    """(offset, scale) with x_model = (x_raw - offset) / scale, fitted on x (N, *input_shape).
+
+    bernoulli: one offset and scale mapping the data's range onto [0, 1].
+    gaussian: per-feature mean and standard deviation; a constant feature gets scale 1.
+    """
     if likelihood == "bernoulli":
-        lo, hi = float(x.min()), float(x.max())
-        return lo, (hi - lo) or 1.0
-    flat = x.reshape(len(x), -1).astype(np.float64)
-    mean, std = flat.mean(0), flat.std(0)
-    std = np.where(std < 1e-12 * np.maximum(1, np.abs(mean)), 1.0, std)
-    return mean.tolist(), std.tolist()
+        low, high = float(x.min()), float(x.max())
+        return low, (high - low) if high > low else 1.0
+    if likelihood == "gaussian":
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        mean, std = flat.mean(axis=0), flat.std(axis=0)
+        constant = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
+        return mean.tolist(), np.where(constant, 1.0, std).tolist()
+    raise ValueError(f"unknown likelihood {likelihood!r}; expected 'bernoulli' or 'gaussian'")

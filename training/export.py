@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 import shutil
 import uuid
 import warnings
@@ -17,20 +18,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service import scoring
 from service.artifact import (
     FORMAT_VERSION,
     MANIFEST_NAME,
+    MAX_CALIBRATION_SCORES,
     PARITY_TOLERANCE,
     Artifact,
+    Calibration,
     Graph,
     Graphs,
     Manifest,
     Preprocessing,
+    Scoring,
     TrainingSummary,
     load_artifact,
     sha256_file,
     write_manifest,
 )
+from service.engine import VaeEngine, score_in_chunks
 from service.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 
@@ -41,6 +47,28 @@ CHECK_BATCH_SIZE = 64
 
 class ExportError(RuntimeError):
     """The export could not produce a directory that is safe to serve."""
+
+
+@dataclass
+class CalibrationPlan:
+    """Held-out normal rows to score through the exported model, and how."""
+
+    x_raw: np.ndarray  # (N, *input_shape) raw units, used neither for gradients nor early stopping
+    iw_samples: int  # K: the estimator the service will use by default
+    fpr: float  # target false-alarm rate of the default threshold
+    seed: int
+
+
+def calibrate(staged: Artifact, plan: CalibrationPlan, progress: bool = False) -> Scoring:
+    """Score the calibration rows through the exported ONNX graphs with the service's own code."""
+    engine = VaeEngine(staged.manifest, OnnxRuntime(staged))
+    x = plan.x_raw.reshape(len(plan.x_raw), -1).astype(np.float64)
+    chunks = score_in_chunks(engine, x, seed=plan.seed, iw_samples=plan.iw_samples, progress=progress)
+    scores = -np.concatenate([chunk.log_likelihood for chunk in chunks])
+    kept = scoring.keep_calibration_scores(scores, MAX_CALIBRATION_SCORES)
+    threshold = scoring.threshold_for_fpr(kept, len(scores), plan.fpr)
+    calibration = Calibration(n=len(scores), scores=kept.tolist(), fpr=plan.fpr, threshold=threshold)
+    return Scoring(iw_samples=plan.iw_samples, seed=plan.seed, calibration=calibration)
 
 
 def make_checkpoint(
@@ -149,12 +177,20 @@ def _replace_dir(staged: Path, out: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def export_model_dir(checkpoint: dict, out: str | Path) -> Artifact:
+def export_model_dir(
+    checkpoint: dict, out: str | Path, calibration: CalibrationPlan | None = None, progress: bool = False
+) -> Artifact:
     """Write the model directory `out` from a checkpoint. Returns the verified artifact.
+
+    With a calibration plan, the calibration rows are scored through the exported graphs and the result
+    is stored in the manifest and the checkpoint; without one, the checkpoint's stored calibration is used
+    (the same weights give the same scores).
 
     Everything is written into a hidden sibling directory, the manifest last, and renamed into place,
     so a crash never leaves a directory that looks complete.
     """
+    if calibration is None and "scoring" not in checkpoint:
+        raise ExportError("the checkpoint holds no calibration; train again with `vae train`")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model_from_checkpoint(checkpoint)
@@ -163,30 +199,22 @@ def export_model_dir(checkpoint: dict, out: str | Path) -> Artifact:
     staged = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     staged.mkdir()
     try:
-        torch.save(checkpoint, staged / CHECKPOINT_NAME)
-        with (staged / METRICS_NAME).open("w") as f:
-            for row in checkpoint["history"]:
-                f.write(json.dumps(row) + "\n")
         x, z = check_batches(config)
         _export_onnx(model.encoder, x[:2], staged / graphs.encoder.onnx, graphs.encoder)
         _export_onnx(model.decoder, z[:2], staged / graphs.decoder.onnx, graphs.decoder)
         _export_torchscript(model.encoder, staged / graphs.encoder.torchscript)
         _export_torchscript(model.decoder, staged / graphs.decoder.torchscript)
+        manifest = _manifest(checkpoint, out.name, graphs, files={})
+        if calibration is not None:
+            checkpoint = {**checkpoint, "scoring": calibrate(Artifact(staged, manifest), calibration, progress).model_dump()}
+        torch.save(checkpoint, staged / CHECKPOINT_NAME)
+        with (staged / METRICS_NAME).open("w") as f:
+            for row in checkpoint["history"]:
+                f.write(json.dumps(row) + "\n")
 
         files = {p.name: sha256_file(p) for p in sorted(staged.iterdir())}
-        manifest = Manifest(
-            format_version=FORMAT_VERSION,
-            name=out.name,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            architecture=config.architecture,
-            input_shape=config.input_shape,
-            latent_dim=config.latent_dim,
-            likelihood=config.likelihood,
-            preprocessing=Preprocessing(**checkpoint["preprocessing"]),
-            graphs=graphs,
-            files=files,
-            training=TrainingSummary(**checkpoint["training"]),
-            parity={},
+        manifest = _manifest(checkpoint, out.name, graphs, files).model_copy(
+            update={"scoring": Scoring(**checkpoint["scoring"])}
         )
         parity = _parity(model, Artifact(staged, manifest))
         worst = max(v for by_graph in parity.values() for v in by_graph.values())
@@ -201,3 +229,22 @@ def export_model_dir(checkpoint: dict, out: str | Path) -> Artifact:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
     return load_artifact(out)
+
+
+def _manifest(checkpoint: dict, name: str, graphs: Graphs, files: dict[str, str]) -> Manifest:
+    """The manifest without parity and scoring, which are filled in once they are measured."""
+    config = ModelConfig(**checkpoint["model_config"])
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        name=name,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        architecture=config.architecture,
+        input_shape=config.input_shape,
+        latent_dim=config.latent_dim,
+        likelihood=config.likelihood,
+        preprocessing=Preprocessing(**checkpoint["preprocessing"]),
+        graphs=graphs,
+        files=files,
+        training=TrainingSummary(**checkpoint["training"]),
+        parity={},
+    )

@@ -15,12 +15,17 @@ from torch import Tensor
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, diag e^logvar) || N(0, I)) per row, (B, d) -> (B,).
+def kl_per_dimension(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, e^logvar) || N(0, 1)) per latent dimension, (B, d) -> (B, d).
 
-    Closed form (Kingma & Welling 2014, appendix B): 1/2 * sum(mu^2 + sigma^2 - 1 - ln sigma^2).
+    Closed form (Kingma & Welling 2014, appendix B): 1/2 * (mu^2 + sigma^2 - 1 - ln sigma^2).
     """
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag e^logvar) || N(0, I)) per row, (B, d) -> (B,)."""
+    return kl_per_dimension(mu, logvar).sum(dim=1)
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
@@ -46,15 +51,27 @@ class ElboTerms(NamedTuple):
     """Per-input terms in nats: reconstruction = E_q[ln p(x|z)], kl = KL(q(z|x) || p(z))."""
 
     reconstruction: Tensor  # (B,)
-    kl: Tensor  # (B,)
+    kl_per_dim: Tensor  # (B, d)
+
+    @property
+    def kl(self) -> Tensor:
+        return self.kl_per_dim.sum(dim=1)
 
     @property
     def elbo(self) -> Tensor:
         return self.reconstruction - self.kl
 
-    def loss(self, beta: float = 1.0) -> Tensor:
-        """The training objective: the negative beta-weighted ELBO, averaged over the batch."""
-        return -(self.reconstruction - beta * self.kl).mean()
+    def loss(self, beta: float = 1.0, free_bits: float = 0.0) -> Tensor:
+        """The training objective: the negative beta-weighted ELBO, averaged over the batch.
+
+        With free_bits > 0, each latent dimension's batch-mean KL counts as at least free_bits nats
+        (Kingma et al. 2016), so the optimiser gains nothing by collapsing a dimension onto the prior.
+        """
+        if free_bits > 0.0:
+            kl = self.kl_per_dim.mean(dim=0).clamp(min=free_bits).sum()
+        else:
+            kl = self.kl.mean()
+        return -self.reconstruction.mean() + beta * kl
 
 
 def elbo_terms(model, x: Tensor, eps: Tensor, log_jacobian: float = 0.0) -> ElboTerms:
@@ -69,4 +86,4 @@ def elbo_terms(model, x: Tensor, eps: Tensor, log_jacobian: float = 0.0) -> Elbo
     params = model.decode(z)
     x_rep = x.unsqueeze(0).expand(n_draws, *x.shape).reshape(n_draws * batch, *x.shape[1:])
     reconstruction = log_likelihood(x_rep, params, model.config.likelihood).reshape(n_draws, batch).mean(0)
-    return ElboTerms(reconstruction + log_jacobian, kl_to_standard_normal(mu, logvar))
+    return ElboTerms(reconstruction + log_jacobian, kl_per_dimension(mu, logvar))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,19 +11,32 @@ import numpy as np
 import torch
 
 from service.artifact import Artifact, Preprocessing, TrainingSummary
+from service.scoring import min_fpr
 from training.data import Dataset, fit_preprocessing, load_dataset
-from training.export import export_model_dir, make_checkpoint
+from training.export import CalibrationPlan, export_model_dir, make_checkpoint
 from training.loop import fit
 from training.loss import elbo_terms
 from training.model import VAE, ModelConfig
 from training.train_config import TrainConfig
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded shuffle into (train, validation) row indices; each gets at least one row."""
+class ConfigError(ValueError):
+    """Options that cannot work together on this data; raised before training starts."""
+
+
+def split_indices(
+    n: int, val_fraction: float, calibration_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded shuffle into (train, validation, calibration) row indices, each non-empty."""
     order = np.random.default_rng(seed).permutation(n)
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    n_val = max(1, round(n * val_fraction))
+    n_cal = max(1, round(n * calibration_fraction))
+    if n - n_val - n_cal < 1:
+        raise ConfigError(
+            f"{n} rows leave none for training after --val-fraction {val_fraction} and "
+            f"--calibration-fraction {calibration_fraction}"
+        )
+    return np.sort(order[n_val + n_cal :]), np.sort(order[:n_val]), np.sort(order[n_val : n_val + n_cal])
 
 
 def preprocess(dataset: Dataset, train_rows: np.ndarray, likelihood: str) -> Preprocessing:
@@ -38,11 +52,28 @@ def to_model_tensor(x_raw: np.ndarray, preprocessing: Preprocessing) -> torch.Te
     return torch.from_numpy(preprocessing.to_model(flat).reshape(x_raw.shape).astype(np.float32))
 
 
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies over the data: Var_x[mu(x)] > threshold (Burda et al.)."""
+    return int((mu.var(dim=0) > threshold).sum())
+
+
+def beta_at(epoch: int, beta: float, warmup: int) -> float:
+    """KL weight for an epoch: a linear ramp from 0 over `warmup` epochs, then beta."""
+    return beta if warmup <= 0 else beta * min(1.0, (epoch - 1) / warmup)
+
+
 def train(config: TrainConfig) -> Artifact:
     """Train on config.data and write the model directory config.out."""
     dataset = load_dataset(config.data)
     likelihood = config.likelihood or dataset.default_likelihood
-    train_rows, val_rows = split_indices(len(dataset.x), config.val_fraction, config.seed)
+    train_rows, val_rows, cal_rows = split_indices(
+        len(dataset.x), config.val_fraction, config.calibration_fraction, config.seed
+    )
+    if config.fpr < min_fpr(len(cal_rows)):
+        raise ConfigError(
+            f"--fpr {config.fpr:g} needs at least {math.ceil(1 / config.fpr) - 1} calibration rows; "
+            f"the calibration split has {len(cal_rows)}: raise --calibration-fraction or --fpr"
+        )
     preprocessing = preprocess(dataset, train_rows, likelihood)
     x_train = to_model_tensor(dataset.x[train_rows], preprocessing)
     x_val = to_model_tensor(dataset.x[val_rows], preprocessing)
@@ -56,7 +87,7 @@ def train(config: TrainConfig) -> Artifact:
     )
     model = VAE(model_config)
     # Reported ELBOs are densities in raw units (see Manifest.log_jacobian); a constant, so gradients ignore it.
-    log_jacobian = 0.0 if likelihood == "bernoulli" else -preprocessing.log_scale_sum(model_config.n_features)
+    log_jacobian = 0.0 if likelihood == "bernoulli" else -float(preprocessing.log_scale(model_config.n_features).sum())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     noise = torch.Generator().manual_seed(config.seed + 1)
 
@@ -68,7 +99,8 @@ def train(config: TrainConfig) -> Artifact:
     def step(batch: torch.Tensor, epoch: int) -> dict[str, float]:
         eps = torch.randn(1, len(batch), config.latent_dim, generator=noise)
         terms = elbo_terms(model, batch, eps, log_jacobian)
-        loss = terms.loss(config.beta)
+        beta = beta_at(epoch, config.beta, config.kl_warmup)
+        loss = terms.loss(beta, config.free_bits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -77,6 +109,7 @@ def train(config: TrainConfig) -> Artifact:
             "elbo": terms.elbo.mean().item(),
             "reconstruction": terms.reconstruction.mean().item(),
             "kl": terms.kl.mean().item(),
+            "beta": beta,
         }
 
     val_eps = torch.randn(1, len(x_val), config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
@@ -84,10 +117,12 @@ def train(config: TrainConfig) -> Artifact:
     def validate() -> dict[str, float]:
         # The same noise every epoch, so that changes in val_elbo come from the weights alone.
         terms = elbo_terms(model, x_val, val_eps, log_jacobian)
+        mu, _ = model.encode(x_val)
         return {
             "val_elbo": terms.elbo.mean().item(),
             "val_reconstruction": terms.reconstruction.mean().item(),
             "val_kl": terms.kl.mean().item(),
+            "active_units": active_units(mu),
         }
 
     result = fit(
@@ -110,4 +145,7 @@ def train(config: TrainConfig) -> Artifact:
         config=json.loads(json.dumps(asdict(config) | {"likelihood": likelihood})),
     )
     checkpoint = make_checkpoint(model, preprocessing, summary, result.history)
-    return export_model_dir(checkpoint, Path(config.out))
+    calibration = CalibrationPlan(
+        x_raw=dataset.x[cal_rows], iw_samples=config.score_iw_samples, fpr=config.fpr, seed=config.seed
+    )
+    return export_model_dir(checkpoint, Path(config.out), calibration, progress=config.progress)

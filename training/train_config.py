@@ -20,5 +20,10 @@ class TrainConfig:
     beta: float = 1.0  # weight of the KL term in the loss (reported ELBOs always use 1)
     seed: int = 0  # fixes the split, the initial weights, the batch order and the noise
     val_fraction: float = 0.1  # held out for early stopping and reported validation metrics
+    calibration_fraction: float = 0.1  # held out from training and early stopping, scored to set the threshold
+    score_iw_samples: int = 100  # K of the calibration's L_K, and the service's default K
+    fpr: float = 0.01  # target false-alarm rate of the default threshold
     patience: int = 15  # epochs without a better validation ELBO before stopping
+    kl_warmup: int = 0  # epochs over which beta ramps linearly from 0 (0: no warm-up)
+    free_bits: float = 0.0  # per-dimension KL floor in nats against posterior collapse (0: off)
     progress: bool = True  # show a progress bar

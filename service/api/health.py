@@ -30,9 +30,11 @@ def model_card(engine: EngineDep) -> dict:
     return {
         **engine.manifest.public(),
         "runtime": engine.runtime.name,
+        "threshold": engine.default_threshold,
         "limits": {
             "max_instances": engine.limits.max_instances,
             "max_samples": engine.limits.max_samples,
+            "max_iw_samples": engine.limits.max_iw_samples,
             "max_draws": engine.limits.max_draws,
         },
     }

@@ -51,16 +51,32 @@ def decode(body: DecodeRequest, engine: EngineDep) -> ArrayJSONResponse:
     return ArrayJSONResponse({"x": floats(engine.decode(z))})
 
 
-@router.post("/elbo", response_model=ElboResponse)
+@router.post("/elbo", response_model=ElboResponse, response_model_exclude_none=True)
 def elbo(body: ElboRequest, engine: EngineDep) -> ArrayJSONResponse:
-    """Per-input evidence lower bound in nats: reconstruction - kl (beta = 1). Lower is more anomalous."""
-    scored = engine.elbo(_instances(engine, body.instances), body.n_samples, body.seed)
-    return ArrayJSONResponse(
-        {
-            "elbo": floats(scored.elbo),
-            "reconstruction": floats(scored.reconstruction),
-            "kl": floats(scored.kl),
-            "n_samples": scored.n_samples,
-            "seed": scored.seed,
-        }
+    """Per-input ELBO and importance-weighted log-likelihood in nats, with calibrated anomaly decisions."""
+    scored = engine.elbo(
+        _instances(engine, body.instances),
+        n_samples=body.n_samples,
+        seed=body.seed,
+        iw_samples=body.iw_samples,
+        feature_scores=body.feature_scores,
+        threshold=body.threshold,
+        fpr=body.fpr,
     )
+    decisions = scored.decisions
+    content = {
+        "elbo": floats(scored.elbo),
+        "reconstruction": floats(scored.reconstruction),
+        "kl": floats(scored.kl),
+        "log_likelihood": floats(scored.log_likelihood),
+        "anomaly_score": floats(decisions.anomaly_score),
+        "threshold": decisions.threshold,
+        "is_anomaly": decisions.is_anomaly,
+        "p_value": floats(decisions.p_value),
+        "n_samples": scored.n_samples,
+        "iw_samples": scored.iw_samples,
+        "seed": scored.seed,
+    }
+    if scored.feature_scores is not None:
+        content["feature_scores"] = floats(scored.feature_scores)
+    return ArrayJSONResponse(content)

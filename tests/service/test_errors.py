@@ -90,7 +90,7 @@ def test_too_many_samples(digits_client):
 def test_too_many_draws(digits_client):
     message = error(digits_client.post("/sample", json={"instances": [ZERO_DIGIT] * 200, "n_samples": 5001}), 413)
     assert message == (
-        "200 instances x 5001 n_samples = 1000200 draws exceed the limit of 1000000 per request (VAE_MAX_DRAWS); "
+        "200 instances x n_samples 5001 = 1000200 draws exceed the limit of 1000000 per request (VAE_MAX_DRAWS); "
         "send fewer instances per request"
     )
 

@@ -83,7 +83,7 @@ def test_elbo_terms_match_the_numpy_scoring_module(likelihood):
         eps.permute(1, 0, 2).numpy(),  # numpy scoring takes (B, L, d)
         decode,
         likelihood,
-        log_jacobian=-0.75,
+        log_jacobian=np.full(6, -0.125),  # sums to -0.75
     )
     np.testing.assert_allclose(result.reconstruction, terms.reconstruction.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(result.kl, terms.kl.numpy(), rtol=0, atol=1e-5)
@@ -99,7 +99,16 @@ def test_log_likelihood_sums_over_every_feature():
 def test_loss_weights_kl_by_beta():
     from training.loss import ElboTerms
 
-    terms = ElboTerms(torch.tensor([-10.0, -20.0]), torch.tensor([2.0, 4.0]))
+    terms = ElboTerms(torch.tensor([-10.0, -20.0]), torch.tensor([[2.0, 0.0], [3.0, 1.0]]))
     assert terms.elbo.tolist() == [-12.0, -24.0]
     assert terms.loss(beta=0.5).item() == 16.5
     assert terms.loss().item() == 18.0
+
+
+def test_free_bits_floor_each_dimensions_mean_kl():
+    from training.loss import ElboTerms
+
+    terms = ElboTerms(torch.tensor([-10.0, -20.0]), torch.tensor([[2.0, 0.0], [3.0, 1.0]]))
+    # batch-mean KL per dimension is [2.5, 0.5]; a floor of 1 nat lifts the second to 1
+    assert terms.loss(free_bits=1.0).item() == 15.0 + 3.5
+    assert terms.loss(free_bits=0.1).item() == 18.0

@@ -22,8 +22,8 @@ def test_validation_elbo_improves_on_the_first_epoch(digits_model_dir):
     assert len(history) == 12
     assert max(row["val_elbo"] for row in history[1:]) > history[0]["val_elbo"] + 5.0  # nats
     assert set(history[0]) == {
-        "epoch", "train_loss", "train_elbo", "train_reconstruction", "train_kl",
-        "val_elbo", "val_reconstruction", "val_kl", "seconds",
+        "epoch", "train_loss", "train_elbo", "train_reconstruction", "train_kl", "train_beta",
+        "val_elbo", "val_reconstruction", "val_kl", "active_units", "seconds",
     }
     for row in history:
         assert row["val_elbo"] == pytest.approx(row["val_reconstruction"] - row["val_kl"], abs=1e-3)
@@ -56,10 +56,10 @@ def test_early_stopping_ends_training(tmp_path):
 
 
 def test_split_is_seeded_and_disjoint():
-    train_rows, val_rows = split_indices(100, 0.2, seed=5)
-    assert len(train_rows) == 80 and len(val_rows) == 20
-    assert set(train_rows).isdisjoint(val_rows)
-    assert split_indices(100, 0.2, seed=5)[1].tolist() == val_rows.tolist()
+    train_rows, val_rows, cal_rows = split_indices(100, 0.2, 0.1, seed=5)
+    assert (len(train_rows), len(val_rows), len(cal_rows)) == (70, 20, 10)
+    assert len(set(train_rows) | set(val_rows) | set(cal_rows)) == 100
+    assert split_indices(100, 0.2, 0.1, seed=5)[2].tolist() == cal_rows.tolist()
 
 
 def test_help_shows_every_default():
