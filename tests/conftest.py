@@ -54,3 +54,23 @@ def tabular_model_dir(tmp_path_factory, tabular_csv) -> Path:
 @pytest.fixture(scope="session")
 def model_dirs(digits_model_dir, tabular_model_dir) -> dict[str, Path]:
     return {"digits": digits_model_dir, "tabular": tabular_model_dir}
+
+
+@pytest.fixture(scope="session")
+def calibration_setup(tmp_path_factory):
+    """A digits model trained on 1300 rows with a large calibration split, and 497 fresh normal rows."""
+    from sklearn.datasets import load_digits
+
+    from training.train import TrainConfig, train
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.data))
+    x = digits.data[order].reshape(-1, 1, 8, 8).astype(np.float32)
+    root = tmp_path_factory.mktemp("calibrated")
+    np.save(root / "train.npy", x[:1300])
+    out = root / "model"
+    train(TrainConfig(
+        data=str(root / "train.npy"), out=str(out), likelihood="bernoulli", calibration_fraction=0.3,
+        fpr=0.1, score_iw_samples=20, **dict(FAST, epochs=25),
+    ))
+    return out, x[1300:].reshape(-1, 64).astype(np.float64)

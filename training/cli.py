@@ -102,12 +102,31 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="network runtime (default: $VAE_RUNTIME or onnx)")
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a data set with a model directory and print metrics as JSON",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model_dir", help="a model directory")
+    p.add_argument("--data", required=True, help="'digits', or a .npy, .npz or .csv file")
+    p.add_argument("--iw-samples", type=_positive_int, default=None,
+                   help="K of L_K (default: the K the threshold was calibrated with)")
+    p.add_argument("--label-column", default=None, help="CSV column holding labels (name or 0-based index)")
+    p.add_argument("--normal-label", default=None, help="the label value that means normal; others are anomalies")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    p.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx", help="network runtime")
+    p.add_argument("--plot", default=None, help="write a PNG histogram of the scores here")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae", description="Variational autoencoder anomaly scoring.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_export(sub)
     _add_serve(sub)
+    _add_evaluate(sub)
     return parser
 
 
@@ -165,9 +184,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from service.errors import ArtifactError
+    from training.data import DataError
+    from training.evaluate import evaluate
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "model_dir", "data")}
+    try:
+        report = evaluate(args.model_dir, args.data, **options)
+    except (ArtifactError, DataError) as exc:
+        print(f"vae evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": _train, "export": _export, "serve": _serve}[args.command]
+    handler = {"train": _train, "export": _export, "serve": _serve, "evaluate": _evaluate}[args.command]
     return handler(args)
 
 

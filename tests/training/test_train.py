@@ -99,3 +99,39 @@ def test_cli_trains_a_csv_with_gaussian_default(tmp_path, tabular_csv):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {out}: best validation ELBO ")
     assert json.loads((out / "manifest.json").read_text())["likelihood"] == "gaussian"
+
+
+def test_kl_warmup_ramps_beta_from_zero(tmp_path):
+    from training.train import beta_at
+
+    assert [beta_at(e, 2.0, 4) for e in (1, 2, 3, 5, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert beta_at(1, 1.0, 0) == 1.0
+    artifact = train(TrainConfig(data="digits", out=str(tmp_path / "m"), kl_warmup=2, **dict(FAST, epochs=3)))
+    history = [json.loads(l) for l in (artifact.dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["train_beta"] for row in history] == [0.0, 0.5, 1.0]
+
+
+def test_free_bits_keep_latent_units_active(tmp_path):
+    common = dict(FAST, epochs=8, latent_dim=8, beta=4.0)  # a heavy KL weight collapses units
+    plain = train(TrainConfig(data="digits", out=str(tmp_path / "plain"), **common))
+    guarded = train(TrainConfig(data="digits", out=str(tmp_path / "guarded"), free_bits=2.0, **common))
+    last = lambda a: json.loads((a.dir / "metrics.jsonl").read_text().splitlines()[-1])["active_units"]
+    assert last(plain) == 0 and last(guarded) >= 3  # measured: 0 and 6
+
+
+def test_active_units_counts_dimensions_whose_mean_varies():
+    from training.train import active_units
+
+    mu = torch.stack([torch.linspace(-1, 1, 50), torch.full((50,), 0.3), 0.05 * torch.linspace(-1, 1, 50)], dim=1)
+    assert active_units(mu) == 1
+
+
+def test_fpr_needs_enough_calibration_rows(tmp_path):
+    from training.train import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        train(TrainConfig(data="digits", out=str(tmp_path / "m"), fpr=0.001, **FAST))
+    assert str(err.value) == (
+        "--fpr 0.001 needs at least 999 calibration rows; the calibration split has 180: "
+        "raise --calibration-fraction or --fpr"
+    )

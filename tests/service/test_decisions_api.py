@@ -1,0 +1,96 @@
+"""The anomaly fields of /elbo, their overrides, and the errors for bad values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.conftest import instances_for
+
+ZERO_DIGIT = [0.0] * 64
+
+
+def test_every_response_carries_decisions(client):
+    card = client.get("/v1/model").json()
+    body = client.post("/elbo", json={"instances": instances_for(client, 3), "seed": 0}).json()
+    assert body["iw_samples"] == card["scoring"]["iw_samples"]
+    assert body["threshold"] == card["scoring"]["calibration"]["threshold"]
+    np.testing.assert_array_equal(body["anomaly_score"], -np.asarray(body["log_likelihood"]))
+    assert body["is_anomaly"] == [s > body["threshold"] for s in body["anomaly_score"]]
+    assert all(0 < p <= 1 for p in body["p_value"])
+    assert "feature_scores" not in body
+
+
+def test_request_threshold_overrides(digits_client):
+    body = digits_client.post("/elbo", json={"instances": [ZERO_DIGIT], "seed": 0, "threshold": -1000.0}).json()
+    assert body["threshold"] == -1000.0 and body["is_anomaly"] == [True]
+
+
+def test_request_fpr_picks_the_calibration_quantile(digits_client):
+    card = digits_client.get("/v1/model").json()
+    scores = card["scoring"]["calibration"]["scores"]
+    n = card["scoring"]["calibration"]["n"]
+    body = digits_client.post("/elbo", json={"instances": [ZERO_DIGIT], "seed": 0, "fpr": 0.5}).json()
+    m = int(0.5 * (n + 1)) - 1
+    assert body["threshold"] == sorted(scores)[len(scores) - 1 - m]
+
+
+def test_environment_threshold_replaces_the_calibrated_one(digits_model_dir):
+    with TestClient(create_app(Settings(model_dir=digits_model_dir, threshold=12.5))) as client:
+        assert client.post("/elbo", json={"instances": [ZERO_DIGIT], "seed": 0}).json()["threshold"] == 12.5
+        assert client.get("/v1/model").json()["threshold"] == 12.5
+
+
+def test_explicit_iw_samples(digits_client):
+    body = digits_client.post("/elbo", json={"instances": [ZERO_DIGIT], "seed": 0, "iw_samples": 3}).json()
+    assert body["iw_samples"] == 3
+
+
+def test_elbo_numbers_do_not_depend_on_iw_samples(digits_client):
+    request = {"instances": [ZERO_DIGIT], "seed": 5, "n_samples": 4}
+    a = digits_client.post("/elbo", json=request | {"iw_samples": 1}).json()
+    b = digits_client.post("/elbo", json=request | {"iw_samples": 50}).json()
+    assert a["elbo"] == b["elbo"] and a["reconstruction"] == b["reconstruction"]
+
+
+def error(response, status):
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "extra, status, message",
+    [
+        ({"iw_samples": 0}, 422, "iw_samples: Input should be greater than or equal to 1 (got 0)"),
+        ({"iw_samples": 1.5}, 422, "iw_samples: Input should be a valid integer (got 1.5)"),
+        ({"iw_samples": 10001}, 422, "iw_samples: 10001 exceeds the limit of 10000 (VAE_MAX_IW_SAMPLES)"),
+        ({"fpr": 0}, 422, "fpr: Input should be greater than 0 (got 0)"),
+        ({"fpr": 1.5}, 422, "fpr: Input should be less than 1 (got 1.5)"),
+        ({"fpr": "low"}, 422, "fpr: Input should be a valid number, unable to parse string as a number (got 'low')"),
+        ({"threshold": "high"}, 422, "threshold: Input should be a valid number, unable to parse string as a number (got 'high')"),
+        ({"threshold": 1.0, "fpr": 0.1}, 422, "give threshold or fpr, not both (got threshold 1 and fpr 0.1)"),
+        ({"feature_scores": "yes"}, 422, "feature_scores: Input should be a valid boolean (got 'yes')"),
+    ],
+)
+def test_bad_decision_options(digits_client, extra, status, message):
+    assert error(digits_client.post("/elbo", json={"instances": [ZERO_DIGIT]} | extra), status) == message
+
+
+def test_fpr_below_what_calibration_can_promise(digits_client):
+    n = digits_client.get("/v1/model").json()["scoring"]["calibration"]["n"]
+    message = error(digits_client.post("/elbo", json={"instances": [ZERO_DIGIT], "fpr": 0.0001}), 422)
+    assert message == (
+        f"fpr: expected a false-alarm rate in [{1 / (n + 1):.4g}, 1) — 1/(n+1) for this model's "
+        f"{n} calibration scores — got 0.0001"
+    )
+
+
+def test_non_finite_threshold(digits_client):
+    response = digits_client.post(
+        "/elbo", content='{"instances": [[' + ",".join(["0"] * 64) + ']], "threshold": Infinity}',
+        headers={"content-type": "application/json"},
+    )
+    assert error(response, 422) == "threshold: Input should be a finite number (got inf)"
