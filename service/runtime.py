@@ -23,7 +23,21 @@ class Runtime(Protocol):
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]: ...
 
 
-class OnnxRuntime:
+class _TwoGraphs:
+    """encode and decode in terms of one `_run(graph, value)` per runtime."""
+
+    def _run(self, graph: str, value: np.ndarray) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, logvar = self._run("encoder", x)
+        return mu, logvar
+
+    def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run("decoder", z)
+
+
+class OnnxRuntime(_TwoGraphs):
     name = "onnx"
 
     def __init__(self, artifact: Artifact, intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
@@ -54,15 +68,8 @@ class OnnxRuntime:
         feed = {self._inputs[graph]: np.ascontiguousarray(value, dtype=np.float32)}
         return tuple(self._sessions[graph].run(self._outputs[graph], feed))
 
-    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, logvar = self._run("encoder", x)
-        return mu, logvar
 
-    def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
-        return self._run("decoder", z)
-
-
-class TorchScriptRuntime:
+class TorchScriptRuntime(_TwoGraphs):
     name = "torchscript"
 
     def __init__(self, artifact: Artifact, threads: int = 0) -> None:
@@ -84,13 +91,6 @@ class TorchScriptRuntime:
         with self._torch.inference_mode():
             out = self._modules[graph](self._torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
         return tuple(t.numpy() for t in out)
-
-    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, logvar = self._run("encoder", x)
-        return mu, logvar
-
-    def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
-        return self._run("decoder", z)
 
 
 def load_runtime(artifact: Artifact, runtime: str, threads: int = 0) -> Runtime:

@@ -26,9 +26,9 @@ class ModelConfig:
 
     input_shape: list[int]  # one instance, e.g. [1, 8, 8] for digits or [D] for tabular data
     latent_dim: int = 8  # size of z
-    hidden: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; the decoder mirrors them
+    hidden: list[int] = field(default_factory=lambda: [256, 128])  # mlp: layer widths; conv: channels per stride-2 block
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"  # p(x|z)
-    architecture: Literal["mlp"] = "mlp"
+    architecture: Literal["mlp", "conv"] = "mlp"  # conv needs input_shape C x H x W
 
     @property
     def n_features(self) -> int:
@@ -46,6 +46,89 @@ def mlp(sizes: list[int]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.SiLU())
     return nn.Sequential(*layers)
+
+
+def conv_sizes(height: int, width: int, blocks: int) -> list[tuple[int, int]]:
+    """Spatial sizes after each stride-2 block (kernel 3, padding 1): s -> ceil(s / 2), input size first."""
+    sizes = [(height, width)]
+    for _ in range(blocks):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """x (B, C, H, W) -> (mu, logvar), each (B, latent_dim): stride-2 conv blocks, then a linear head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        channels, height, width = config.input_shape
+        self.logvar_min, self.logvar_max = ENCODER_LOGVAR_RANGE
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip([channels, *config.hidden[:-1]], config.hidden):
+            layers += [nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        h, w = conv_sizes(height, width, len(config.hidden))[-1]
+        self.head = nn.Linear(config.hidden[-1] * h * w, 2 * config.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.head(self.body(x).flatten(1))
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(self.logvar_min, self.logvar_max)
+
+
+class ConvDecoder(nn.Module):
+    """z (B, latent_dim) -> decoder parameters (B, k*C, H, W); the two subclasses split them.
+
+    Mirrors the encoder with transposed convolutions whose output_padding makes every size match
+    the encoder's exactly, so any H and W come back unchanged (odd ones included).
+    """
+
+    def __init__(self, config: ModelConfig, params_per_channel: int) -> None:
+        super().__init__()
+        channels, height, width = config.input_shape
+        self.logvar_min, self.logvar_max = DECODER_LOGVAR_RANGE
+        sizes = conv_sizes(height, width, len(config.hidden))
+        widths = list(reversed(config.hidden))
+        self.start_shape = [widths[0], sizes[-1][0], sizes[-1][1]]
+        self.project = nn.Linear(config.latent_dim, widths[0] * sizes[-1][0] * sizes[-1][1])
+        layers: list[nn.Module] = [nn.SiLU()]
+        targets = list(reversed(sizes[:-1]))  # the sizes to grow back to, smallest first
+        smaller = list(reversed(sizes[1:]))
+        for i, (n_in, (target, small)) in enumerate(zip(widths, zip(targets, smaller))):
+            n_out = widths[i + 1] if i + 1 < len(widths) else widths[-1]
+            padding = (target[0] - (2 * small[0] - 1), target[1] - (2 * small[1] - 1))
+            layers += [
+                nn.ConvTranspose2d(n_in, n_out, kernel_size=3, stride=2, padding=1, output_padding=padding),
+                nn.SiLU(),
+            ]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(widths[-1], channels * params_per_channel, kernel_size=3, padding=1)
+
+    def params(self, z: Tensor) -> Tensor:
+        h = self.project(z).reshape([z.shape[0]] + self.start_shape)
+        return self.out(self.body(h))
+
+
+class ConvBernoulliDecoder(ConvDecoder):
+    """z (B, latent_dim) -> (logits,), (B, C, H, W)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, params_per_channel=1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor]:
+        return (self.params(z),)
+
+
+class ConvGaussianDecoder(ConvDecoder):
+    """z (B, latent_dim) -> (mean, logvar), each (B, C, H, W)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, params_per_channel=2)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        mean, logvar = self.params(z).chunk(2, dim=1)
+        return mean, logvar.clamp(self.logvar_min, self.logvar_max)
 
 
 class Encoder(nn.Module):
@@ -99,8 +182,14 @@ class VAE(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = BernoulliDecoder(config) if config.likelihood == "bernoulli" else GaussianDecoder(config)
+        if config.architecture == "conv":
+            if len(config.input_shape) != 3:
+                raise ValueError(f"--arch conv needs data shaped C x H x W, got input_shape {config.input_shape}")
+            self.encoder = ConvEncoder(config)
+            self.decoder = ConvBernoulliDecoder(config) if config.likelihood == "bernoulli" else ConvGaussianDecoder(config)
+        else:
+            self.encoder = Encoder(config)
+            self.decoder = BernoulliDecoder(config) if config.likelihood == "bernoulli" else GaussianDecoder(config)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(x)
