@@ -71,6 +71,7 @@ def _request_examples(manifest: Manifest) -> dict[str, dict]:
         "/sample": {"instances": [instance], "n_samples": 2, "seed": 0, "decode": False},
         "/decode": {"z": [[0.0] * manifest.latent_dim]},
         "/elbo": {"instances": [instance], "n_samples": 8, "seed": 0, "feature_scores": False},
+        "/heatmap": {"instances": [instance], "n_samples": 8, "seed": 0},
     }
 
 

@@ -63,6 +63,16 @@ class Preprocessing(BaseModel):
         return np.broadcast_to(np.log(self._scale), (n_features,)).copy()
 
 
+class ImageSpec(BaseModel):
+    """How images map to this model's inputs: pixel p (0..255) is raw value p * max_value / 255."""
+
+    channels: Literal[1, 3]
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    resize: bool = Field(description="uploads of another size are resized, as the training images were")
+    max_value: float = Field(gt=0, description="the raw value of a white pixel (255 for images, 16 for digits)")
+
+
 class Graph(BaseModel):
     """One exported network in both formats, with its tensor names."""
 
@@ -143,6 +153,7 @@ class Manifest(BaseModel):
         description="largest |exported - eager| per runtime and graph on a check batch"
     )
     scoring: Scoring | None = Field(None, description="set by calibration; required to serve")
+    image: ImageSpec | None = Field(None, description="set when the model takes images")
 
     @field_validator("input_shape")
     @classmethod

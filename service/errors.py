@@ -35,6 +35,13 @@ class LimitExceeded(ServiceError):
     code = "limit_exceeded"
 
 
+class NotAcceptable(ServiceError):
+    """The client asked for a representation this model cannot give (a PNG of non-image rows)."""
+
+    status_code = 406
+    code = "not_acceptable"
+
+
 class ModelNotReady(ServiceError):
     """The model has not finished loading and warming up."""
 

@@ -47,6 +47,12 @@ class ElboRequest(Request):
     )
 
 
+class HeatmapRequest(Request):
+    instances: list[Any] = Field(description=INSTANCES_DOC)
+    n_samples: StrictInt = Field(8, ge=1, description="draws averaged in the per-pixel scores")
+    seed: Seed | None = Field(None, ge=0, le=2**63 - 1, description="the same seed gives the same picture")
+
+
 class EncodeResponse(BaseModel):
     mu: list[list[float]] = Field(description="posterior means, [B][d]")
     sigma: list[list[float]] = Field(description="posterior standard deviations, [B][d]")

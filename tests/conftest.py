@@ -74,3 +74,48 @@ def calibration_setup(tmp_path_factory):
         fpr=0.1, score_iw_samples=20, **dict(FAST, epochs=25),
     ))
     return out, x[1300:].reshape(-1, 64).astype(np.float64)
+
+
+def write_png_folder(root: Path, n_per_class: int = 30, size: tuple[int, int] = (12, 10), seed: int = 0) -> Path:
+    """Two classes of RGB images (a bright square or a bright bar on a dark background) in sub-folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for label in ("square", "bar"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 40, size=(height, width, 3)).astype(np.uint8)
+            top, left = rng.integers(0, height - 4), rng.integers(0, width - 4)
+            if label == "square":
+                pixels[top : top + 4, left : left + 4] = [230, 200, 40]
+            else:
+                pixels[top : top + 2, :] = [40, 200, 230]
+            Image.fromarray(pixels).save(root / label / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def png_folder(tmp_path_factory) -> Path:
+    return write_png_folder(tmp_path_factory.mktemp("pngs") / "images")
+
+
+@pytest.fixture(scope="session")
+def conv_digits_model_dir(tmp_path_factory) -> Path:
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "conv-digits"
+    train(TrainConfig(data="digits", out=str(out), arch="conv", **dict(FAST, hidden=[8, 16], epochs=6)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def conv_png_model_dir(tmp_path_factory, png_folder) -> Path:
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "conv-png"
+    train(TrainConfig(
+        data=str(png_folder), out=str(out), arch="conv", fpr=0.1, calibration_fraction=0.2,
+        **dict(FAST, hidden=[8, 16], epochs=6),
+    ))
+    return out

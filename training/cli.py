@@ -17,6 +17,13 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+def _image_size(text: str) -> list[int]:
+    sizes = _hidden(text)
+    if len(sizes) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected H or H,W like 28 or 32,48, got {text!r}")
+    return sizes * 2 if len(sizes) == 1 else sizes
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -54,13 +61,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="train a VAE and write a model directory",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", default=defaults["data"], help="'digits', or a .npy, .npz or .csv file")
+    p.add_argument("--data", default=defaults["data"],
+                   help="'digits', a .npy, .npz or .csv file, or a folder of PNG/JPEG images")
     p.add_argument("--out", default=defaults["out"], help="model directory to write (replaced atomically)")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=argparse.SUPPRESS,
                    help="p(x|z) (default: bernoulli for digits, gaussian for files)")
     p.add_argument("--latent-dim", type=_positive_int, default=defaults["latent_dim"], help="size of z")
-    p.add_argument("--hidden", type=_hidden, default=",".join(map(str, defaults["hidden"])),
-                   help="encoder layer widths; the decoder mirrors them")
+    p.add_argument("--arch", choices=["mlp", "conv"], default=defaults["arch"],
+                   help="mlp, or conv for data shaped C x H x W (digits, image folders)")
+    p.add_argument("--hidden", type=_hidden, default=argparse.SUPPRESS,
+                   help="mlp layer widths, or conv channels per stride-2 block; the decoder mirrors them "
+                        "(default: 256,128 for mlp, 32,64 for conv)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=argparse.SUPPRESS,
+                   help="image folders: 1 (grayscale) or 3 (RGB) (default: 3 if any image has colour)")
+    p.add_argument("--image-size", type=_image_size, default=argparse.SUPPRESS,
+                   help="image folders: resize every image to H[,W] (default: images must share one size)")
     p.add_argument("--epochs", type=_positive_int, default=defaults["epochs"], help="maximum epochs")
     p.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"], help="rows per gradient step")
     p.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate")

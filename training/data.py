@@ -1,4 +1,4 @@
-"""Data sources -> arrays: scikit-learn's digits, .npy, .npz and .csv files.
+"""Data sources -> arrays: scikit-learn's digits, .npy, .npz and .csv files, and folders of images.
 
 Every problem with a source is found here, before training starts, and reported as a DataError
 that names the source and says what was expected and what was found.
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 MIN_ROWS = 10  # fewer rows than this cannot be split into training, validation and calibration
-ACCEPTED = "'digits', or a .npy, .npz or .csv file"
+ACCEPTED = "'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 class DataError(ValueError):
@@ -30,7 +31,9 @@ class Dataset:
     x: np.ndarray  # (N, *input_shape) float32, raw units, all finite
     y: np.ndarray | None  # (N,) labels, or None
     source: str  # "digits" or the path as the user gave it
-    kind: str  # "digits" | "array" (npy/npz) | "tabular" (csv)
+    kind: str  # "digits" | "images" (a folder) | "array" (npy/npz) | "tabular" (csv)
+    value_range: tuple[float, float] | None = None  # the values' known range: digits 0..16, pixels 0..255
+    resized: bool = False  # images were resized to one size (so the service resizes uploads too)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -38,18 +41,33 @@ class Dataset:
 
     @property
     def default_likelihood(self) -> str:
-        return "bernoulli" if self.kind == "digits" else "gaussian"
+        return "bernoulli" if self.kind in ("digits", "images") else "gaussian"
 
 
-def load_dataset(source: str, *, label_column: str | None = None) -> Dataset:
-    """Load and check a data source; raises DataError naming the source and the problem."""
+def load_dataset(
+    source: str,
+    *,
+    label_column: str | None = None,
+    channels: int | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> Dataset:
+    """Load and check a data source; raises DataError naming the source and the problem.
+
+    For a folder of images: `channels` 1 or 3 (default: 3 if any image has colour), and `image_size`
+    (H, W) to resize to (default: every image must already share one size).
+    """
     if source == "digits":
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         x = digits.data.reshape(-1, 1, 8, 8).astype(np.float32)
-        return Dataset(x, digits.target.astype(np.int64), "digits", "digits")
+        return Dataset(x, digits.target.astype(np.int64), "digits", "digits", value_range=(0.0, 16.0))
     path = Path(source)
+    if path.is_dir():
+        x, y = _read_images(source, path, channels, image_size)
+        return Dataset(
+            _checked_features(source, x), y, source, "images", value_range=(0.0, 255.0), resized=image_size is not None
+        )
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".csv"):
         raise DataError(source, f"unsupported data source; expected {ACCEPTED}")
@@ -81,6 +99,42 @@ def _read_npz(source: str, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if "x" not in arrays:
         raise DataError(source, f"expected an array named 'x' (and optionally 'y'); found {names or 'none'}")
     return arrays["x"], arrays.get("y")
+
+
+def _read_images(
+    source: str, folder: Path, channels: int | None, size: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every PNG or JPEG below `folder` -> (N, C, H, W) pixels 0..255; labels from sub-folder names."""
+    from PIL import Image, UnidentifiedImageError
+
+    from service.images import GRAY_MODES, image_to_array
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(source, "the folder holds no PNG or JPEG images (searched recursively)")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.load()
+                images.append(image.copy())
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(file, f"cannot be read as an image ({exc})") from None
+    if channels is None:
+        channels = 1 if all(image.mode in GRAY_MODES for image in images) else 3
+    if size is None:
+        first = images[0]
+        for file, image in zip(files, images):
+            if image.size != first.size:
+                raise DataError(
+                    file,
+                    f"is {image.width}x{image.height} pixels but {files[0].name} is {first.width}x{first.height}; "
+                    "images must share one size, or pass --image-size H,W to resize them",
+                )
+    x = np.stack([image_to_array(image, channels, size) for image in images])
+    parents = [str(file.parent.relative_to(folder)) for file in files]
+    labels = np.asarray(parents) if any(p != "." for p in parents) else None
+    return x, labels
 
 
 def _is_number(text: str) -> bool:
@@ -172,14 +226,16 @@ def _checked_labels(source: str, y: np.ndarray | None, n: int) -> np.ndarray | N
     return y
 
 
-def fit_preprocessing(x: np.ndarray, likelihood: str) -> tuple[float | list[float], float | list[float]]:
+def fit_preprocessing(
+    x: np.ndarray, likelihood: str, value_range: tuple[float, float] | None = None
+) -> tuple[float | list[float], float | list[float]]:
     """(offset, scale) with x_model = (x_raw - offset) / scale, fitted on x (N, *input_shape).
 
-    bernoulli: one offset and scale mapping the data's range onto [0, 1].
-    gaussian: per-feature mean and standard deviation; a constant feature gets scale 1.
+    bernoulli: one offset and scale mapping the data's range (the known `value_range`, else the observed
+    one) onto [0, 1]. gaussian: per-feature mean and standard deviation; a constant feature gets scale 1.
     """
     if likelihood == "bernoulli":
-        low, high = float(x.min()), float(x.max())
+        low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
         return low, (high - low) if high > low else 1.0
     if likelihood == "gaussian":
         flat = x.reshape(len(x), -1).astype(np.float64)

@@ -28,6 +28,7 @@ from service.artifact import (
     Calibration,
     Graph,
     Graphs,
+    ImageSpec,
     Manifest,
     Preprocessing,
     Scoring,
@@ -72,10 +73,15 @@ def calibrate(staged: Artifact, plan: CalibrationPlan, progress: bool = False) -
 
 
 def make_checkpoint(
-    model: VAE, preprocessing: Preprocessing, training: TrainingSummary, history: list[dict]
+    model: VAE,
+    preprocessing: Preprocessing,
+    training: TrainingSummary,
+    history: list[dict],
+    image: ImageSpec | None = None,
 ) -> dict:
     """Weights plus everything needed to rebuild and describe the model; loads with weights_only=True."""
     return {
+        "image": image.model_dump() if image else None,
         "model_config": model.config.to_dict(),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "preprocessing": preprocessing.model_dump(),
@@ -247,4 +253,5 @@ def _manifest(checkpoint: dict, name: str, graphs: Graphs, files: dict[str, str]
         files=files,
         training=TrainingSummary(**checkpoint["training"]),
         parity={},
+        image=checkpoint.get("image"),
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.artifact import Artifact, Preprocessing, TrainingSummary
+from service.artifact import Artifact, ImageSpec, Preprocessing, TrainingSummary
 from service.scoring import min_fpr
 from training.data import Dataset, fit_preprocessing, load_dataset
 from training.export import CalibrationPlan, export_model_dir, make_checkpoint
@@ -43,13 +43,26 @@ def preprocess(dataset: Dataset, train_rows: np.ndarray, likelihood: str) -> Pre
     # Bernoulli scaling maps the data's range onto [0, 1], so it is fitted on every row: a fixed range, not a
     # learned statistic. Gaussian standardisation is fitted on the training rows only.
     fit_rows = dataset.x if likelihood == "bernoulli" else dataset.x[train_rows]
-    offset, scale = fit_preprocessing(fit_rows, likelihood)
+    offset, scale = fit_preprocessing(fit_rows, likelihood, dataset.value_range)
     return Preprocessing(offset=offset, scale=scale)
 
 
 def to_model_tensor(x_raw: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
     flat = x_raw.reshape(len(x_raw), -1).astype(np.float64)
     return torch.from_numpy(preprocessing.to_model(flat).reshape(x_raw.shape).astype(np.float32))
+
+
+DEFAULT_HIDDEN = {"mlp": [256, 128], "conv": [32, 64]}
+
+
+def image_spec(dataset: Dataset) -> ImageSpec | None:
+    """Digits and image folders can be sent and shown as images; other arrays have no known pixel range."""
+    shape = dataset.input_shape
+    if dataset.value_range is None or len(shape) != 3 or shape[0] not in (1, 3):
+        return None
+    return ImageSpec(
+        channels=shape[0], height=shape[1], width=shape[2], resize=dataset.resized, max_value=dataset.value_range[1]
+    )
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
@@ -64,7 +77,9 @@ def beta_at(epoch: int, beta: float, warmup: int) -> float:
 
 def train(config: TrainConfig) -> Artifact:
     """Train on config.data and write the model directory config.out."""
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(
+        config.data, channels=config.channels, image_size=tuple(config.image_size) if config.image_size else None
+    )
     likelihood = config.likelihood or dataset.default_likelihood
     train_rows, val_rows, cal_rows = split_indices(
         len(dataset.x), config.val_fraction, config.calibration_fraction, config.seed
@@ -82,9 +97,12 @@ def train(config: TrainConfig) -> Artifact:
     model_config = ModelConfig(
         input_shape=list(dataset.input_shape),
         latent_dim=config.latent_dim,
-        hidden=list(config.hidden),
+        hidden=list(config.hidden or DEFAULT_HIDDEN[config.arch]),
         likelihood=likelihood,
+        architecture=config.arch,
     )
+    if config.arch == "conv" and len(dataset.input_shape) != 3:
+        raise ConfigError(f"--arch conv needs data shaped C x H x W; {dataset.source} has rows shaped {list(dataset.input_shape)}")
     model = VAE(model_config)
     # Reported ELBOs are densities in raw units (see Manifest.log_jacobian); a constant, so gradients ignore it.
     log_jacobian = 0.0 if likelihood == "bernoulli" else -float(preprocessing.log_scale(model_config.n_features).sum())
@@ -144,7 +162,7 @@ def train(config: TrainConfig) -> Artifact:
         best_val_elbo=result.best_value,
         config=json.loads(json.dumps(asdict(config) | {"likelihood": likelihood})),
     )
-    checkpoint = make_checkpoint(model, preprocessing, summary, result.history)
+    checkpoint = make_checkpoint(model, preprocessing, summary, result.history, image_spec(dataset))
     calibration = CalibrationPlan(
         x_raw=dataset.x[cal_rows], iw_samples=config.score_iw_samples, fpr=config.fpr, seed=config.seed
     )

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
 class TrainConfig:
     """Every `vae train` flag; the CLI shows these defaults in --help."""
 
-    data: str = "digits"  # "digits", or a .npy / .npz / .csv file
+    data: str = "digits"  # "digits", a .npy / .npz / .csv file, or a folder of PNG / JPEG images
     out: str = "models/digits"  # the model directory to write
     likelihood: str | None = None  # bernoulli | gaussian; None: bernoulli for digits, gaussian for files
     latent_dim: int = 8  # size of z
-    hidden: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths, decoder mirrored
+    arch: str = "mlp"  # mlp, or conv for C x H x W data
+    hidden: list[int] | None = None  # mlp widths / conv channels, decoder mirrored; None: 256,128 (mlp), 32,64 (conv)
+    channels: int | None = None  # image folders: 1 or 3; None: 3 if any image has colour
+    image_size: list[int] | None = None  # image folders: resize to [H, W]; None: images must share one size
     epochs: int = 200  # upper bound; early stopping usually ends sooner
     batch_size: int = 128
     lr: float = 1e-3  # Adam learning rate

@@ -1,11 +1,20 @@
-"""POST /encode, /sample, /decode, /elbo: request -> arrays -> engine -> response. Nothing else."""
+"""POST /encode, /sample, /decode, /elbo and /heatmap: request -> arrays -> engine -> response. Nothing else.
+
+Inference runs in the thread pool, never on the event loop.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
+from service.api.body import read_body, request_body_doc
 from service.api.deps import ArrayJSONResponse, EngineDep, floats
-from service.inputs import parse_instances, parse_latents
+from service.errors import NotAcceptable
+from service.images import grid, heatmap_overlay, png_bytes, to_pixels
+from service.inputs import parse_latents
 from service.schemas import (
     DecodeRequest,
     DecodeResponse,
@@ -13,49 +22,80 @@ from service.schemas import (
     ElboResponse,
     EncodeRequest,
     EncodeResponse,
+    HeatmapRequest,
     SampleRequest,
     SampleResponse,
 )
 
 router = APIRouter(tags=["inference"])
+PNG = {"content": {"image/png": {}}, "description": "with `Accept: image/png`: one image, or a grid for a batch"}
 
 
-def _instances(engine, instances):
-    return parse_instances(instances, engine.manifest.input_shape, engine.limits.max_instances)
+def wants_png(request: Request) -> bool:
+    return "image/png" in request.headers.get("accept", "")
 
 
-@router.post("/encode", response_model=EncodeResponse)
-def encode(body: EncodeRequest, engine: EngineDep) -> ArrayJSONResponse:
-    """The posterior q(z|x) = N(mu, diag sigma^2) of each instance."""
-    encoded = engine.encode(_instances(engine, body.instances))
-    return ArrayJSONResponse(
-        {"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)}
-    )
+def png_response(engine, images, rows: int, cols: int) -> Response:
+    """Raw-unit images (rows*cols, *input_shape) as one PNG grid with `rows` rows."""
+    spec = engine.manifest.image
+    if spec is None:
+        raise NotAcceptable(
+            f"this model's outputs are rows shaped {engine.manifest.input_shape}, not images; accept application/json"
+        )
+    pixels = to_pixels(images.reshape(rows * cols, spec.channels, spec.height, spec.width), spec.max_value)
+    return Response(png_bytes(grid(pixels, rows, cols)), media_type="image/png")
 
 
-@router.post("/sample", response_model=SampleResponse, response_model_exclude_none=True)
-def sample(body: SampleRequest, engine: EngineDep) -> ArrayJSONResponse:
+@router.post("/encode", response_model=EncodeResponse, openapi_extra=request_body_doc(EncodeRequest, images=True))
+async def encode(request: Request, engine: EngineDep) -> ArrayJSONResponse:
+    """The posterior q(z|x) = N(mu, diag sigma^2) of each instance (JSON) or uploaded image (multipart)."""
+    _, x_raw = await read_body(request, EncodeRequest, engine)
+    encoded = await run_in_threadpool(engine.encode, x_raw)
+    return ArrayJSONResponse({"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)})
+
+
+@router.post(
+    "/sample",
+    response_model=SampleResponse,
+    response_model_exclude_none=True,
+    responses={200: PNG},
+    openapi_extra=request_body_doc(SampleRequest, images=True),
+)
+async def sample(request: Request, engine: EngineDep) -> Response:
     """Reparameterized draws z = mu + sigma * eps per instance, or draws from the prior without instances."""
-    x_raw = None if body.instances is None else _instances(engine, body.instances)
-    sampled = engine.sample(x_raw, body.n_samples, body.seed, body.decode)
+    body, x_raw = await read_body(request, SampleRequest, engine)
+    png = wants_png(request)
+    sampled = await run_in_threadpool(engine.sample, x_raw, body.n_samples, body.seed, body.decode or png)
+    if png:
+        return png_response(engine, sampled.x, rows=sampled.z.shape[0], cols=sampled.z.shape[1])
     content = {"z": floats(sampled.z), "seed": sampled.seed}
     if sampled.x is not None:
         content["x"] = floats(sampled.x)
     return ArrayJSONResponse(content)
 
 
-@router.post("/decode", response_model=DecodeResponse)
-def decode(body: DecodeRequest, engine: EngineDep) -> ArrayJSONResponse:
+@router.post("/decode", response_model=DecodeResponse, responses={200: PNG})
+async def decode(body: DecodeRequest, request: Request, engine: EngineDep) -> Response:
     """The mean of p(x|z) in raw units for each latent vector."""
     z = parse_latents(body.z, engine.manifest.latent_dim, engine.limits.max_instances)
-    return ArrayJSONResponse({"x": floats(engine.decode(z))})
+    x = await run_in_threadpool(engine.decode, z)
+    if wants_png(request):
+        return png_response(engine, x, rows=1, cols=len(x))
+    return ArrayJSONResponse({"x": floats(x)})
 
 
-@router.post("/elbo", response_model=ElboResponse, response_model_exclude_none=True)
-def elbo(body: ElboRequest, engine: EngineDep) -> ArrayJSONResponse:
+@router.post(
+    "/elbo",
+    response_model=ElboResponse,
+    response_model_exclude_none=True,
+    openapi_extra=request_body_doc(ElboRequest, images=True),
+)
+async def elbo(request: Request, engine: EngineDep) -> ArrayJSONResponse:
     """Per-input ELBO and importance-weighted log-likelihood in nats, with calibrated anomaly decisions."""
-    scored = engine.elbo(
-        _instances(engine, body.instances),
+    body, x_raw = await read_body(request, ElboRequest, engine)
+    scored = await run_in_threadpool(
+        engine.elbo,
+        x_raw,
         n_samples=body.n_samples,
         seed=body.seed,
         iw_samples=body.iw_samples,
@@ -80,3 +120,25 @@ def elbo(body: ElboRequest, engine: EngineDep) -> ArrayJSONResponse:
     if scored.feature_scores is not None:
         content["feature_scores"] = floats(scored.feature_scores)
     return ArrayJSONResponse(content)
+
+
+@router.post(
+    "/heatmap",
+    responses={200: {"content": {"image/png": {}}, "description": "the overlays side by side, one per input"}},
+    response_class=Response,
+    openapi_extra=request_body_doc(HeatmapRequest, images=True),
+)
+async def heatmap(request: Request, engine: EngineDep) -> Response:
+    """A PNG of each input with its per-pixel anomaly scores (shares of -reconstruction) overlaid."""
+    spec = engine.manifest.image
+    if spec is None:
+        raise NotAcceptable(f"this model takes rows shaped {engine.manifest.input_shape}, not images; use /elbo")
+    body, x_raw = await read_body(request, HeatmapRequest, engine)
+    scored = await run_in_threadpool(
+        engine.elbo, x_raw, n_samples=body.n_samples, seed=body.seed, iw_samples=1, feature_scores=True
+    )
+    shape = (len(x_raw), spec.channels, spec.height, spec.width)
+    pixels = to_pixels(x_raw.reshape(shape), spec.max_value)
+    per_pixel = scored.feature_scores.reshape(shape).sum(axis=1)  # (B, H, W): channels add up
+    overlays = [heatmap_overlay(p, s) for p, s in zip(pixels, per_pixel)]
+    return Response(png_bytes(grid(np.stack(overlays), 1, len(overlays))), media_type="image/png")

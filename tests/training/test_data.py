@@ -59,7 +59,7 @@ def test_missing_file(tmp_path):
 
 
 def test_unsupported_source():
-    assert error_of("data.parquet") == "data.parquet: unsupported data source; expected 'digits', or a .npy, .npz or .csv file"
+    assert error_of("data.parquet") == "data.parquet: unsupported data source; expected 'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
 
 
 def test_corrupt_npy(tmp_path):

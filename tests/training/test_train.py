@@ -67,7 +67,7 @@ def test_help_shows_every_default():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for flag, default in [
-        ("--data", "digits"), ("--latent-dim", "8"), ("--hidden", "256,128"), ("--epochs", "200"),
+        ("--data", "digits"), ("--latent-dim", "8"), ("--hidden", "256,128 for mlp, 32,64 for conv"), ("--epochs", "200"),
         ("--batch-size", "128"), ("--lr", "0.001"), ("--beta", "1.0"), ("--seed", "0"), ("--val-fraction", "0.1"),
         ("--out", "models/digits"), ("--likelihood", "bernoulli for digits, gaussian for files"),
     ]:

@@ -1,0 +1,94 @@
+"""Request bodies that arrive as JSON or as multipart/form-data image uploads, validated the same way.
+
+A multipart form carries the JSON request's options as form fields (each read as a JSON value, so
+`n_samples=8` is the number 8) and one or more PNG or JPEG files in the field `files`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from service.engine import VaeEngine
+from service.errors import InvalidInput, MalformedRequest
+from service.images import decode_upload
+from service.inputs import parse_instances
+
+Body = TypeVar("Body", bound=BaseModel)
+FILES_FIELD = "files"
+
+
+def _validated(model: type[Body], data: Any) -> Body:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+def _form_value(text: str) -> Any:
+    """A form field as the JSON value it spells ('8' -> 8, 'true' -> True), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def read_body(request: Request, model: type[Body], engine: VaeEngine) -> tuple[Body, np.ndarray | None]:
+    """The validated options and the instances as (B, D) raw values (None when the body has none)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _read_form(request, model, engine)
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+    body = _validated(model, data)
+    instances = getattr(body, "instances", None)
+    if instances is None:
+        return body, None
+    return body, parse_instances(instances, engine.manifest.input_shape, engine.limits.max_instances)
+
+
+async def _read_form(request: Request, model: type[Body], engine: VaeEngine) -> tuple[Body, np.ndarray]:
+    spec = engine.manifest.image
+    if spec is None:
+        raise InvalidInput(
+            f"this model takes rows shaped {engine.manifest.input_shape}, not images; send JSON instances"
+        )
+    form = await request.form(max_files=engine.limits.max_instances, max_fields=100)
+    uploads = [item for key, item in form.multi_items() if key == FILES_FIELD]
+    fields = {key: _form_value(value) for key, value in form.multi_items() if key != FILES_FIELD}
+    if "instances" in fields:
+        raise InvalidInput("send instances as JSON or as image files, not both")
+    if not uploads or any(isinstance(u, str) for u in uploads):
+        raise InvalidInput(f"{FILES_FIELD}: expected one or more PNG or JPEG files in the form field '{FILES_FIELD}'")
+    body = _validated(model, fields | {"instances": []})
+    rows = [
+        decode_upload(await upload.read(), upload.filename or f"{FILES_FIELD}[{i}]", spec)
+        for i, upload in enumerate(uploads)
+    ]
+    return body, np.stack(rows)
+
+
+def request_body_doc(model: type[BaseModel], images: bool) -> dict:
+    """OpenAPI text for a body read by read_body: the JSON model, and the multipart form when images are allowed."""
+    content = {"application/json": {"schema": model.model_json_schema()}}
+    if images:
+        options = {k: v for k, v in model.model_json_schema()["properties"].items() if k != "instances"}
+        content["multipart/form-data"] = {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+                                  "description": "PNG or JPEG images, for models that take images"},
+                    **options,
+                },
+                "required": [FILES_FIELD],
+            }
+        }
+    return {"requestBody": {"required": True, "content": content}}
