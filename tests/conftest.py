@@ -116,6 +116,6 @@ def conv_png_model_dir(tmp_path_factory, png_folder) -> Path:
     out = tmp_path_factory.mktemp("models") / "conv-png"
     train(TrainConfig(
         data=str(png_folder), out=str(out), arch="conv", fpr=0.1, calibration_fraction=0.2,
-        **dict(FAST, hidden=[8, 16], epochs=6),
+        **dict(FAST, hidden=[8, 16], epochs=40, batch_size=16),  # 60 images: small batches to learn anything
     ))
     return out

@@ -135,6 +135,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a model directory's pictures and an HTML page into DIR/report/")
+    p.add_argument("model_dir", help="a model directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae", description="Variational autoencoder anomaly scoring.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_serve(sub)
     _add_evaluate(sub)
+    _add_report(sub)
     return parser
 
 
@@ -216,9 +222,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from service.errors import ArtifactError
+    from training.report import write_report
+
+    try:
+        out = write_report(args.model_dir)
+    except ArtifactError as exc:
+        print(f"vae report: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / 'index.html'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": _train, "export": _export, "serve": _serve, "evaluate": _evaluate}[args.command]
+    handlers = {"train": _train, "export": _export, "serve": _serve, "evaluate": _evaluate, "report": _report}
+    handler = handlers[args.command]
     return handler(args)
 
 

@@ -43,6 +43,7 @@ from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+SAMPLE_NAME = "validation_sample.npz"  # raw validation rows and labels, for `vae report`
 CHECK_BATCH_SIZE = 64
 
 
@@ -78,10 +79,19 @@ def make_checkpoint(
     training: TrainingSummary,
     history: list[dict],
     image: ImageSpec | None = None,
+    sample: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> dict:
-    """Weights plus everything needed to rebuild and describe the model; loads with weights_only=True."""
+    """Weights plus everything needed to rebuild and describe the model; loads with weights_only=True.
+
+    `sample`: up to a few hundred validation rows (raw) and their labels, kept for the report's pictures.
+    """
+    sample_x, sample_y = sample if sample is not None else (np.zeros((0, *model.config.input_shape)), None)
     return {
         "image": image.model_dump() if image else None,
+        "validation_sample": {
+            "x": torch.from_numpy(np.asarray(sample_x, dtype=np.float32)),
+            "y": None if sample_y is None else [str(v) for v in sample_y],
+        },
         "model_config": model.config.to_dict(),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "preprocessing": preprocessing.model_dump(),
@@ -217,6 +227,7 @@ def export_model_dir(
         with (staged / METRICS_NAME).open("w") as f:
             for row in checkpoint["history"]:
                 f.write(json.dumps(row) + "\n")
+        _write_sample(checkpoint, staged / SAMPLE_NAME)
 
         files = {p.name: sha256_file(p) for p in sorted(staged.iterdir())}
         manifest = _manifest(checkpoint, out.name, graphs, files).model_copy(
@@ -235,6 +246,14 @@ def export_model_dir(
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
     return load_artifact(out)
+
+
+def _write_sample(checkpoint: dict, path: Path) -> None:
+    sample = checkpoint.get("validation_sample") or {"x": torch.zeros(0), "y": None}
+    arrays = {"x": sample["x"].numpy()}
+    if sample["y"] is not None:
+        arrays["y"] = np.asarray(sample["y"])
+    np.savez_compressed(path, **arrays)
 
 
 def _manifest(checkpoint: dict, name: str, graphs: Graphs, files: dict[str, str]) -> Manifest:

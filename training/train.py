@@ -16,6 +16,7 @@ from training.data import Dataset, fit_preprocessing, load_dataset
 from training.export import CalibrationPlan, export_model_dir, make_checkpoint
 from training.loop import fit
 from training.loss import elbo_terms
+from training.report import write_report
 from training.model import VAE, ModelConfig
 from training.train_config import TrainConfig
 
@@ -53,6 +54,7 @@ def to_model_tensor(x_raw: np.ndarray, preprocessing: Preprocessing) -> torch.Te
 
 
 DEFAULT_HIDDEN = {"mlp": [256, 128], "conv": [32, 64]}
+REPORT_SAMPLE_ROWS = 500  # validation rows kept in the model directory for the report's pictures
 
 
 def image_spec(dataset: Dataset) -> ImageSpec | None:
@@ -162,8 +164,12 @@ def train(config: TrainConfig) -> Artifact:
         best_val_elbo=result.best_value,
         config=json.loads(json.dumps(asdict(config) | {"likelihood": likelihood})),
     )
-    checkpoint = make_checkpoint(model, preprocessing, summary, result.history, image_spec(dataset))
+    shown = val_rows[:REPORT_SAMPLE_ROWS]
+    sample = (dataset.x[shown], None if dataset.y is None else dataset.y[shown])
+    checkpoint = make_checkpoint(model, preprocessing, summary, result.history, image_spec(dataset), sample)
     calibration = CalibrationPlan(
         x_raw=dataset.x[cal_rows], iw_samples=config.score_iw_samples, fpr=config.fpr, seed=config.seed
     )
-    return export_model_dir(checkpoint, Path(config.out), calibration, progress=config.progress)
+    artifact = export_model_dir(checkpoint, Path(config.out), calibration, progress=config.progress)
+    write_report(artifact.dir)
+    return artifact

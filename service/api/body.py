@@ -62,6 +62,9 @@ async def _read_form(request: Request, model: type[Body], engine: VaeEngine) -> 
         )
     form = await request.form(max_files=engine.limits.max_instances, max_fields=100)
     uploads = [item for key, item in form.multi_items() if key == FILES_FIELD]
+    stray = [key for key, item in form.multi_items() if key != FILES_FIELD and not isinstance(item, str)]
+    if stray:
+        raise InvalidInput(f"{stray[0]}: a file in this form field; images go in the field '{FILES_FIELD}'")
     fields = {key: _form_value(value) for key, value in form.multi_items() if key != FILES_FIELD}
     if "instances" in fields:
         raise InvalidInput("send instances as JSON or as image files, not both")

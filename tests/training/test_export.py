@@ -14,13 +14,14 @@ from service.artifact import PARITY_TOLERANCE, load_artifact, sha256_file
 from training import export
 from training.export import ExportError, export_model_dir, load_checkpoint, model_from_checkpoint
 
-EXPECTED_FILES = {"checkpoint.pt", "decoder.onnx", "decoder.pt", "encoder.onnx", "encoder.pt", "manifest.json", "metrics.jsonl"}
+EXPECTED_FILES = {"checkpoint.pt", "decoder.onnx", "decoder.pt", "encoder.onnx", "encoder.pt", "manifest.json", "metrics.jsonl", "validation_sample.npz"}
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])
 def test_directory_holds_every_file_with_its_sha256(model_dirs, model):
     model_dir = model_dirs[model]
-    assert {p.name for p in model_dir.iterdir()} == EXPECTED_FILES
+    assert {p.name for p in model_dir.iterdir() if p.is_file()} == EXPECTED_FILES
+    assert (model_dir / "report" / "index.html").is_file()  # pictures: outside the verified files
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["files"] == {name: sha256_file(model_dir / name) for name in sorted(EXPECTED_FILES - {"manifest.json"})}
 
