@@ -7,20 +7,26 @@ is loaded and warmed up in the lifespan, and /readyz turns 200 only after that s
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import health, inference
-from service.artifact import Artifact, Manifest, load_artifact
+from service.api.deps import require_api_key
+from service.artifact import FORMAT_VERSION, Artifact, Manifest, load_artifact
 from service.engine import VaeEngine
 from service.errors import ServiceError
+from service.executor import Executor
+from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.runtime import Runtime, load_runtime
 from service.settings import Settings
 
@@ -51,7 +57,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status_code, exc.code, exc.message)
+        response = _error(exc.status_code, exc.code, exc.message)
+        if exc.status_code == 401:
+            response.headers["www-authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,24 +97,52 @@ def _install_openapi(app: FastAPI, manifest: Manifest) -> None:
     app.openapi = openapi
 
 
+def _drain_on_sigterm(app: FastAPI) -> None:
+    """Chain a handler in front of the server's own: /readyz turns 503 at once, then the server drains.
+
+    Signal handlers can only be set from the main thread; elsewhere (tests) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum, frame):
+        app.state.draining = True
+        log.info("SIGTERM: draining; /readyz now answers 503")
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
 def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
     artifact = artifact or load_artifact(settings.model_dir)
+    configure_logging(settings.log_level)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            loaded = runtime or await run_in_threadpool(load_runtime, artifact, settings.runtime, settings.threads)
+            loaded = runtime or await run_in_threadpool(
+                load_runtime, artifact, settings.runtime, settings.runtime_threads
+            )
             engine = VaeEngine(artifact.manifest, loaded, settings.limits, settings.threshold)
             await run_in_threadpool(engine.warm_up)
         except Exception as exc:
             app.state.not_ready_reason = f"{type(exc).__name__}: {exc}"
             log.error("model %s failed to load: %s", artifact.dir, app.state.not_ready_reason)
             raise
+        app.state.executor = Executor(engine, settings, metrics)
         app.state.engine = engine
+        metrics.model.info({
+            "name": artifact.manifest.name, "format_version": str(FORMAT_VERSION), "runtime": engine.runtime.name,
+        })
+        _drain_on_sigterm(app)
         log.info("serving %s with the %s runtime", artifact.dir, engine.runtime.name)
         yield
         app.state.engine = None
+        await app.state.executor.close()
 
     app = FastAPI(
         title="VAE anomaly-scoring service",
@@ -118,10 +155,21 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         lifespan=lifespan,
     )
     app.state.engine = None
+    app.state.executor = None
+    app.state.draining = False
     app.state.not_ready_reason = "loading"
     app.state.settings = settings
+    app.state.metrics = metrics
+    guarded = [Depends(require_api_key)]
     app.include_router(health.router)
-    app.include_router(inference.router)
+    app.include_router(health.protected, dependencies=guarded)
+    app.include_router(inference.router, dependencies=guarded)
     _install_error_handlers(app)
     _install_openapi(app, artifact.manifest)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"], expose_headers=["x-request-id"],
+        )
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

@@ -52,6 +52,18 @@ class Sampled:
 
 
 @dataclass(frozen=True)
+class PreparedElbo:
+    """One /elbo request, validated and in model space, ready to join a batch."""
+
+    x: np.ndarray  # (B, D) model space, float64
+    n_samples: int
+    iw_samples: int
+    seed: int
+    feature_scores: bool
+    threshold: float | None  # None only while the model is being calibrated
+
+
+@dataclass(frozen=True)
 class Decisions:
     anomaly_score: np.ndarray  # (B,) -log_likelihood: higher is more anomalous
     threshold: float
@@ -138,6 +150,18 @@ class VaeEngine:
         """z (B, d) -> mean of p(x|z) in raw units, (B, *input_shape)."""
         return self.mean_to_raw(self.runtime.decode(z.astype(np.float32)))
 
+    def encode_batch(self, xs: list[np.ndarray]) -> list[Encoded]:
+        """Model-space inputs of many requests (from to_model) -> one encoder call -> one result each."""
+        mu, logvar = self.runtime.encode(np.concatenate(xs))
+        bounds = np.cumsum([0] + [len(x) for x in xs])
+        return [Encoded(mu[a:b], logvar[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def decode_batch(self, zs: list[np.ndarray]) -> list[np.ndarray]:
+        """Latent vectors of many requests -> one decoder call -> raw-unit means, one array each."""
+        x = self.decode(np.concatenate(zs))
+        bounds = np.cumsum([0] + [len(z) for z in zs])
+        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
     def sample(self, x_raw: np.ndarray | None, n_samples: int, seed: int | None, decode: bool) -> Sampled:
         """z = mu + sigma * eps for each instance, or n draws from the prior N(0, I) when x_raw is None."""
         batch = 1 if x_raw is None else len(x_raw)
@@ -169,33 +193,80 @@ class VaeEngine:
         K defaults to the calibration's, so the default decision uses the estimator its threshold was
         calibrated with. The ELBO's draws come first from the seeded generator, then L_K's.
         """
+        request = self.prepare_elbo(x_raw, n_samples, seed, iw_samples, feature_scores, threshold, fpr)
+        return self.elbo_batch([request])[0]
+
+    def prepare_elbo(
+        self,
+        x_raw: np.ndarray,
+        n_samples: int = 1,
+        seed: int | None = None,
+        iw_samples: int | None = None,
+        feature_scores: bool = False,
+        threshold: float | None = None,
+        fpr: float | None = None,
+    ) -> PreparedElbo:
+        """Everything about one /elbo request that can fail, checked before it joins a batch."""
         scoring_config = self.manifest.scoring
         if iw_samples is None:
             iw_samples = scoring_config.iw_samples if scoring_config else 1
-        batch, d = len(x_raw), self.manifest.latent_dim
-        self._check_draws(batch, n_samples, iw_samples)
-        x = self.to_model(x_raw)
-        mu, logvar = self.runtime.encode(x)
-        x_flat = x.reshape(batch, -1).astype(np.float64)
-        seed = new_seed() if seed is None else seed
-        rng = np.random.default_rng(seed)
-        eps = rng.standard_normal((batch, n_samples, d), dtype=np.float32)
-        eps_iw = rng.standard_normal((batch, iw_samples, d), dtype=np.float32)
-        likelihood, jacobian = self.manifest.likelihood, self.manifest.log_jacobian
-        terms = scoring.elbo(x_flat, mu, logvar, eps, self.runtime.decode, likelihood, jacobian, feature_scores)
-        log_likelihood = scoring.importance_weighted_bound(
-            x_flat, mu, logvar, eps_iw, self.runtime.decode, likelihood, jacobian
-        )
-        features = None
-        if feature_scores:
-            features = (-terms.feature_reconstruction).reshape([batch, *self._shape])
-        decisions = self.decide(-log_likelihood, threshold, fpr) if scoring_config else None
-        return Scored(
-            terms.elbo, terms.reconstruction, terms.kl, log_likelihood, n_samples, iw_samples, seed, decisions, features
+        self._check_draws(len(x_raw), n_samples, iw_samples)
+        if scoring_config:
+            threshold = self.resolve_threshold(threshold, fpr)
+        return PreparedElbo(
+            self.to_model(x_raw).reshape(len(x_raw), -1).astype(np.float64),
+            n_samples, iw_samples, new_seed() if seed is None else seed, feature_scores, threshold,
         )
 
-    def decide(self, anomaly_score: np.ndarray, threshold: float | None = None, fpr: float | None = None) -> Decisions:
-        """Decisions against a threshold: the request's, or the one at the request's fpr, or the default."""
+    def elbo_batch(self, requests: list[PreparedElbo]) -> list[Scored]:
+        """Score many requests with one encoder call and shared decoder calls; each keeps its own noise.
+
+        Every request's numbers are those it gets alone: its noise comes from its own seed, and each draw's
+        log-likelihood depends only on its own input and z.
+        """
+        d, likelihood, jacobian = self.manifest.latent_dim, self.manifest.likelihood, self.manifest.log_jacobian
+        x = np.concatenate([r.x for r in requests])
+        mu, logvar = self.runtime.encode(x.reshape([len(x), *self._shape]).astype(np.float32))
+        owners, zs, marks, plans = [], [], [], []
+        first_row, first_draw = 0, 0
+        for r in requests:
+            rows = np.arange(first_row, first_row + len(r.x))
+            rng = np.random.default_rng(r.seed)
+            eps = rng.standard_normal((len(r.x), r.n_samples, d), dtype=np.float32)
+            eps_iw = rng.standard_normal((len(r.x), r.iw_samples, d), dtype=np.float32)
+            z = scoring.reparameterize(mu[rows], logvar[rows], eps)
+            z_iw = scoring.reparameterize(mu[rows], logvar[rows], eps_iw)
+            owners += [np.repeat(rows, r.n_samples), np.repeat(rows, r.iw_samples)]
+            zs += [z.reshape(-1, d), z_iw.reshape(-1, d)]
+            marks += [np.full(z.shape[0] * z.shape[1], r.feature_scores), np.zeros(z_iw.shape[0] * z_iw.shape[1], bool)]
+            plans.append((rows, first_draw, z_iw, eps_iw))
+            first_row += len(r.x)
+            first_draw += z.shape[0] * z.shape[1] + z_iw.shape[0] * z_iw.shape[1]
+        want_features = any(r.feature_scores for r in requests)
+        log_px, features = scoring.log_likelihood_rows(
+            x, np.concatenate(owners), np.concatenate(zs), self.runtime.decode, likelihood,
+            np.concatenate(marks) if want_features else None,
+        )
+        results = []
+        for r, (rows, start, z_iw, eps_iw) in zip(requests, plans):
+            n_elbo = len(r.x) * r.n_samples
+            elbo_px = log_px[start : start + n_elbo].reshape(len(r.x), r.n_samples)
+            iw_px = log_px[start + n_elbo : start + n_elbo + len(r.x) * r.iw_samples].reshape(len(r.x), r.iw_samples)
+            reconstruction = elbo_px.mean(axis=1) + jacobian.sum()
+            kl = scoring.kl_to_standard_normal(mu[rows], logvar[rows])
+            log_likelihood = scoring.bound_from_draws(iw_px, z_iw, eps_iw, logvar[rows], jacobian)
+            feature_scores = None
+            if r.feature_scores:
+                feature_scores = -(features[rows] / r.n_samples + jacobian).reshape([len(r.x), *self._shape])
+            decisions = self.decide(-log_likelihood, r.threshold) if r.threshold is not None else None
+            results.append(Scored(
+                reconstruction - kl, reconstruction, kl, log_likelihood, r.n_samples, r.iw_samples, r.seed,
+                decisions, feature_scores,
+            ))
+        return results
+
+    def resolve_threshold(self, threshold: float | None = None, fpr: float | None = None) -> float:
+        """The request's threshold, or the one at the request's fpr, or the default."""
         calibration = self.manifest.scoring.calibration
         if threshold is not None and fpr is not None:
             raise InvalidInput(f"give threshold or fpr, not both (got threshold {threshold:g} and fpr {fpr:g})")
@@ -206,9 +277,12 @@ class VaeEngine:
                     f"fpr: expected a false-alarm rate in [{floor:.4g}, 1) — 1/(n+1) for this model's "
                     f"{calibration.n} calibration scores — got {fpr:g}"
                 )
-            threshold = scoring.threshold_for_fpr(calibration.sorted_scores, calibration.n, fpr)
-        elif threshold is None:
-            threshold = self.default_threshold
+            return scoring.threshold_for_fpr(calibration.sorted_scores, calibration.n, fpr)
+        return self.default_threshold if threshold is None else threshold
+
+    def decide(self, anomaly_score: np.ndarray, threshold: float) -> Decisions:
+        """Decisions against a threshold, with conformal p-values against the calibration scores."""
+        calibration = self.manifest.scoring.calibration
         p_value = scoring.p_values(anomaly_score, calibration.sorted_scores, calibration.n)
         return Decisions(anomaly_score, float(threshold), anomaly_score > threshold, p_value)
 

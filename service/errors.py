@@ -35,6 +35,20 @@ class LimitExceeded(ServiceError):
     code = "limit_exceeded"
 
 
+class Unauthorized(ServiceError):
+    """A missing or wrong API key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Timeout(ServiceError):
+    """The request ran longer than VAE_REQUEST_TIMEOUT_S; the server carries on."""
+
+    status_code = 503
+    code = "timeout"
+
+
 class NotAcceptable(ServiceError):
     """The client asked for a representation this model cannot give (a PNG of non-image rows)."""
 

@@ -46,34 +46,43 @@ def reparameterize(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.nd
     return (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32)
 
 
-def log_likelihood_draws(
+def log_likelihood_rows(
     x: np.ndarray,
+    owner: np.ndarray,
     z: np.ndarray,
     decode: Decode,
     likelihood: str,
-    per_feature: bool = False,
+    feature_rows: np.ndarray | None = None,
     chunk_rows: int = DECODE_CHUNK_ROWS,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """ln p(x_b | z_bl) for every draw: x (B, D) model space, z (B, L, d) -> (B, L) float64.
+    """ln p(x_owner[n] | z_n) for every draw n: x (B, D) model space, owner (N,) row of x, z (N, d) -> (N,).
 
-    With `per_feature`, also the per-feature log-probabilities averaged over the draws, (B, D).
-    Decodes at most `chunk_rows` draws at a time, so memory stays bounded for large L.
+    With `feature_rows` (N,) bool, also each input's per-feature log-probabilities summed over its
+    marked draws, (B, D). Decodes `chunk_rows` draws at a time and gathers x per chunk, so memory stays
+    bounded however many draws there are.
     """
-    batch, n_draws, latent_dim = z.shape
-    flat_z = z.reshape(batch * n_draws, latent_dim)
-    owner = np.repeat(np.arange(batch), n_draws)  # which input each flat draw belongs to
-    out = np.empty(batch * n_draws, dtype=np.float64)
-    features = np.zeros_like(x, dtype=np.float64) if per_feature else None
-    for start in range(0, batch * n_draws, chunk_rows):
-        stop = min(start + chunk_rows, batch * n_draws)
-        params = tuple(p.reshape(stop - start, -1) for p in decode(flat_z[start:stop]))
+    out = np.empty(len(z), dtype=np.float64)
+    features = np.zeros_like(x, dtype=np.float64) if feature_rows is not None else None
+    for start in range(0, len(z), chunk_rows):
+        stop = min(start + chunk_rows, len(z))
+        params = tuple(p.reshape(stop - start, -1) for p in decode(z[start:stop]))
         logp = log_prob_per_feature(x[owner[start:stop]], params, likelihood)  # (rows, D)
         out[start:stop] = logp.sum(axis=1)
         if features is not None:
-            np.add.at(features, owner[start:stop], logp)
-    if features is not None:
-        features /= n_draws
-    return out.reshape(batch, n_draws), features
+            marked = feature_rows[start:stop]
+            np.add.at(features, owner[start:stop][marked], logp[marked])
+    return out, features
+
+
+def log_likelihood_draws(
+    x: np.ndarray, z: np.ndarray, decode: Decode, likelihood: str, per_feature: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """ln p(x_b | z_bl) for every draw: x (B, D), z (B, L, d) -> (B, L); with `per_feature`, (B, D) means too."""
+    batch, n_draws, latent_dim = z.shape
+    owner = np.repeat(np.arange(batch), n_draws)
+    marked = np.ones(batch * n_draws, dtype=bool) if per_feature else None
+    log_px, features = log_likelihood_rows(x, owner, z.reshape(-1, latent_dim), decode, likelihood, marked)
+    return log_px.reshape(batch, n_draws), None if features is None else features / n_draws
 
 
 def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -99,6 +108,13 @@ def importance_weighted_bound(
     """
     z = reparameterize(mu, logvar, eps)
     log_px, _ = log_likelihood_draws(x, z, decode, likelihood)  # (B, K)
+    return bound_from_draws(log_px, z, eps, logvar, log_jacobian)
+
+
+def bound_from_draws(
+    log_px: np.ndarray, z: np.ndarray, eps: np.ndarray, logvar: np.ndarray, log_jacobian: np.ndarray | None = None
+) -> np.ndarray:
+    """L_K from ln p(x|z_k) (B, K), the draws z (B, K, d), their noise eps and the posterior logvar (B, d)."""
     eps64, z64 = eps.astype(np.float64), z.astype(np.float64)
     log_prior = -0.5 * np.sum(LOG_2PI + z64**2, axis=2)
     log_posterior = -0.5 * np.sum(LOG_2PI + logvar.astype(np.float64)[:, None, :] + eps64**2, axis=2)

@@ -9,8 +9,11 @@ import orjson
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
+import secrets
+
 from service.engine import VaeEngine
-from service.errors import ModelNotReady
+from service.executor import Executor
+from service.errors import ModelNotReady, Unauthorized
 
 
 def get_engine(request: Request) -> VaeEngine:
@@ -20,7 +23,23 @@ def get_engine(request: Request) -> VaeEngine:
     return engine
 
 
+def get_executor(request: Request) -> Executor:
+    get_engine(request)
+    return request.app.state.executor
+
+
 EngineDep = Annotated[VaeEngine, Depends(get_engine)]
+ExecutorDep = Annotated[Executor, Depends(get_executor)]
+
+
+def require_api_key(request: Request) -> None:
+    """With VAE_API_KEY set, every route but the health checks needs `Authorization: Bearer <key>`."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.get_secret_value().encode()):
+        raise Unauthorized("this service needs an API key: send the header `Authorization: Bearer <key>`")
 
 
 class ArrayJSONResponse(JSONResponse):

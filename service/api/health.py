@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import EngineDep
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"])  # no API key: probes must reach these
+protected = APIRouter(tags=["model"])  # behind the API key when one is set
 
 
 @router.get("/healthz")
@@ -19,12 +21,20 @@ def healthz() -> dict:
 @router.get("/readyz", responses={503: {"description": "the model is not loaded and warmed up yet"}})
 def readyz(request: Request) -> JSONResponse:
     """200 once the model is loaded and a warm-up inference succeeded, else 503."""
+    if request.app.state.draining:
+        return JSONResponse({"status": "not ready", "reason": "shutting down"}, status_code=503)
     if request.app.state.engine is None:
         return JSONResponse({"status": "not ready", "reason": request.app.state.not_ready_reason}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/v1/model")
+@protected.get("/metrics", tags=["observability"], response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, latencies, batching, in-flight requests, model info."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@protected.get("/v1/model")
 def model_card(engine: EngineDep) -> dict:
     """The manifest's public fields, the runtime serving them and the request limits."""
     return {

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.api.body import read_body, request_body_doc
-from service.api.deps import ArrayJSONResponse, EngineDep, floats
+from service.api.deps import ArrayJSONResponse, EngineDep, ExecutorDep, floats
 from service.errors import NotAcceptable
 from service.images import grid, heatmap_overlay, png_bytes, to_pixels
 from service.inputs import parse_latents
@@ -31,6 +30,11 @@ router = APIRouter(tags=["inference"])
 PNG = {"content": {"image/png": {}}, "description": "with `Accept: image/png`: one image, or a grid for a batch"}
 
 
+def state_of(request: Request) -> dict:
+    """The request's state dict, where the batcher notes the batch size for the access log."""
+    return request.scope.setdefault("state", {})
+
+
 def wants_png(request: Request) -> bool:
     return "image/png" in request.headers.get("accept", "")
 
@@ -47,10 +51,10 @@ def png_response(engine, images, rows: int, cols: int) -> Response:
 
 
 @router.post("/encode", response_model=EncodeResponse, openapi_extra=request_body_doc(EncodeRequest, images=True))
-async def encode(request: Request, engine: EngineDep) -> ArrayJSONResponse:
+async def encode(request: Request, engine: EngineDep, executor: ExecutorDep) -> ArrayJSONResponse:
     """The posterior q(z|x) = N(mu, diag sigma^2) of each instance (JSON) or uploaded image (multipart)."""
     _, x_raw = await read_body(request, EncodeRequest, engine)
-    encoded = await run_in_threadpool(engine.encode, x_raw)
+    encoded = await executor.encode(engine.to_model(x_raw), state_of(request))
     return ArrayJSONResponse({"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)})
 
 
@@ -61,11 +65,11 @@ async def encode(request: Request, engine: EngineDep) -> ArrayJSONResponse:
     responses={200: PNG},
     openapi_extra=request_body_doc(SampleRequest, images=True),
 )
-async def sample(request: Request, engine: EngineDep) -> Response:
+async def sample(request: Request, engine: EngineDep, executor: ExecutorDep) -> Response:
     """Reparameterized draws z = mu + sigma * eps per instance, or draws from the prior without instances."""
     body, x_raw = await read_body(request, SampleRequest, engine)
     png = wants_png(request)
-    sampled = await run_in_threadpool(engine.sample, x_raw, body.n_samples, body.seed, body.decode or png)
+    sampled = await executor.call(engine.sample, x_raw, body.n_samples, body.seed, body.decode or png)
     if png:
         return png_response(engine, sampled.x, rows=sampled.z.shape[0], cols=sampled.z.shape[1])
     content = {"z": floats(sampled.z), "seed": sampled.seed}
@@ -75,10 +79,10 @@ async def sample(request: Request, engine: EngineDep) -> Response:
 
 
 @router.post("/decode", response_model=DecodeResponse, responses={200: PNG})
-async def decode(body: DecodeRequest, request: Request, engine: EngineDep) -> Response:
+async def decode(body: DecodeRequest, request: Request, engine: EngineDep, executor: ExecutorDep) -> Response:
     """The mean of p(x|z) in raw units for each latent vector."""
     z = parse_latents(body.z, engine.manifest.latent_dim, engine.limits.max_instances)
-    x = await run_in_threadpool(engine.decode, z)
+    x = await executor.decode(z, state_of(request))
     if wants_png(request):
         return png_response(engine, x, rows=1, cols=len(x))
     return ArrayJSONResponse({"x": floats(x)})
@@ -90,11 +94,10 @@ async def decode(body: DecodeRequest, request: Request, engine: EngineDep) -> Re
     response_model_exclude_none=True,
     openapi_extra=request_body_doc(ElboRequest, images=True),
 )
-async def elbo(request: Request, engine: EngineDep) -> ArrayJSONResponse:
+async def elbo(request: Request, engine: EngineDep, executor: ExecutorDep) -> ArrayJSONResponse:
     """Per-input ELBO and importance-weighted log-likelihood in nats, with calibrated anomaly decisions."""
     body, x_raw = await read_body(request, ElboRequest, engine)
-    scored = await run_in_threadpool(
-        engine.elbo,
+    prepared = engine.prepare_elbo(
         x_raw,
         n_samples=body.n_samples,
         seed=body.seed,
@@ -103,6 +106,7 @@ async def elbo(request: Request, engine: EngineDep) -> ArrayJSONResponse:
         threshold=body.threshold,
         fpr=body.fpr,
     )
+    scored = await executor.elbo(prepared, state_of(request))
     decisions = scored.decisions
     content = {
         "elbo": floats(scored.elbo),
@@ -128,13 +132,13 @@ async def elbo(request: Request, engine: EngineDep) -> ArrayJSONResponse:
     response_class=Response,
     openapi_extra=request_body_doc(HeatmapRequest, images=True),
 )
-async def heatmap(request: Request, engine: EngineDep) -> Response:
+async def heatmap(request: Request, engine: EngineDep, executor: ExecutorDep) -> Response:
     """A PNG of each input with its per-pixel anomaly scores (shares of -reconstruction) overlaid."""
     spec = engine.manifest.image
     if spec is None:
         raise NotAcceptable(f"this model takes rows shaped {engine.manifest.input_shape}, not images; use /elbo")
     body, x_raw = await read_body(request, HeatmapRequest, engine)
-    scored = await run_in_threadpool(
+    scored = await executor.call(
         engine.elbo, x_raw, n_samples=body.n_samples, seed=body.seed, iw_samples=1, feature_scores=True
     )
     shape = (len(x_raw), spec.channels, spec.height, spec.width)
