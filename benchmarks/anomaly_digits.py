@@ -39,7 +39,7 @@ PCA_VARIANCE = 0.9  # PCA keeps the components explaining this share of the norm
 
 def vae_config(npy: Path, out: Path, args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        data=str(npy), out=str(out), likelihood="bernoulli", hidden=[128, 64], latent_dim=args.latent_dim,
+        data=str(npy), out=str(out), likelihood=args.likelihood, hidden=args.hidden, latent_dim=args.latent_dim,
         epochs=args.epochs, patience=30, batch_size=32, seed=args.seed, val_fraction=0.1,
         calibration_fraction=0.15, fpr=0.1, score_iw_samples=100, progress=False,
     )
@@ -113,14 +113,16 @@ def render(rows: list[dict], args: argparse.Namespace, total_seconds: float) -> 
         "",
         f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; "
         f"{total_seconds:.0f} s in all. Command: `.venv/bin/python benchmarks/anomaly_digits.py"
-        f" --seed {args.seed} --epochs {args.epochs} --latent-dim {args.latent_dim}`.",
+        f" --seed {args.seed} --epochs {args.epochs} --latent-dim {args.latent_dim}"
+        f" --hidden {','.join(map(str, args.hidden))} --likelihood {args.likelihood}`.",
         "",
         "Protocol: scikit-learn's digits, split 75/25 stratified by class (seed "
         f"{args.seed}). For each digit d, every method is fitted on the training rows of class d only and "
         "scores the test rows of every class; class d is normal and the other nine are anomalies. "
         "The score is AUROC (higher is better).",
         "",
-        f"- VAE: `vae train` with a bernoulli likelihood, hidden 128,64, latent {args.latent_dim}, batch 32, up to "
+        f"- VAE: `vae train` with a {args.likelihood} likelihood, hidden {','.join(map(str, args.hidden))}, "
+        f"latent {args.latent_dim}, batch 32, up to "
         f"{args.epochs} epochs with early stopping (patience 30). Scored through the exported ONNX graphs with the "
         f"service's code: −ELBO averaged over {ELBO_SAMPLES} draws, and −L_K with K = 100 (the served default).",
         "- IsolationForest: scikit-learn defaults, same seed; score −score_samples.",
@@ -148,6 +150,8 @@ def main() -> None:
     parser.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9", help="normal classes to run")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--latent-dim", type=int, default=8)
+    parser.add_argument("--hidden", type=lambda t: [int(v) for v in t.split(",")], default=[128, 64])
+    parser.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/benchmark-anomaly.md", help="where to write the table ('' for nowhere)")
     args = parser.parse_args()

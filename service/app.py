@@ -6,6 +6,7 @@ is loaded and warmed up in the lifespan, and /readyz turns 200 only after that s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -97,20 +98,22 @@ def _install_openapi(app: FastAPI, manifest: Manifest) -> None:
     app.openapi = openapi
 
 
-def _drain_on_sigterm(app: FastAPI) -> None:
-    """Chain a handler in front of the server's own: /readyz turns 503 at once, then the server drains.
+def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
+    """Chain a handler in front of the server's own: /readyz turns 503 at once; after `delay_s` (time for
+    load balancers to notice) the server stops accepting connections and finishes the requests in flight.
 
-    Signal handlers can only be set from the main thread; elsewhere (tests) this does nothing.
+    Signal handlers can only be set from the main thread; elsewhere (tests in a thread) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
 
     def handle(signum, frame):
         app.state.draining = True
-        log.info("SIGTERM: draining; /readyz now answers 503")
+        log.info("SIGTERM: /readyz answers 503; draining in %.3g s", delay_s)
         if callable(previous):
-            previous(signum, frame)
+            loop.call_soon_threadsafe(loop.call_later, delay_s, previous, signum, frame)
 
     signal.signal(signal.SIGTERM, handle)
 
@@ -125,7 +128,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     async def lifespan(app: FastAPI):
         try:
             loaded = runtime or await run_in_threadpool(
-                load_runtime, artifact, settings.runtime, settings.runtime_threads
+                load_runtime, artifact, settings.runtime, settings.runtime_threads, settings.onnx_spinning
             )
             engine = VaeEngine(artifact.manifest, loaded, settings.limits, settings.threshold)
             await run_in_threadpool(engine.warm_up)
@@ -138,7 +141,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         metrics.model.info({
             "name": artifact.manifest.name, "format_version": str(FORMAT_VERSION), "runtime": engine.runtime.name,
         })
-        _drain_on_sigterm(app)
+        _drain_on_sigterm(app, settings.drain_delay_s)
         log.info("serving %s with the %s runtime", artifact.dir, engine.runtime.name)
         yield
         app.state.engine = None

@@ -40,12 +40,18 @@ class _TwoGraphs:
 class OnnxRuntime(_TwoGraphs):
     name = "onnx"
 
-    def __init__(self, artifact: Artifact, intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+    def __init__(
+        self, artifact: Artifact, intra_op_threads: int = 0, inter_op_threads: int = 0, spinning: bool = False
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
+        # Spinning threads keep a core busy after every call; with several workers that steals the
+        # cores the other processes need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         self._sessions = {}
         for graph in ("encoder", "decoder"):
             path = artifact.path(graph, "onnx")
@@ -93,10 +99,10 @@ class TorchScriptRuntime(_TwoGraphs):
         return tuple(t.numpy() for t in out)
 
 
-def load_runtime(artifact: Artifact, runtime: str, threads: int = 0) -> Runtime:
+def load_runtime(artifact: Artifact, runtime: str, threads: int = 0, spinning: bool = False) -> Runtime:
     """The one place a runtime is chosen and built."""
     if runtime == "onnx":
-        return OnnxRuntime(artifact, intra_op_threads=threads)
+        return OnnxRuntime(artifact, intra_op_threads=threads, inter_op_threads=1, spinning=spinning)
     if runtime == "torchscript":
         return TorchScriptRuntime(artifact, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}; expected 'onnx' or 'torchscript'")

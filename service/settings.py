@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_draws: int = Field(1_000_000, ge=1, description="instances x (n_samples + iw_samples) per request")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body; more gets 413")
     request_timeout_s: float = Field(30.0, gt=0, description="a request still running after this gets 503")
+    drain_delay_s: float = Field(0.0, ge=0, description="after SIGTERM, answer /readyz 503 this long before draining")
+    onnx_spinning: bool = Field(False, description="let ONNX Runtime's idle threads spin (burns CPU between calls)")
     threshold: float | None = Field(None, allow_inf_nan=False, description="replaces the calibrated threshold")
     batching: bool = Field(True, description="combine concurrent requests into one runtime call")
     max_batch_size: int = Field(256, ge=1, description="instances per combined runtime call")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 
@@ -201,7 +202,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"vae serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+                  timeout_graceful_shutdown=settings.request_timeout_s + 5)
+    if settings.workers == 1:
+        uvicorn.run(app, **common)
+    else:  # each worker process imports service.main, which reads the same settings from the environment
+        for name, value in overrides.items():
+            os.environ[f"VAE_{name.upper()}"] = str(value)
+        uvicorn.run("service.main:app", workers=settings.workers, **common)
     return 0
 
 

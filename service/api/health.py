@@ -35,11 +35,13 @@ def metrics(request: Request) -> Response:
 
 
 @protected.get("/v1/model")
-def model_card(engine: EngineDep) -> dict:
+def model_card(engine: EngineDep, request: Request) -> dict:
     """The manifest's public fields, the runtime serving them and the request limits."""
     return {
         **engine.manifest.public(),
         "runtime": engine.runtime.name,
+        "runtime_threads": request.app.state.settings.runtime_threads,
+        "batching": request.app.state.settings.batching,
         "threshold": engine.default_threshold,
         "limits": {
             "max_instances": engine.limits.max_instances,

@@ -1,0 +1,268 @@
+"""Auth, limits, timeouts, metrics, request ids, CORS and logs, with exact statuses and values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.artifact import load_artifact
+from service.batching import MicroBatcher
+from service.observability import JsonFormatter
+from service.runtime import OnnxRuntime
+from service.settings import Settings
+
+DIGIT = [0.0] * 64
+
+
+@pytest.fixture
+def make_client(digits_model_dir):
+    opened = []
+
+    def make(runtime=None, **settings):
+        client = TestClient(create_app(Settings(model_dir=digits_model_dir, **settings), runtime=runtime))
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+def error(response, status):
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+# --- API key -----------------------------------------------------------------------------------------------
+def test_api_key_guards_everything_but_health(make_client):
+    client = make_client(api_key="s3cret")
+    missing = client.post("/elbo", json={"instances": [DIGIT]})
+    assert error(missing, 401) == "this service needs an API key: send the header `Authorization: Bearer <key>`"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert client.post("/elbo", json={"instances": [DIGIT]}, headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/elbo", json={"instances": [DIGIT]}, headers={"authorization": "Basic s3cret"}).status_code == 401
+    good = {"authorization": "Bearer s3cret"}
+    assert client.post("/elbo", json={"instances": [DIGIT]}, headers=good).status_code == 200
+    for path in ("/v1/model", "/metrics"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=good).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_no_api_key_by_default(make_client):
+    assert make_client().post("/encode", json={"instances": [DIGIT]}).status_code == 200
+
+
+# --- limits --------------------------------------------------------------------------------------------------
+def test_body_over_the_limit(make_client):
+    client = make_client(max_body_bytes=2048)
+    body = json.dumps({"instances": [DIGIT] * 20})
+    assert error(client.post("/elbo", content=body, headers={"content-type": "application/json"}), 413) == (
+        f"the body is {len(body)} bytes; the limit is 2048 bytes (VAE_MAX_BODY_BYTES)"
+    )
+
+
+def test_streamed_body_over_the_limit(make_client):
+    client = make_client(max_body_bytes=2048)
+
+    def chunks():
+        yield b'{"instances": ['
+        for _ in range(20):
+            yield json.dumps(DIGIT).encode() + b","
+        yield b"[]]}"
+
+    response = client.post("/elbo", content=chunks(), headers={"content-type": "application/json"})
+    assert error(response, 413) == "the body is more; the limit is 2048 bytes (VAE_MAX_BODY_BYTES)"
+
+
+def test_configured_instance_and_sample_limits(make_client):
+    client = make_client(max_instances=2, max_samples=3, max_iw_samples=4)
+    assert error(client.post("/encode", json={"instances": [DIGIT] * 3}), 413) == (
+        "instances: 3 instances exceed the limit of 2 per request (VAE_MAX_INSTANCES)"
+    )
+    assert error(client.post("/elbo", json={"instances": [DIGIT], "n_samples": 4}), 422) == (
+        "n_samples: 4 exceeds the limit of 3 (VAE_MAX_SAMPLES)"
+    )
+    assert error(client.post("/elbo", json={"instances": [DIGIT], "iw_samples": 5}), 422) == (
+        "iw_samples: 5 exceeds the limit of 4 (VAE_MAX_IW_SAMPLES)"
+    )
+
+
+# --- timeouts ------------------------------------------------------------------------------------------------
+class SlowOnce(OnnxRuntime):
+    """An ONNX runtime whose encoder stalls while `slow` is set."""
+
+    slow = False
+
+    def encode(self, x):
+        if self.slow:
+            time.sleep(0.5)
+        return super().encode(x)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_timeout_gives_503_and_the_server_stays_healthy(make_client, digits_model_dir, batching):
+    runtime = SlowOnce(load_artifact(digits_model_dir))
+    client = make_client(runtime=runtime, request_timeout_s=0.1, batching=batching)
+    runtime.slow = True
+    response = client.post("/elbo", json={"instances": [DIGIT], "seed": 0})
+    assert response.status_code == 503
+    assert response.json() == {"error": "the request did not finish within 0.1 s (VAE_REQUEST_TIMEOUT_S)", "code": "timeout"}
+    runtime.slow = False
+    time.sleep(0.6)  # let the abandoned call finish in its thread
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/elbo", json={"instances": [DIGIT], "seed": 0}).status_code == 200
+
+
+# --- metrics -------------------------------------------------------------------------------------------------
+def metric(text: str, metric_name: str, **labels) -> float:
+    name = metric_name
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name} {labels} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_requests_latencies_batches_and_the_model(make_client):
+    client = make_client()
+    for _ in range(3):
+        client.post("/elbo", json={"instances": [DIGIT, DIGIT], "seed": 0})
+    client.post("/elbo", json={"instances": []})
+    client.get("/nope")
+    text = client.get("/metrics").text
+    assert metric(text, "vae_requests_total", endpoint="/elbo", status="200") == 3
+    assert metric(text, "vae_requests_total", endpoint="/elbo", status="422") == 1
+    assert metric(text, "vae_requests_total", endpoint="unmatched", status="404") == 1
+    assert metric(text, "vae_request_seconds_count", endpoint="/elbo") == 4
+    assert metric(text, "vae_requests_in_flight") == 1  # this /metrics request
+    assert metric(text, "vae_batch_requests_count", endpoint="/elbo") == 3
+    assert metric(text, "vae_batch_instances_sum", endpoint="/elbo") == 6
+    assert metric(text, "vae_batch_queue_seconds_count", endpoint="/elbo") == 3
+    assert metric(text, "vae_model_info", format_version="1", name="digits", runtime="onnx") == 1
+
+
+# --- request ids and logs ------------------------------------------------------------------------------------
+def test_request_id_is_echoed_or_generated(make_client):
+    client = make_client()
+    assert client.get("/healthz", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    assert re.fullmatch(r"[0-9a-f]{32}", client.get("/healthz").headers["x-request-id"])
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_one_structured_log_line_per_request(make_client):
+    client = make_client()
+    collect = Collect()
+    logging.getLogger("vae.access").addHandler(collect)
+    try:
+        client.post("/elbo", json={"instances": [DIGIT] * 3, "seed": 0}, headers={"x-request-id": "r-1"})
+    finally:
+        logging.getLogger("vae.access").removeHandler(collect)
+    (record,) = collect.records
+    fields = record.fields
+    assert (fields["request_id"], fields["method"], fields["endpoint"], fields["status"], fields["batch_size"]) == (
+        "r-1", "POST", "/elbo", 200, 3
+    )
+    assert fields["latency_ms"] > 0
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "r-1" and line["level"] == "info" and line["logger"] == "vae.access"
+
+
+# --- CORS ----------------------------------------------------------------------------------------------------
+def test_cors_is_off_by_default(make_client):
+    response = make_client().options("/elbo", headers={"origin": "https://a.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_allows_listed_origins(make_client):
+    client = make_client(cors_origins="https://a.example, https://b.example")
+    allowed = client.options("/elbo", headers={"origin": "https://b.example", "access-control-request-method": "POST"})
+    assert allowed.headers["access-control-allow-origin"] == "https://b.example"
+    other = client.options("/elbo", headers={"origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+# --- settings ------------------------------------------------------------------------------------------------
+def test_threads_never_oversubscribe_the_cores(digits_model_dir, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Settings(model_dir=digits_model_dir, workers=4).runtime_threads == 2
+    assert Settings(model_dir=digits_model_dir, workers=16).runtime_threads == 1
+    assert Settings(model_dir=digits_model_dir, workers=2, threads=3).runtime_threads == 3
+
+
+# --- the micro-batcher ---------------------------------------------------------------------------------------
+def test_batching_combines_concurrent_requests_and_isolates_a_failure():
+    seen = []
+
+    def run_batch(items):
+        seen.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad item")
+        time.sleep(0.05)
+        return [f"done {item}" for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=100, max_delay_s=0.0)
+        first = asyncio.create_task(batcher.submit("a", 1))
+        await asyncio.sleep(0.01)  # "a" is running; the rest queue up behind it
+        rest = [asyncio.create_task(batcher.submit(item, 1)) for item in ("b", "bad", "c")]
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[:2] == ["done a", "done b"] and results[3] == "done c"
+    assert isinstance(results[2], ValueError)
+    assert seen[0] == ["a"] and seen[1] == ["b", "bad", "c"]  # a lone request runs at once; the rest together
+    assert seen[2:] == [["b"], ["bad"], ["c"]]  # the failed batch, item by item
+
+
+def test_batches_respect_the_size_limit():
+    sizes = []
+
+    def run_batch(items):
+        sizes.append(sum(items))
+        time.sleep(0.02)
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=10, max_delay_s=0.0)
+        first = asyncio.create_task(batcher.submit(1, 1))
+        await asyncio.sleep(0.005)
+        await asyncio.gather(first, *(batcher.submit(4, 4) for _ in range(5)))
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert sizes[0] == 1 and all(size <= 10 for size in sizes) and sum(sizes) == 21
+
+
+def test_batched_and_unbatched_answers_agree(make_client):
+    on, off = make_client(batching=True), make_client(batching=False)
+    from sklearn.datasets import load_digits
+
+    rows = load_digits().data[:5].tolist()
+    for path, body in [
+        ("/elbo", {"instances": rows, "n_samples": 3, "iw_samples": 7, "seed": 4, "feature_scores": True}),
+        ("/encode", {"instances": rows}),
+        ("/decode", {"z": [[0.5, -1.0, 0.0, 2.0]]}),
+    ]:
+        a, b = on.post(path, json=body).json(), off.post(path, json=body).json()
+        for key in a:
+            np.testing.assert_allclose(np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float), rtol=1e-6, atol=1e-6)
