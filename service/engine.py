@@ -111,7 +111,14 @@ class VaeEngine:
                     f"[{low:g}, {high:g}] (bernoulli likelihood)"
                 )
             x = np.clip(x, 0.0, 1.0)
-        return x.reshape([len(x), *self._shape]).astype(np.float32)
+        x = x.reshape([len(x), *self._shape]).astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            row, col = (int(i) for i in np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0])
+            raise InvalidInput(
+                f"instances[{row}]: feature {col} is {x_raw[row, col]:g}, too far from the training data to "
+                "represent after preprocessing (beyond float32)"
+            )
+        return x
 
     def mean_to_raw(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
         """Decoder outputs (N, *shape) -> the mean of p(x|z) in raw units, (N, *shape)."""

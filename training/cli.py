@@ -116,6 +116,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=None, help="port (default: $VAE_PORT or 8000)")
     p.add_argument("--runtime", choices=["onnx", "torchscript"], default=None,
                    help="network runtime (default: $VAE_RUNTIME or onnx)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="server processes (default: $VAE_WORKERS or 1); threads per worker default to cores / workers")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

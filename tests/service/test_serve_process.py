@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pytest
 
-VAE = str(Path(sys.executable).with_name("vae"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.service.test_load import start_server, stop
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
 def test_vae_serve_answers_every_endpoint(digits_model_dir, runtime):
-    port = free_port()
-    server = subprocess.Popen(
-        [VAE, "serve", str(digits_model_dir), "--host", "127.0.0.1", "--port", str(port), "--runtime", runtime],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(digits_model_dir, "--host", "127.0.0.1", "--runtime", runtime)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready in 60 s"
-            time.sleep(0.2)
         digit = [[0.0] * 64]
         assert httpx.get(f"{base}/healthz").json() == {"status": "alive"}
         assert httpx.get(f"{base}/v1/model").json()["runtime"] == runtime
@@ -50,5 +23,4 @@ def test_vae_serve_answers_every_endpoint(digits_model_dir, runtime):
         bad = httpx.post(f"{base}/elbo", content=b"{", headers={"content-type": "application/json"})
         assert bad.status_code == 400
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)

@@ -1,0 +1,135 @@
+"""A real server under concurrent load: batched answers equal solo answers, and SIGTERM loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.artifact import load_artifact
+from service.engine import VaeEngine
+from service.runtime import OnnxRuntime
+
+VAE = str(Path(sys.executable).with_name("vae"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir, *args, env=None):
+    """`vae serve` on a free port; its log goes to a file (a pipe nobody reads would fill and stall it)."""
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="vae-serve-", suffix=".log", delete=False)
+    process = subprocess.Popen(
+        [VAE, "serve", str(model_dir), "--port", str(port), *args],
+        stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ | (env or {}),
+    )
+    process.log_path = log.name
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, Path(log.name).read_text()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.2)
+
+
+def stop(process):
+    if process.poll() is None:
+        process.terminate()
+    process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def digits_rows():
+    from sklearn.datasets import load_digits
+
+    return load_digits().data.astype(np.float64)
+
+
+def test_thousands_of_concurrent_requests_match_their_solo_answers(digits_model_dir, digits_rows):
+    process, base = start_server(digits_model_dir)
+    rng = np.random.default_rng(0)
+    requests = []
+    for i in range(2000):
+        rows = rng.integers(0, len(digits_rows), size=int(rng.integers(1, 4)))
+        requests.append({
+            "instances": digits_rows[rows].tolist(), "n_samples": int(rng.integers(1, 4)),
+            "iw_samples": int(rng.integers(1, 10)), "seed": i,
+        })
+
+    async def run():
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None)) as client:
+            return await asyncio.gather(*(client.post("/elbo", json=body) for body in requests))
+
+    try:
+        responses = asyncio.run(run())
+        metrics = httpx.get(f"{base}/metrics").text
+    finally:
+        stop(process)
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    artifact = load_artifact(digits_model_dir)
+    engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
+    for body, response in zip(requests, responses):
+        alone = engine.elbo(np.asarray(body["instances"]), body["n_samples"], body["seed"], body["iw_samples"])
+        got = response.json()
+        np.testing.assert_allclose(got["elbo"], alone.elbo, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(got["log_likelihood"], alone.log_likelihood, rtol=1e-5, atol=1e-4)
+        assert got["is_anomaly"] == alone.decisions.is_anomaly.tolist()
+    count = float(next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_count{endpoint="/elbo"}')).split()[-1])
+    total = float(next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_sum{endpoint="/elbo"}')).split()[-1])
+    assert total == 2000 and count < total  # some runtime calls served several requests
+
+
+def test_sigterm_finishes_every_accepted_request(digits_model_dir, digits_rows):
+    process, base = start_server(digits_model_dir, env={"VAE_DRAIN_DELAY_S": "1.5"})
+    body = {"instances": digits_rows[:8].tolist(), "n_samples": 400, "iw_samples": 400}
+
+    async def run():
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+            in_flight = [asyncio.create_task(client.post("/elbo", json=body | {"seed": i})) for i in range(32)]
+            await asyncio.sleep(0.3)  # every request is sent and accepted
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            async with httpx.AsyncClient(base_url=base, timeout=10) as probe:
+                ready = await probe.get("/readyz")
+            return ready, await asyncio.gather(*in_flight)
+
+    try:
+        ready, responses = asyncio.run(run())
+        assert ready.status_code == 503 and ready.json() == {"status": "not ready", "reason": "shutting down"}
+        assert [r.status_code for r in responses] == [200] * 32
+        # uvicorn re-raises the signal once it has drained, so the exit status says "ended by SIGTERM"
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        stop(process)
+
+
+def test_several_worker_processes_share_the_cores(digits_model_dir):
+    process, base = start_server(digits_model_dir, "--workers", "2")
+    try:
+        card = httpx.get(f"{base}/v1/model").json()
+        assert card["runtime_threads"] == max(1, (os.cpu_count() or 1) // 2)
+        for _ in range(10):
+            assert httpx.post(f"{base}/elbo", json={"instances": [[0.0] * 64]}).status_code == 200
+    finally:
+        stop(process)
