@@ -71,7 +71,27 @@ def parse_instances(value: Any, input_shape: list[int], max_instances: int) -> n
         raise LimitExceeded(
             f"instances: {len(value)} instances exceed the limit of {max_instances} per request (VAE_MAX_INSTANCES)"
         )
-    array = as_float_array(value, "instances")
+    return _shaped(as_float_array(value, "instances"), input_shape)
+
+
+def check_array(array: np.ndarray, input_shape: list[int], max_instances: int) -> np.ndarray:
+    """A binary (.npy) batch -> (B, D) float64, with the same checks as JSON instances."""
+    if array.dtype.kind not in "iuf":
+        raise InvalidInput(f"instances: expected a numeric array, got dtype {array.dtype}")
+    if array.ndim < 2 or len(array) == 0:
+        raise InvalidInput(f"instances: expected a non-empty batch shaped (B, ...), got shape {list(array.shape)}")
+    if len(array) > max_instances:
+        raise LimitExceeded(
+            f"instances: {len(array)} instances exceed the limit of {max_instances} per request (VAE_MAX_INSTANCES)"
+        )
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        raise InvalidInput(f"instances{''.join(f'[{i}]' for i in index)}: expected a finite number, got {array[index]}")
+    return _shaped(array, input_shape)
+
+
+def _shaped(array: np.ndarray, input_shape: list[int]) -> np.ndarray:
     n_features = math.prod(input_shape)
     if list(array.shape[1:]) not in (input_shape, [n_features]):
         got = list(array.shape[1:]) if array.ndim > 1 else "a single number"

@@ -1,11 +1,15 @@
-"""Request bodies that arrive as JSON or as multipart/form-data image uploads, validated the same way.
+"""Request bodies that arrive as JSON, as multipart/form-data image uploads, or as a binary .npy array,
+validated the same way.
 
 A multipart form carries the JSON request's options as form fields (each read as a JSON value, so
-`n_samples=8` is the number 8) and one or more PNG or JPEG files in the field `files`.
+`n_samples=8` is the number 8) and one or more PNG or JPEG files in the field `files`. A binary request
+(`Content-Type: application/x-npy`) is one .npy array of instances, (B, D) or (B, *input_shape), with the
+options in the query string (`/elbo?n_samples=8&seed=1`): no JSON parsing at all for large batches.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, TypeVar
 
@@ -17,10 +21,11 @@ from pydantic import BaseModel, ValidationError
 from service.engine import VaeEngine
 from service.errors import InvalidInput, MalformedRequest
 from service.images import decode_upload
-from service.inputs import parse_instances
+from service.inputs import check_array, parse_instances
 
 Body = TypeVar("Body", bound=BaseModel)
 FILES_FIELD = "files"
+NPY = "application/x-npy"
 
 
 def _validated(model: type[Body], data: Any) -> Body:
@@ -40,8 +45,11 @@ def _form_value(text: str) -> Any:
 
 async def read_body(request: Request, model: type[Body], engine: VaeEngine) -> tuple[Body, np.ndarray | None]:
     """The validated options and the instances as (B, D) raw values (None when the body has none)."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
         return await _read_form(request, model, engine)
+    if content_type.startswith(NPY):
+        return await _read_npy(request, model, engine)
     raw = await request.body()
     try:
         data = json.loads(raw)
@@ -52,6 +60,18 @@ async def read_body(request: Request, model: type[Body], engine: VaeEngine) -> t
     if instances is None:
         return body, None
     return body, parse_instances(instances, engine.manifest.input_shape, engine.limits.max_instances)
+
+
+async def _read_npy(request: Request, model: type[Body], engine: VaeEngine) -> tuple[Body, np.ndarray]:
+    fields = {key: _form_value(value) for key, value in request.query_params.multi_items()}
+    if "instances" in fields:
+        raise InvalidInput("send instances in the .npy body, not in the query string")
+    body = _validated(model, fields | {"instances": []})
+    try:
+        array = np.load(io.BytesIO(await request.body()), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MalformedRequest(f"the body is not a readable .npy array: {exc}") from None
+    return body, check_array(array, engine.manifest.input_shape, engine.limits.max_instances)
 
 
 async def _read_form(request: Request, model: type[Body], engine: VaeEngine) -> tuple[Body, np.ndarray]:
@@ -81,6 +101,9 @@ async def _read_form(request: Request, model: type[Body], engine: VaeEngine) -> 
 def request_body_doc(model: type[BaseModel], images: bool) -> dict:
     """OpenAPI text for a body read by read_body: the JSON model, and the multipart form when images are allowed."""
     content = {"application/json": {"schema": model.model_json_schema()}}
+    if "instances" in model.model_fields:
+        content[NPY] = {"schema": {"type": "string", "format": "binary",
+                                   "description": "one .npy array of instances; options in the query string"}}
     if images:
         options = {k: v for k, v in model.model_json_schema()["properties"].items() if k != "instances"}
         content["multipart/form-data"] = {

@@ -157,3 +157,49 @@ def test_openapi_has_an_example_for_every_endpoint(onnx_client):
         example = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"]
         assert onnx_client.post(path, json=example).status_code == 200, path
     assert onnx_client.get("/docs").status_code == 200
+
+
+def npy_bytes(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return buffer.getvalue()
+
+
+def test_binary_npy_input_equals_json(client):
+    instances = instances_for(client, 4)
+    body = npy_bytes(np.asarray(instances, dtype=np.float32))
+    headers = {"content-type": "application/x-npy"}
+    binary = client.post("/elbo?n_samples=3&iw_samples=5&seed=9", content=body, headers=headers)
+    assert binary.status_code == 200, binary.text
+    sent = client.post("/elbo", json={"instances": instances, "n_samples": 3, "iw_samples": 5, "seed": 9}).json()
+    np.testing.assert_allclose(binary.json()["elbo"], sent["elbo"], rtol=1e-6)
+    encoded = client.post("/encode", content=body, headers=headers).json()
+    assert np.shape(encoded["mu"]) == (4, client.get("/v1/model").json()["latent_dim"])
+
+
+@pytest.mark.parametrize(
+    "array, status, message",
+    [
+        (np.zeros((2, 63)), 422, "instances: each instance must be 64 numbers or nested lists shaped [1, 8, 8]; got instances shaped [63]"),
+        (np.array([["a"] * 64]), 422, "instances: expected a numeric array, got dtype <U1"),
+        (np.zeros(64), 422, "instances: expected a non-empty batch shaped (B, ...), got shape [64]"),
+        (np.full((1, 64), np.nan), 422, "instances[0][0]: expected a finite number, got nan"),
+    ],
+)
+def test_bad_binary_input(digits_client, array, status, message):
+    response = digits_client.post("/elbo", content=npy_bytes(array), headers={"content-type": "application/x-npy"})
+    assert response.status_code == status and response.json()["error"] == message
+
+
+def test_unreadable_binary_input(digits_client):
+    response = digits_client.post("/elbo", content=b"not npy", headers={"content-type": "application/x-npy"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("the body is not a readable .npy array: ")
+
+
+def test_binary_input_options_are_validated(digits_client):
+    response = digits_client.post("/elbo?n_samples=0", content=npy_bytes(np.zeros((1, 64))), headers={"content-type": "application/x-npy"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "n_samples: Input should be greater than or equal to 1 (got 0)"
