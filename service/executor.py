@@ -36,9 +36,13 @@ class Executor:
         work = batcher.submit(item, size, state) if batcher else run_in_threadpool(lambda: run_one([item])[0])
         if batcher is None and state is not None:
             state["batch_size"] = size
+        return await self._within_timeout(work)
+
+    async def _within_timeout(self, work) -> Any:
         try:
-            return await asyncio.wait_for(work, self.timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                return await work
+        except TimeoutError:
             raise Timeout(f"the request did not finish within {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)") from None
 
     async def elbo(self, request: PreparedElbo, state: dict | None = None) -> Scored:
@@ -52,10 +56,7 @@ class Executor:
 
     async def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Unbatched work (sampling, heatmaps) in the thread pool, under the same timeout."""
-        try:
-            return await asyncio.wait_for(run_in_threadpool(fn, *args, **kwargs), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise Timeout(f"the request did not finish within {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)") from None
+        return await self._within_timeout(run_in_threadpool(fn, *args, **kwargs))
 
     async def close(self) -> None:
         for batcher in self._batchers.values():

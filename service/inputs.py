@@ -44,19 +44,29 @@ def as_float_array(value: Any, field: str) -> np.ndarray:
     """A nested list of numbers as a float64 array; InvalidInput naming the first problem otherwise."""
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{field}: expected a non-empty list, got {_describe(value)}")
-    found = _first_non_number(value, field)
-    if found:
-        where, bad = found
-        raise InvalidInput(f"{where}: expected a number, got {type(bad).__name__} {_describe(bad)}")
     try:
-        array = np.asarray(value, dtype=np.float64)
-    except (ValueError, OverflowError):
+        # One C pass builds the array; a C-level map over its leaves gives their types. Only when a leaf is
+        # not an int or a float (a string, a bool, a null, or a list because the batch is ragged) does the
+        # slow walk run, to name the culprit.
+        leaves = np.asarray(value, dtype=object)
+        kinds = set(map(type, leaves.flat))
+    except ValueError:
+        kinds = {list}
+    if not kinds <= {int, float}:
+        found = _first_non_number(value, field)
+        if found:
+            where, bad = found
+            raise InvalidInput(f"{where}: expected a number, got {type(bad).__name__} {_describe(bad)}")
         shapes = [_shape_of(item) for item in value]
         first = next((i for i, s in enumerate(shapes) if s != shapes[0] or s is None), 0)
         raise InvalidInput(
             f"{field}: every item must have the same shape; {field}[0] has shape {shapes[0]} "
             f"but {field}[{first}] has shape {shapes[first] or 'ragged'}"
-        ) from None
+        )
+    try:
+        array = leaves.astype(np.float64)
+    except OverflowError:
+        raise InvalidInput(f"{field}: a number is too large for a 64-bit float") from None
     if not np.all(np.isfinite(array)):
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise InvalidInput(

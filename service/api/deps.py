@@ -16,15 +16,17 @@ from service.executor import Executor
 from service.errors import ModelNotReady, Unauthorized
 
 
-def get_engine(request: Request) -> VaeEngine:
+# The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool,
+# a thread hop per dependency per request for what is an attribute lookup.
+async def get_engine(request: Request) -> VaeEngine:
     engine = request.app.state.engine
     if engine is None:
         raise ModelNotReady("the model is still loading; retry when GET /readyz returns 200")
     return engine
 
 
-def get_executor(request: Request) -> Executor:
-    get_engine(request)
+async def get_executor(request: Request) -> Executor:
+    await get_engine(request)
     return request.app.state.executor
 
 
@@ -32,7 +34,7 @@ EngineDep = Annotated[VaeEngine, Depends(get_engine)]
 ExecutorDep = Annotated[Executor, Depends(get_executor)]
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """With VAE_API_KEY set, every route but the health checks needs `Authorization: Bearer <key>`."""
     key = request.app.state.settings.api_key
     if key is None:

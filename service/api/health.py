@@ -13,13 +13,13 @@ protected = APIRouter(tags=["model"])  # behind the API key when one is set
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     """The process is alive."""
     return {"status": "alive"}
 
 
 @router.get("/readyz", responses={503: {"description": "the model is not loaded and warmed up yet"}})
-def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """200 once the model is loaded and a warm-up inference succeeded, else 503."""
     if request.app.state.draining:
         return JSONResponse({"status": "not ready", "reason": "shutting down"}, status_code=503)
@@ -29,13 +29,13 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @protected.get("/metrics", tags=["observability"], response_class=Response)
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, latencies, batching, in-flight requests, model info."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @protected.get("/v1/model")
-def model_card(engine: EngineDep, request: Request) -> dict:
+async def model_card(engine: EngineDep, request: Request) -> dict:
     """The manifest's public fields, the runtime serving them and the request limits."""
     return {
         **engine.manifest.public(),

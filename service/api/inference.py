@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.body import read_body, request_body_doc
-from service.api.deps import ArrayJSONResponse, EngineDep, ExecutorDep, floats
+from service.api.deps import ArrayJSONResponse, ExecutorDep, floats
 from service.errors import NotAcceptable
 from service.images import grid, heatmap_overlay, png_bytes, to_pixels
 from service.inputs import parse_latents
@@ -51,8 +51,9 @@ def png_response(engine, images, rows: int, cols: int) -> Response:
 
 
 @router.post("/encode", response_model=EncodeResponse, openapi_extra=request_body_doc(EncodeRequest, images=True))
-async def encode(request: Request, engine: EngineDep, executor: ExecutorDep) -> ArrayJSONResponse:
+async def encode(request: Request, executor: ExecutorDep) -> ArrayJSONResponse:
     """The posterior q(z|x) = N(mu, diag sigma^2) of each instance (JSON) or uploaded image (multipart)."""
+    engine = executor.engine
     _, x_raw = await read_body(request, EncodeRequest, engine)
     encoded = await executor.encode(engine.to_model(x_raw), state_of(request))
     return ArrayJSONResponse({"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)})
@@ -65,8 +66,9 @@ async def encode(request: Request, engine: EngineDep, executor: ExecutorDep) -> 
     responses={200: PNG},
     openapi_extra=request_body_doc(SampleRequest, images=True),
 )
-async def sample(request: Request, engine: EngineDep, executor: ExecutorDep) -> Response:
+async def sample(request: Request, executor: ExecutorDep) -> Response:
     """Reparameterized draws z = mu + sigma * eps per instance, or draws from the prior without instances."""
+    engine = executor.engine
     body, x_raw = await read_body(request, SampleRequest, engine)
     png = wants_png(request)
     sampled = await executor.call(engine.sample, x_raw, body.n_samples, body.seed, body.decode or png)
@@ -79,8 +81,9 @@ async def sample(request: Request, engine: EngineDep, executor: ExecutorDep) -> 
 
 
 @router.post("/decode", response_model=DecodeResponse, responses={200: PNG})
-async def decode(body: DecodeRequest, request: Request, engine: EngineDep, executor: ExecutorDep) -> Response:
+async def decode(body: DecodeRequest, request: Request, executor: ExecutorDep) -> Response:
     """The mean of p(x|z) in raw units for each latent vector."""
+    engine = executor.engine
     z = parse_latents(body.z, engine.manifest.latent_dim, engine.limits.max_instances)
     x = await executor.decode(z, state_of(request))
     if wants_png(request):
@@ -94,8 +97,9 @@ async def decode(body: DecodeRequest, request: Request, engine: EngineDep, execu
     response_model_exclude_none=True,
     openapi_extra=request_body_doc(ElboRequest, images=True),
 )
-async def elbo(request: Request, engine: EngineDep, executor: ExecutorDep) -> ArrayJSONResponse:
+async def elbo(request: Request, executor: ExecutorDep) -> ArrayJSONResponse:
     """Per-input ELBO and importance-weighted log-likelihood in nats, with calibrated anomaly decisions."""
+    engine = executor.engine
     body, x_raw = await read_body(request, ElboRequest, engine)
     prepared = engine.prepare_elbo(
         x_raw,
@@ -132,8 +136,9 @@ async def elbo(request: Request, engine: EngineDep, executor: ExecutorDep) -> Ar
     response_class=Response,
     openapi_extra=request_body_doc(HeatmapRequest, images=True),
 )
-async def heatmap(request: Request, engine: EngineDep, executor: ExecutorDep) -> Response:
+async def heatmap(request: Request, executor: ExecutorDep) -> Response:
     """A PNG of each input with its per-pixel anomaly scores (shares of -reconstruction) overlaid."""
+    engine = executor.engine
     spec = engine.manifest.image
     if spec is None:
         raise NotAcceptable(f"this model takes rows shaped {engine.manifest.input_shape}, not images; use /elbo")
