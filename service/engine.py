@@ -185,23 +185,9 @@ class VaeEngine:
             x = self.decode(z.reshape(batch * n_samples, d)).reshape([batch, n_samples, *self._shape])
         return Sampled(z, x, seed)
 
-    def elbo(
-        self,
-        x_raw: np.ndarray,
-        n_samples: int = 1,
-        seed: int | None = None,
-        iw_samples: int | None = None,
-        feature_scores: bool = False,
-        threshold: float | None = None,
-        fpr: float | None = None,
-    ) -> Scored:
-        """Per-input ELBO (L draws), L_K (K draws) and the anomaly decisions, in nats (beta = 1).
-
-        K defaults to the calibration's, so the default decision uses the estimator its threshold was
-        calibrated with. The ELBO's draws come first from the seeded generator, then L_K's.
-        """
-        request = self.prepare_elbo(x_raw, n_samples, seed, iw_samples, feature_scores, threshold, fpr)
-        return self.elbo_batch([request])[0]
+    def elbo(self, *args, **kwargs) -> Scored:
+        """One /elbo request, alone: prepare_elbo(...) then elbo_batch. Takes prepare_elbo's arguments."""
+        return self.elbo_batch([self.prepare_elbo(*args, **kwargs)])[0]
 
     def prepare_elbo(
         self,
@@ -213,7 +199,12 @@ class VaeEngine:
         threshold: float | None = None,
         fpr: float | None = None,
     ) -> PreparedElbo:
-        """Everything about one /elbo request that can fail, checked before it joins a batch."""
+        """Everything about one /elbo request that can fail, checked before it joins a batch.
+
+        Per-input ELBO (L = n_samples draws), L_K (K = iw_samples draws) and the anomaly decisions, in nats
+        (beta = 1). K defaults to the calibration's, so the default decision uses the estimator its threshold
+        was calibrated with. The ELBO's draws come first from the seeded generator, then L_K's.
+        """
         scoring_config = self.manifest.scoring
         if iw_samples is None:
             iw_samples = scoring_config.iw_samples if scoring_config else 1
