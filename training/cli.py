@@ -96,6 +96,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="epochs over which beta ramps linearly from 0 (0: off)")
     p.add_argument("--free-bits", type=_non_negative_float, default=defaults["free_bits"],
                    help="per-dimension KL floor in nats against posterior collapse (0: off)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults["device"],
+                   help="auto uses CUDA when present; exported graphs always load on the CPU")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
@@ -138,6 +140,24 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a .npy or .csv file of any size, chunk by chunk, into a CSV of /elbo's fields",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model_dir", help="a model directory")
+    p.add_argument("--data", required=True, help="a .npy (memory-mapped) or .csv file of raw rows")
+    p.add_argument("--out", required=True, help="the CSV to write")
+    p.add_argument("--iw-samples", type=_positive_int, default=None,
+                   help="K of L_K (default: the K the threshold was calibrated with)")
+    p.add_argument("--n-samples", type=_positive_int, default=1, help="draws of the ELBO")
+    p.add_argument("--seed", type=int, default=0, help="chunk i uses seed + i, as an /elbo request would")
+    p.add_argument("--chunk-rows", type=_positive_int, default=1024, help="rows scored at a time (bounds memory)")
+    p.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx", help="network runtime")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a model directory's pictures and an HTML page into DIR/report/")
     p.add_argument("model_dir", help="a model directory")
@@ -151,20 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_evaluate(sub)
     _add_report(sub)
+    _add_score(sub)
     return parser
 
 
 def _train(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.export import ExportError
+    from training.distributed import DeviceError
     from training.train import ConfigError, TrainConfig, train
 
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
     try:
         artifact = train(config)
-    except (DataError, ExportError, ConfigError) as exc:
+    except (DataError, ExportError, ConfigError, DeviceError) as exc:
         print(f"vae train: {exc}", file=sys.stderr)
         return 2
+    if artifact is None:  # a torchrun process other than the main one
+        return 0
     summary, calibration = artifact.manifest.training, artifact.manifest.scoring.calibration
     print(
         f"wrote {artifact.dir}: best validation ELBO {summary.best_val_elbo:.3f} nats "
@@ -245,9 +269,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from service.bulk import BulkError, score_file
+    from service.errors import ArtifactError
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "model_dir", "data", "out")}
+    try:
+        rows = score_file(args.model_dir, args.data, args.out, **options)
+    except (ArtifactError, BulkError) as exc:
+        print(f"vae score: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {rows} rows")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "export": _export, "serve": _serve, "evaluate": _evaluate, "report": _report}
+    handlers = {
+        "train": _train, "export": _export, "serve": _serve, "evaluate": _evaluate, "report": _report, "score": _score,
+    }
     handler = handlers[args.command]
     return handler(args)
 

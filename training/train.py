@@ -7,12 +7,18 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from service.artifact import Artifact, ImageSpec, Preprocessing, TrainingSummary
 from service.scoring import min_fpr
 from training.data import Dataset, fit_preprocessing, load_dataset
+from training.distributed import World, join_world
 from training.export import CalibrationPlan, export_model_dir, make_checkpoint
 from training.loop import fit
 from training.loss import elbo_terms
@@ -67,7 +73,10 @@ def image_spec(dataset: Dataset) -> ImageSpec | None:
     )
 
 
-def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+ACTIVE_UNIT_VARIANCE = 0.01
+
+
+def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_VARIANCE) -> int:
     """Latent dimensions whose posterior mean varies over the data: Var_x[mu(x)] > threshold (Burda et al.)."""
     return int((mu.var(dim=0) > threshold).sum())
 
@@ -77,8 +86,12 @@ def beta_at(epoch: int, beta: float, warmup: int) -> float:
     return beta if warmup <= 0 else beta * min(1.0, (epoch - 1) / warmup)
 
 
-def train(config: TrainConfig) -> Artifact:
-    """Train on config.data and write the model directory config.out."""
+def train(config: TrainConfig) -> Artifact | None:
+    """Train on config.data and write the model directory config.out.
+
+    Under torchrun, every process trains on its share of the rows and only the main one writes the
+    directory and returns the artifact; the others return None.
+    """
     dataset = load_dataset(
         config.data, channels=config.channels, image_size=tuple(config.image_size) if config.image_size else None
     )
@@ -91,9 +104,29 @@ def train(config: TrainConfig) -> Artifact:
             f"--fpr {config.fpr:g} needs at least {math.ceil(1 / config.fpr) - 1} calibration rows; "
             f"the calibration split has {len(cal_rows)}: raise --calibration-fraction or --fpr"
         )
+    world = join_world(config.device)
+    try:
+        return _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world)
+    finally:
+        world.close()
+
+
+class ElboObjective(nn.Module):
+    """The ELBO's terms as a module's forward, so DistributedDataParallel sees the call and syncs gradients."""
+
+    def __init__(self, vae: VAE, log_jacobian: float) -> None:
+        super().__init__()
+        self.vae = vae
+        self.log_jacobian = log_jacobian
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        return elbo_terms(self.vae, x, eps, self.log_jacobian)
+
+
+def _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world: World) -> Artifact | None:
     preprocessing = preprocess(dataset, train_rows, likelihood)
-    x_train = to_model_tensor(dataset.x[train_rows], preprocessing)
-    x_val = to_model_tensor(dataset.x[val_rows], preprocessing)
+    x_train = to_model_tensor(dataset.x[train_rows], preprocessing).to(world.device)
+    x_val = to_model_tensor(dataset.x[val_rows], preprocessing).to(world.device)
 
     torch.manual_seed(config.seed)
     model_config = ModelConfig(
@@ -105,20 +138,29 @@ def train(config: TrainConfig) -> Artifact:
     )
     if config.arch == "conv" and len(dataset.input_shape) != 3:
         raise ConfigError(f"--arch conv needs data shaped C x H x W; {dataset.source} has rows shaped {list(dataset.input_shape)}")
-    model = VAE(model_config)
+    model = VAE(model_config).to(world.device)
     # Reported ELBOs are densities in raw units (see Manifest.log_jacobian); a constant, so gradients ignore it.
     log_jacobian = 0.0 if likelihood == "bernoulli" else -float(preprocessing.log_scale(model_config.n_features).sum())
+    objective: nn.Module = ElboObjective(model, log_jacobian)
+    if world.size > 1:
+        device_ids = [world.device.index] if world.device.type == "cuda" else None
+        objective = DistributedDataParallel(objective, device_ids=device_ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    noise = torch.Generator().manual_seed(config.seed + 1)
+    # Each process draws its own noise; the seed and the world size fix every draw.
+    noise = torch.Generator().manual_seed(config.seed + 1 + 7919 * world.rank)
+    sampler = DistributedSampler(
+        range(len(x_train)), num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
+    )
 
     def batches(epoch: int):
-        order = torch.randperm(len(x_train), generator=noise)
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), device=world.device)
         for start in range(0, len(order), config.batch_size):
             yield x_train[order[start : start + config.batch_size]]
 
     def step(batch: torch.Tensor, epoch: int) -> dict[str, float]:
-        eps = torch.randn(1, len(batch), config.latent_dim, generator=noise)
-        terms = elbo_terms(model, batch, eps, log_jacobian)
+        eps = torch.randn(1, len(batch), config.latent_dim, generator=noise).to(world.device)
+        terms = objective(batch, eps)
         beta = beta_at(epoch, config.beta, config.kl_warmup)
         loss = terms.loss(beta, config.free_bits)
         optimizer.zero_grad(set_to_none=True)
@@ -133,16 +175,27 @@ def train(config: TrainConfig) -> Artifact:
         }
 
     val_eps = torch.randn(1, len(x_val), config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
+    # Each process validates its share of the rows; the sums are all-reduced, so every process sees the
+    # same metrics and stops early at the same epoch.
+    val_share = slice(world.rank, None, world.size)
+    x_val_share, val_eps_share = x_val[val_share], val_eps[:, val_share].to(world.device)
 
     def validate() -> dict[str, float]:
         # The same noise every epoch, so that changes in val_elbo come from the weights alone.
-        terms = elbo_terms(model, x_val, val_eps, log_jacobian)
-        mu, _ = model.encode(x_val)
+        terms = elbo_terms(model, x_val_share, val_eps_share, log_jacobian)
+        mu, _ = model.encode(x_val_share)
+        n, elbo, rec, kl, *moments = world.sum([
+            len(x_val_share), terms.elbo.sum().item(), terms.reconstruction.sum().item(), terms.kl.sum().item(),
+            *mu.sum(0).tolist(), *mu.pow(2).sum(0).tolist(),
+        ])
+        d = config.latent_dim
+        mean, mean_sq = torch.tensor(moments[:d]) / n, torch.tensor(moments[d:]) / n
+        variance = (mean_sq - mean.pow(2)) * n / max(n - 1, 1)  # unbiased, as torch.var
         return {
-            "val_elbo": terms.elbo.mean().item(),
-            "val_reconstruction": terms.reconstruction.mean().item(),
-            "val_kl": terms.kl.mean().item(),
-            "active_units": active_units(mu),
+            "val_elbo": elbo / n,
+            "val_reconstruction": rec / n,
+            "val_kl": kl / n,
+            "active_units": int((variance > ACTIVE_UNIT_VARIANCE).sum()),
         }
 
     result = fit(
@@ -153,9 +206,13 @@ def train(config: TrainConfig) -> Artifact:
         epochs=config.epochs,
         patience=config.patience,
         monitor="val_elbo",
-        progress=config.progress,
+        progress=config.progress and world.main,
     )
+    world.barrier()
+    if not world.main:
+        return None  # only the main process writes the checkpoint and the model directory
     model.load_state_dict(result.best_state)
+    model.cpu()  # export always produces CPU-loadable graphs
     summary = TrainingSummary(
         data_source=dataset.source,
         seed=config.seed,
@@ -173,3 +230,9 @@ def train(config: TrainConfig) -> Artifact:
     artifact = export_model_dir(checkpoint, Path(config.out), calibration, progress=config.progress)
     write_report(artifact.dir)
     return artifact
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.train [vae train's flags]
+    from training.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -18,7 +18,7 @@ class TrainConfig:
     channels: int | None = None  # image folders: 1 or 3; None: 3 if any image has colour
     image_size: list[int] | None = None  # image folders: resize to [H, W]; None: images must share one size
     epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 128
+    batch_size: int = 128  # rows per gradient step, per process under torchrun
     lr: float = 1e-3  # Adam learning rate
     beta: float = 1.0  # weight of the KL term in the loss (reported ELBOs always use 1)
     seed: int = 0  # fixes the split, the initial weights, the batch order and the noise
@@ -29,4 +29,5 @@ class TrainConfig:
     patience: int = 15  # epochs without a better validation ELBO before stopping
     kl_warmup: int = 0  # epochs over which beta ramps linearly from 0 (0: no warm-up)
     free_bits: float = 0.0  # per-dimension KL floor in nats against posterior collapse (0: off)
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
     progress: bool = True  # show a progress bar
