@@ -23,6 +23,7 @@ done
 
 start=$SECONDS
 root="$(mktemp -d /var/tmp/vae-base.XXXXXX)"
+chmod 0755 "$root"  # apt inside drops to the _apt user, which must reach it
 cleanup() {
   # debootstrap mounts /proc and /sys inside while it works: never delete through a mount.
   for m in proc sys dev/pts dev; do

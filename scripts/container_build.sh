@@ -24,14 +24,12 @@ engine="${CONTAINER_ENGINE:-podman}"
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(serve train proxy)
 
-pip_setting() {  # this host's pip setting NAME, from the environment or pip's configuration files
-  local env_name="PIP_${1^^}"
-  env_name="${env_name//-/_}"
-  if [[ -n ${!env_name:-} ]]; then
-    echo "${!env_name}"
-  else
-    "${PYTHON:-python3}" -m pip config get "global.$1" 2> /dev/null || true
-  fi
+pip_setting() {  # this host's pip setting NAME: from the environment, else from pip's files
+  local list value
+  list="$("${PYTHON:-python3}" -m pip config list 2> /dev/null || true)"
+  value="$(sed -n "s/^:env:\.$1='\(.*\)'\$/\1/p" <<< "$list" | head -n 1)"
+  [[ -n $value ]] || value="$(sed -n "s/^global\.$1='\(.*\)'\$/\1/p" <<< "$list" | head -n 1)"
+  echo "$value"
 }
 
 args=(--build-arg "BASE_IMAGE=${VAE_BASE_IMAGE:-python:3.11-slim}")

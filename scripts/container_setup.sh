@@ -9,7 +9,7 @@
 #
 #   scripts/container_setup.sh               all three
 #   scripts/container_setup.sh tools         1 and 2 only
-#   scripts/container_setup.sh compose-lint  Debian's docker-compose, for `docker-compose config`
+#   scripts/container_setup.sh compose-lint  Debian's docker-compose (for `docker-compose config`) and shellcheck
 #
 # Needs root for whatever it installs.
 set -euo pipefail
@@ -73,7 +73,7 @@ case "$what" in
     if [[ $what == all ]]; then "$here/container_base.sh"; fi
     ;;
   compose-lint)
-    need_packages docker-compose docker-compose
+    need_packages docker-compose docker-compose shellcheck shellcheck
     ;;
   *)
     echo "usage: $0 [all|tools|compose-lint]" >&2
