@@ -1,0 +1,469 @@
+"""The Open Inference Protocol v2 over HTTP, with a client written from the spec: requests built by hand
+(JSON, and JSON + binary tensors), responses parsed by hand. Its answers must equal the native API's."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.conftest import instances_for
+
+HEADER_LENGTH = "inference-header-content-length"
+NUMPY_TYPES = {"FP64": "<f8", "FP32": "<f4"}
+ELBO_OUTPUTS = ["elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "is_anomaly", "p_value"]
+
+
+# --- a client written from the spec --------------------------------------------------------------------------
+def model(client: TestClient, op: str) -> str:
+    return f"{client.get('/v1/model').json()['name']}-{op}"
+
+
+def tensor(name: str, array, datatype: str = "FP64", flat: bool = False) -> dict:
+    """A $request_input with JSON data, nested as the array or flat in row-major order."""
+    array = np.asarray(array, dtype=NUMPY_TYPES[datatype])
+    return {"name": name, "shape": list(array.shape), "datatype": datatype,
+            "data": array.reshape(-1).tolist() if flat else array.tolist()}
+
+
+def binary_tensor(name: str, array, datatype: str = "FP64") -> tuple[dict, bytes]:
+    """A $request_input whose data travels as binary after the JSON: little-endian, row-major."""
+    raw = np.ascontiguousarray(array, dtype=NUMPY_TYPES[datatype]).tobytes()
+    return {"name": name, "shape": list(np.shape(array)), "datatype": datatype,
+            "parameters": {"binary_data_size": len(raw)}}, raw
+
+
+def binary_body(request: dict, chunks: list[bytes]) -> tuple[bytes, dict]:
+    header = json.dumps(request).encode()
+    headers = {HEADER_LENGTH: str(len(header)), "content-type": "application/octet-stream"}
+    return header + b"".join(chunks), headers
+
+
+def infer(client: TestClient, name: str, inputs: list[dict], **fields):
+    return client.post(f"/v2/models/{name}/infer", json={"inputs": inputs, **fields})
+
+
+def parse(response) -> tuple[dict, dict[str, np.ndarray]]:
+    """The response's JSON header and its outputs as arrays, whether each came as JSON or as binary data."""
+    assert response.status_code == 200, response.text
+    body = response.content
+    length = response.headers.get(HEADER_LENGTH)
+    if length is None:
+        assert response.headers["content-type"] == "application/json"
+        header, binary = json.loads(body), b""
+    else:
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert int(response.headers["content-length"]) == len(body)
+        header, binary = json.loads(body[: int(length)]), body[int(length) :]
+    arrays, offset = {}, 0
+    for out in header["outputs"]:
+        size = out.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            arrays[out["name"]] = np.asarray(out["data"]).reshape(out["shape"])  # flat or nested, row-major
+            continue
+        chunk = binary[offset : offset + size]
+        offset += size
+        if out["datatype"] == "BOOL":  # one byte per element, 1 or 0
+            raw = np.frombuffer(chunk, dtype=np.uint8)
+            assert set(raw.tolist()) <= {0, 1}
+            arrays[out["name"]] = raw.astype(bool).reshape(out["shape"])
+        else:
+            arrays[out["name"]] = np.frombuffer(chunk, dtype=NUMPY_TYPES[out["datatype"]]).reshape(out["shape"])
+    assert offset == len(binary)
+    return header, arrays
+
+
+def error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    return body["error"]
+
+
+def assert_equal_to_native(arrays: dict[str, np.ndarray], native: dict) -> None:
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(array, np.asarray(native[name]), err_msg=name)
+
+
+# --- health and metadata -------------------------------------------------------------------------------------
+def test_server_metadata(client):
+    response = client.get("/v2")
+    assert response.status_code == 200
+    assert response.json() == {"name": "vae-service", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+@pytest.mark.parametrize("path", ["/v2/health/live", "/v2/health/ready"])
+def test_server_health(client, path):
+    response = client.get(path)
+    assert response.status_code == 200 and response.content == b""
+
+
+@pytest.mark.parametrize("op", ["encode", "sample", "decode", "elbo"])
+def test_model_ready(client, op):
+    response = client.get(f"/v2/models/{model(client, op)}/ready")
+    assert response.status_code == 200 and response.content == b""
+
+
+def test_model_metadata_of_every_operation(digits_client):
+    x, d = [-1, 1, 8, 8], 4
+    fp64 = lambda name, shape: {"name": name, "datatype": "FP64", "shape": shape}
+    expected = {
+        "digits-encode": ([fp64("instances", x)], [fp64("mu", [-1, d]), fp64("logvar", [-1, d]), fp64("sigma", [-1, d])]),
+        "digits-sample": ([fp64("instances", x)], [fp64("z", [-1, -1, d]), fp64("x", [-1, -1, 1, 8, 8])]),
+        "digits-decode": ([fp64("z", [-1, d])], [fp64("x", x)]),
+        "digits-elbo": (
+            [fp64("instances", x)],
+            [fp64(name, [-1]) if name != "is_anomaly" else {"name": name, "datatype": "BOOL", "shape": [-1]}
+             for name in ELBO_OUTPUTS],
+        ),
+    }
+    for name, (inputs, outputs) in expected.items():
+        response = digits_client.get(f"/v2/models/{name}")
+        assert response.status_code == 200
+        assert response.json() == {"name": name, "platform": "onnx_onnxv1", "inputs": inputs, "outputs": outputs}
+
+
+def test_model_metadata_names_the_platform_and_shapes(clients):
+    torchscript = clients["tabular", "torchscript"].get("/v2/models/tabular-encode").json()
+    assert torchscript["platform"] == "pytorch_torchscript"
+    assert torchscript["inputs"] == [{"name": "instances", "datatype": "FP64", "shape": [-1, 6]}]
+
+
+@pytest.mark.parametrize("path", ["/v2/models/digits/ready", "/v2/models/digits", "/v2/models/tabular-elbo"])
+def test_unknown_model_metadata_and_readiness(digits_client, path):
+    assert error(digits_client.get(path), 404) == (
+        f"unknown model '{path.split('/')[3]}'; this server serves digits-encode, digits-sample, digits-decode, digits-elbo"
+    )
+
+
+# --- inference equals the native API -------------------------------------------------------------------------
+def test_encode_equals_native(client):
+    instances = instances_for(client, 3)
+    header, arrays = parse(infer(client, model(client, "encode"), [tensor("instances", instances)]))
+    assert header == {"model_name": model(client, "encode"), "outputs": header["outputs"]}
+    assert [(o["name"], o["datatype"], o["shape"]) for o in header["outputs"]] == [
+        (name, "FP64", [3, len(arrays["mu"][0])]) for name in ("mu", "logvar", "sigma")
+    ]
+    assert_equal_to_native(arrays, client.post("/encode", json={"instances": instances}).json())
+
+
+def test_flat_and_nested_data_agree(digits_client):
+    digits = np.asarray(instances_for(digits_client, 2))  # (2, 1, 8, 8)
+    name = model(digits_client, "encode")
+    nested = parse(infer(digits_client, name, [tensor("instances", digits)]))[1]
+    flat = parse(infer(digits_client, name, [tensor("instances", digits, flat=True)]))[1]
+    rows = parse(infer(digits_client, name, [tensor("instances", digits.reshape(2, 64))]))[1]
+    for other in (flat, rows):
+        assert_equal_to_native(other, nested)
+
+
+def test_fp32_data_is_the_float32_values(client):
+    instances = instances_for(client, 3)
+    rounded = np.asarray(instances, dtype=np.float32).astype(np.float64).tolist()
+    arrays = parse(infer(client, model(client, "encode"), [tensor("instances", instances, "FP32")]))[1]
+    assert_equal_to_native(arrays, client.post("/encode", json={"instances": rounded}).json())
+
+
+def test_elbo_equals_native(client):
+    instances = instances_for(client, 4)
+    options = {"n_samples": 3, "iw_samples": 5, "seed": 11}
+    response = infer(client, model(client, "elbo"), [tensor("instances", instances)], parameters=options, id="r-1")
+    header, arrays = parse(response)
+    native = client.post("/elbo", json={"instances": instances, **options}).json()
+    assert header["id"] == "r-1" and header["model_name"] == model(client, "elbo")
+    assert header["parameters"] == {"threshold": native["threshold"], "n_samples": 3, "iw_samples": 5, "seed": 11}
+    assert [o["name"] for o in header["outputs"]] == ELBO_OUTPUTS
+    assert [o["datatype"] for o in header["outputs"]] == ["FP64"] * 5 + ["BOOL", "FP64"]
+    assert arrays["is_anomaly"].dtype == bool
+    assert_equal_to_native(arrays, native)
+
+
+def test_elbo_decides_at_the_requested_fpr(digits_client):
+    instances = instances_for(digits_client, 2)
+    options = {"seed": 0, "fpr": 0.5}
+    header, arrays = parse(infer(digits_client, "digits-elbo", [tensor("instances", instances)], parameters=options))
+    native = digits_client.post("/elbo", json={"instances": instances, **options}).json()
+    assert header["parameters"]["threshold"] == native["threshold"]
+    assert_equal_to_native(arrays, native)
+
+
+def test_sample_equals_native(client):
+    instances = instances_for(client, 2)
+    options = {"n_samples": 3, "seed": 5, "decode": True}
+    header, arrays = parse(infer(client, model(client, "sample"), [tensor("instances", instances)], parameters=options))
+    native = client.post("/sample", json={"instances": instances, **options}).json()
+    assert header["parameters"] == {"seed": 5}
+    assert list(arrays) == ["z", "x"]
+    assert_equal_to_native(arrays, native)
+
+
+def test_sample_without_decode_gives_z_only(digits_client):
+    instances = instances_for(digits_client, 1)
+    header, arrays = parse(infer(digits_client, "digits-sample", [tensor("instances", instances)], parameters={"seed": 1}))
+    assert list(arrays) == ["z"] and arrays["z"].shape == (1, 1, 4)
+
+
+def test_sample_from_the_prior_without_inputs(client):
+    options = {"n_samples": 4, "seed": 2, "decode": True}
+    arrays = parse(infer(client, model(client, "sample"), [], parameters=options))[1]
+    assert_equal_to_native(arrays, client.post("/sample", json=options).json())
+
+
+def test_asking_for_x_decodes_the_samples(digits_client):
+    instances = instances_for(digits_client, 2)
+    response = infer(digits_client, "digits-sample", [tensor("instances", instances)],
+                     parameters={"n_samples": 2, "seed": 8}, outputs=[{"name": "x"}])
+    header, arrays = parse(response)
+    native = digits_client.post("/sample", json={"instances": instances, "n_samples": 2, "seed": 8, "decode": True}).json()
+    assert list(arrays) == ["x"] and arrays["x"].shape == (2, 2, 1, 8, 8)
+    assert_equal_to_native(arrays, native)
+
+
+def test_decode_equals_native(client):
+    d = client.get("/v1/model").json()["latent_dim"]
+    z = np.random.default_rng(0).standard_normal((3, d)).tolist()
+    arrays = parse(infer(client, model(client, "decode"), [tensor("z", z, flat=True)]))[1]
+    assert_equal_to_native(arrays, client.post("/decode", json={"z": z}).json())
+
+
+def test_requested_outputs_in_the_requested_order(digits_client):
+    instances = instances_for(digits_client, 2)
+    response = infer(digits_client, "digits-elbo", [tensor("instances", instances)], parameters={"seed": 0},
+                     outputs=[{"name": "p_value"}, {"name": "elbo"}])
+    header, arrays = parse(response)
+    assert [o["name"] for o in header["outputs"]] == ["p_value", "elbo"]
+    assert_equal_to_native(arrays, digits_client.post("/elbo", json={"instances": instances, "seed": 0}).json())
+
+
+# --- the binary tensor data extension --------------------------------------------------------------------------
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_binary_input_and_output_equal_native(client, datatype):
+    instances = instances_for(client, 3)
+    values = np.asarray(instances, dtype=NUMPY_TYPES[datatype])
+    description, raw = binary_tensor("instances", values, datatype)
+    options = {"n_samples": 2, "iw_samples": 3, "seed": 4}
+    request = {"model_name": model(client, "elbo"), "inputs": [description],  # Triton's clients send model_name
+               "parameters": {**options, "binary_data_output": True}}
+    content, headers = binary_body(request, [raw])
+    response = client.post(f"/v2/models/{model(client, 'elbo')}/infer", content=content, headers=headers)
+    header, arrays = parse(response)
+    sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
+    assert sizes == [3 * 8] * 5 + [3] + [3 * 8] and all("data" not in o for o in header["outputs"])
+    native = client.post("/elbo", json={"instances": values.astype(np.float64).tolist(), **options}).json()
+    assert_equal_to_native(arrays, native)
+
+
+def test_binary_data_per_output_overrides_the_request(digits_client):
+    instances = instances_for(digits_client, 2)
+    outputs = [{"name": "is_anomaly", "parameters": {"binary_data": True}},
+               {"name": "kl", "parameters": {"binary_data": False}}, {"name": "elbo"}]
+    response = infer(digits_client, "digits-elbo", [tensor("instances", instances)],
+                     parameters={"seed": 3, "binary_data_output": True}, outputs=outputs)
+    header, arrays = parse(response)
+    assert header["outputs"][0] == {"name": "is_anomaly", "datatype": "BOOL", "shape": [2],
+                                    "parameters": {"binary_data_size": 2}}
+    assert "data" in header["outputs"][1] and header["outputs"][2]["parameters"] == {"binary_data_size": 16}
+    assert_equal_to_native(arrays, digits_client.post("/elbo", json={"instances": instances, "seed": 3}).json())
+
+
+def test_binary_and_json_inputs_mix_and_json_outputs_by_default(digits_client):
+    d = 4
+    z = np.random.default_rng(1).standard_normal((2, d)).astype(np.float32)
+    description, raw = binary_tensor("z", z, "FP32")
+    content, headers = binary_body({"inputs": [description]}, [raw])
+    response = digits_client.post("/v2/models/digits-decode/infer", content=content, headers=headers)
+    assert HEADER_LENGTH not in response.headers
+    arrays = parse(response)[1]
+    assert_equal_to_native(arrays, digits_client.post("/decode", json={"z": z.astype(np.float64).tolist()}).json())
+
+
+def test_binary_bytes_are_little_endian_row_major(digits_client):
+    z = np.arange(8, dtype="<f8").reshape(2, 4) / 10
+    content, headers = binary_body({"inputs": [{"name": "z", "shape": [2, 4], "datatype": "FP64",
+                                                "parameters": {"binary_data_size": 64}}],
+                                    "parameters": {"binary_data_output": True}}, [z.tobytes()])
+    response = digits_client.post("/v2/models/digits-decode/infer", content=content, headers=headers)
+    length = int(response.headers[HEADER_LENGTH])
+    header = json.loads(response.content[:length])
+    assert header == {"model_name": "digits-decode", "outputs": [
+        {"name": "x", "datatype": "FP64", "shape": [2, 1, 8, 8], "parameters": {"binary_data_size": 2 * 64 * 8}}
+    ]}
+    x = [[float(v) for v in np.frombuffer(response.content[length + 8 * 64 * i : length + 8 * 64 * (i + 1)], "<f8")]
+         for i in range(2)]
+    native = digits_client.post("/decode", json={"z": z.tolist()}).json()["x"]
+    assert x == np.asarray(native).reshape(2, 64).tolist()
+
+
+# --- errors in the protocol's shape --------------------------------------------------------------------------
+DIGIT = np.zeros((1, 64))
+
+
+@pytest.mark.parametrize(
+    "inputs, fields, message",
+    [
+        ([{"name": "instances", "shape": [1, 64], "datatype": "INT64", "data": [0] * 64}], {},
+         "instances: datatype INT64 is not supported; expected FP32 or FP64"),
+        ([{"name": "instances", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 63}], {},
+         "instances: shape [1, 64] has 64 elements but data has 63"),
+        ([{"name": "instances", "shape": [2, 32], "datatype": "FP64", "data": [[0.0] * 64]}], {},
+         "instances: data nested as [1, 64] does not match shape [2, 32]; send it flat in row-major order or nested as the shape"),
+        ([{"name": "instances", "shape": [1, 64], "datatype": "FP64"}], {},
+         "instances: no data; give data, or parameters.binary_data_size with the binary data after the JSON"),
+        ([{"name": "instances", "shape": [1, 64], "datatype": "FP64", "data": ["a"] + [0] * 63}], {},
+         "instances[0]: expected a number, got str 'a'"),
+        ([{"name": "instances", "shape": [2, 63], "datatype": "FP64", "data": [0] * 126}], {},
+         "instances: each instance must be 64 numbers or nested lists shaped [1, 8, 8]; got instances shaped [63]"),
+        ([{"name": "instances", "shape": [64], "datatype": "FP64", "data": [0] * 64}], {},
+         "instances: expected a non-empty batch shaped (B, ...), got shape [64]"),
+        ([{"name": "instances", "shape": [1, 64], "datatype": "FP64", "data": [17] * 64}], {},
+         "instances[0]: feature 0 is 17, outside the model's data range [0, 16] (bernoulli likelihood)"),
+        ([], {}, "inputs: missing input 'instances' of digits-elbo"),
+        ([tensor("x", DIGIT)], {}, "inputs: digits-elbo has no input 'x'; it takes instances"),
+        ([tensor("instances", DIGIT), tensor("instances", DIGIT)], {}, "inputs: 'instances' is given 2 times"),
+        ([tensor("instances", DIGIT)], {"outputs": [{"name": "mu"}]},
+         "outputs[0]: digits-elbo has no output 'mu'; it has " + ", ".join(ELBO_OUTPUTS)),
+        ([tensor("instances", DIGIT)], {"parameters": {"samples": 3}},
+         "parameters: digits-elbo takes no parameter 'samples'; it takes binary_data_output, fpr, iw_samples, "
+         "n_samples, seed, threshold"),
+        ([tensor("instances", DIGIT)], {"parameters": {"n_samples": 0}},
+         "n_samples: Input should be greater than or equal to 1 (got 0)"),
+        ([tensor("instances", DIGIT)], {"parameters": {"seed": "7"}}, "seed: Input should be a valid integer (got '7')"),
+        ([tensor("instances", DIGIT)], {"parameters": {"fpr": 0.5, "threshold": 3.0}},
+         "give threshold or fpr, not both (got threshold 3 and fpr 0.5)"),
+        ([tensor("instances", DIGIT)], {"parameters": {"binary_data_output": 1}},
+         "parameters.binary_data_output: expected true or false, got 1"),
+        ([tensor("instances", DIGIT)], {"outputs": [{"name": "kl", "parameters": {"binary_data": "yes"}}]},
+         "outputs[0].parameters.binary_data: expected true or false, got 'yes'"),
+        ([{"name": "instances", "shape": [1, -64], "datatype": "FP64", "data": [0] * 64}], {},
+         "inputs.0.shape.1: Input should be greater than or equal to 0 (got -64)"),
+        ([{"name": "instances", "shape": [1, 64], "data": [0] * 64}], {}, "inputs.0.datatype: Field required"),
+    ],
+)
+def test_bad_requests_are_400(digits_client, inputs, fields, message):
+    assert error(infer(digits_client, "digits-elbo", inputs, **fields), 400) == message
+
+
+def test_missing_inputs_field(digits_client):
+    assert error(digits_client.post("/v2/models/digits-encode/infer", json={"id": "1"}), 400) == "inputs: Field required"
+
+
+def test_wrong_latent_dimension(digits_client):
+    response = infer(digits_client, "digits-decode", [tensor("z", np.zeros((2, 3)))])
+    assert error(response, 400) == "z: each latent vector must be 4 numbers; got vectors shaped [3]"
+
+
+def test_unknown_model_is_404(digits_client):
+    response = infer(digits_client, "digits-heatmap", [tensor("instances", DIGIT)])
+    assert error(response, 404) == (
+        "unknown model 'digits-heatmap'; this server serves digits-encode, digits-sample, digits-decode, digits-elbo"
+    )
+
+
+def test_malformed_json_is_400(digits_client):
+    response = digits_client.post("/v2/models/digits-elbo/infer", content=b"{inputs", headers={"content-type": "application/json"})
+    assert error(response, 400) == (
+        "the inference header is not valid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)"
+    )
+
+
+def binary_digit_request(size: int | None = None, extra: bytes = b"", header_length: str | None = None,
+                         data: bool = False) -> tuple[bytes, dict]:
+    description, raw = binary_tensor("instances", DIGIT)
+    if size is not None:
+        description["parameters"]["binary_data_size"] = size
+    if data:
+        description["data"] = DIGIT.tolist()
+    content, headers = binary_body({"inputs": [description]}, [raw + extra])
+    if header_length is not None:
+        headers[HEADER_LENGTH] = header_length
+    return content, headers
+
+
+@pytest.mark.parametrize(
+    "request_args, message",
+    [
+        (dict(header_length="abc"),
+         "Inference-Header-Content-Length: expected the JSON header's length in bytes, got 'abc'"),
+        (dict(header_length="100000"),
+         "Inference-Header-Content-Length: 100000 bytes of JSON header, but the body has only {body} bytes"),
+        (dict(header_length="20"), "the inference header is not valid JSON: unexpected end of data: line 1 column 21 (char 20)"),
+        (dict(size=1024), "instances: parameters.binary_data_size is 1024 bytes, but only 512 bytes of binary data remain after the JSON header"),
+        (dict(size=256, extra=b""), "instances: shape [1, 64] of FP64 takes 512 bytes, but parameters.binary_data_size is 256"),
+        (dict(extra=b"\x00" * 8),
+         "the body has 8 bytes of binary data after the JSON header that no input claims (each binary input gives its parameters.binary_data_size)"),
+        (dict(size=-1), "instances: parameters.binary_data_size: expected a number of bytes, got -1"),
+        (dict(data=True), "instances: give data or parameters.binary_data_size, not both"),
+    ],
+)
+def test_malformed_binary_requests_are_400(digits_client, request_args, message):
+    content, headers = binary_digit_request(**request_args)
+    response = digits_client.post("/v2/models/digits-elbo/infer", content=content, headers=headers)
+    assert error(response, 400) == message.format(body=len(content))
+
+
+def test_binary_data_size_without_the_header_length(digits_client):
+    description, raw = binary_tensor("instances", DIGIT)
+    response = digits_client.post("/v2/models/digits-elbo/infer", json={"inputs": [description]})
+    assert error(response, 400) == (
+        "instances: parameters.binary_data_size needs the header Inference-Header-Content-Length, "
+        "the length of the JSON before the binary data"
+    )
+
+
+def test_non_finite_binary_data(digits_client):
+    values = np.zeros((1, 64))
+    values[0, 5] = np.nan
+    description, raw = binary_tensor("instances", values)
+    content, headers = binary_body({"inputs": [description]}, [raw])
+    response = digits_client.post("/v2/models/digits-elbo/infer", content=content, headers=headers)
+    assert error(response, 400) == "instances[0][5]: expected a finite number, got nan"
+
+
+def test_native_errors_keep_their_shape(digits_client):
+    response = digits_client.post("/elbo", json={"instances": [[0.0] * 63]})
+    assert response.status_code == 422 and set(response.json()) == {"error", "code"}
+
+
+def test_infer_and_metadata_are_in_the_openapi_schema(digits_client):
+    paths = digits_client.get("/openapi.json").json()["paths"]
+    assert {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}",
+            "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer"} <= set(paths)
+
+
+# --- apps with other settings ----------------------------------------------------------------------------------
+def app_client(model_dir, **settings) -> TestClient:
+    """A client of an app with these settings; entering it loads the model."""
+    return TestClient(create_app(Settings(model_dir=model_dir, **settings)))
+
+
+def test_api_key_guards_metadata_and_inference_not_health(digits_model_dir):
+    body = {"inputs": [tensor("instances", DIGIT)]}
+    good = {"authorization": "Bearer s3cret"}
+    with app_client(digits_model_dir, api_key="s3cret") as client:
+        for response in (client.get("/v2"), client.get("/v2/models/digits-elbo"),
+                         client.post("/v2/models/digits-elbo/infer", json=body)):
+            assert error(response, 401) == "this service needs an API key: send the header `Authorization: Bearer <key>`"
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert client.post("/v2/models/digits-elbo/infer", json=body, headers=good).status_code == 200
+        assert client.get("/v2/models/digits-elbo", headers=good).status_code == 200
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/digits-elbo/ready"):
+            assert client.get(path).status_code == 200, path
+
+
+def test_limits_answer_413(digits_model_dir):
+    with app_client(digits_model_dir, max_instances=2) as client:
+        response = infer(client, "digits-encode", [tensor("instances", np.zeros((3, 64)))])
+    assert error(response, 413) == "instances: 3 instances exceed the limit of 2 per request (VAE_MAX_INSTANCES)"
+
+
+def test_not_ready_is_503(digits_model_dir):
+    client = app_client(digits_model_dir)  # not entered: the model never loads
+    message = "the model is still loading; retry when GET /readyz returns 200"
+    assert error(client.get("/v2/health/ready"), 503) == message
+    assert error(client.get("/v2/models/digits-elbo/ready"), 503) == message
+    assert error(infer(client, "digits-elbo", [tensor("instances", DIGIT)]), 503) == message
+    assert client.get("/v2/health/live").status_code == 200
