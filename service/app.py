@@ -21,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api import health, inference, web
+from service.api import health, inference, oip, web
 from service.api.deps import require_api_key
 from service.artifact import FORMAT_VERSION, Artifact, Manifest, load_artifact
 from service.engine import VaeEngine
@@ -167,6 +167,8 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     app.include_router(health.router)
     app.include_router(health.protected, dependencies=guarded)
     app.include_router(inference.router, dependencies=guarded)
+    app.include_router(oip.health)
+    app.include_router(oip.router, dependencies=guarded)
     app.include_router(web.router)
     app.include_router(web.protected, dependencies=guarded)
     _install_error_handlers(app)
