@@ -39,16 +39,23 @@ FROM base AS venv
 RUN python3 -m venv /opt/venv
 
 # ---------------------------------------------------------------------------------------------
-# serve-deps: the serving dependencies from pyproject.toml, installed before any source is copied,
-# so this layer is rebuilt only when pyproject.toml changes.
+# requirements: the dependency lists of pyproject.toml as requirement files. The stages below copy
+# only these files, so a change elsewhere in pyproject.toml (the version, the test extra) leaves
+# their install layers cached.
+FROM base AS requirements
+WORKDIR /build
+COPY pyproject.toml scripts/container_requirements.py ./
+RUN python3 container_requirements.py pyproject.toml > serve-requirements.txt \
+    && python3 container_requirements.py pyproject.toml train > train-requirements.txt
+
+# ---------------------------------------------------------------------------------------------
+# serve-deps: the serving dependencies, installed before any source is copied.
 FROM venv AS serve-deps
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_FIND_LINKS=
 WORKDIR /build
-COPY pyproject.toml scripts/container_requirements.py ./
-RUN python3 container_requirements.py pyproject.toml > serve-requirements.txt \
-    && python3 container_requirements.py pyproject.toml train > train-requirements.txt
+COPY --from=requirements /build/serve-requirements.txt ./
 # The CA secret, when given, replaces pip's bundle; the pip cache is a cache mount, not a layer.
 RUN --mount=type=secret,id=ca \
     --mount=type=cache,target=/root/.cache/pip \
@@ -83,6 +90,7 @@ ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_FIND_LINKS=
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
+COPY --from=requirements /build/train-requirements.txt ./
 RUN --mount=type=secret,id=ca \
     --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -23,12 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import health, inference, oip, web
 from service.api.deps import require_api_key
-from service.artifact import FORMAT_VERSION, Artifact, Manifest, load_artifact
-from service.engine import VaeEngine
+from service.artifact import Artifact, Manifest, load_artifact
 from service.errors import ServiceError
-from service.executor import Executor
+from service.live_model import ModelHost, ReloadFailed
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
-from service.runtime import Runtime, load_runtime
+from service.runtime import Runtime
 from service.settings import Settings
 
 log = logging.getLogger("vae.service")
@@ -61,6 +59,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         response = _error(exc.status_code, exc.code, exc.message)
         if exc.status_code == 401:
             response.headers["www-authenticate"] = "Bearer"
+        if exc.status_code == 503:  # loading, or a request that timed out: worth asking again shortly
+            response.headers["retry-after"] = "1"
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -118,34 +118,54 @@ def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+def _reload_on_sighup(host: ModelHost) -> None:
+    """SIGHUP reloads the model directory, as POST /v1/model/reload does (main thread only, like SIGTERM).
+
+    With several workers, uvicorn's parent process takes SIGHUP and replaces the workers one at a time,
+    each loading the directory afresh; the workers leave SIGHUP alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return
+    if host.settings.workers > 1:
+        return
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            await host.reload()
+        except ReloadFailed:
+            pass  # logged and counted by the host; the old version goes on serving
+
+    def start() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: loop.call_soon_threadsafe(start))
+
+
 def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
     artifact = artifact or load_artifact(settings.model_dir)
     configure_logging(settings.log_level)
     metrics = Metrics()
 
+    host = ModelHost(settings, metrics)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            loaded = runtime or await run_in_threadpool(
-                load_runtime, artifact, settings.runtime, settings.runtime_threads, settings.onnx_spinning
-            )
-            engine = VaeEngine(artifact.manifest, loaded, settings.limits, settings.threshold)
-            await run_in_threadpool(engine.warm_up)
+            live = await host.start(artifact, runtime)
         except Exception as exc:
             app.state.not_ready_reason = f"{type(exc).__name__}: {exc}"
             log.error("model %s failed to load: %s", artifact.dir, app.state.not_ready_reason)
             raise
-        app.state.executor = Executor(engine, settings, metrics)
-        app.state.engine = engine
-        metrics.model.info({
-            "name": artifact.manifest.name, "format_version": str(FORMAT_VERSION), "runtime": engine.runtime.name,
-        })
         _drain_on_sigterm(app, settings.drain_delay_s)
-        log.info("serving %s with the %s runtime", artifact.dir, engine.runtime.name)
+        _reload_on_sighup(host)
+        log.info("serving %s (version %s) with the %s runtime", artifact.dir, live.version, live.engine.runtime.name)
         yield
-        app.state.engine = None
-        await app.state.executor.close()
+        await host.close()
 
     app = FastAPI(
         title="VAE anomaly-scoring service",
@@ -157,8 +177,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         ),
         lifespan=lifespan,
     )
-    app.state.engine = None
-    app.state.executor = None
+    app.state.host = host
     app.state.draining = False
     app.state.not_ready_reason = "loading"
     app.state.settings = settings

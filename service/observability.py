@@ -33,6 +33,7 @@ class Metrics:
         self.batch_requests = Histogram("vae_batch_requests", "requests combined per runtime call", ["endpoint"],
                                         buckets=BATCH_BUCKETS, registry=r)
         self.model = Info("vae_model", "the model being served", registry=r)
+        self.reloads = Counter("vae_model_reloads", "model reloads by result (ok, failed)", ["result"], registry=r)
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,7 +57,7 @@ access_log = logging.getLogger("vae.access")
 
 
 class ObservabilityMiddleware:
-    """Request id in and out, body size limit, metrics, and one JSON log line per request."""
+    """Request id in and out, the model version out, body size limit, metrics, and one JSON log line per request."""
 
     def __init__(self, app, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
@@ -78,7 +79,11 @@ class ObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                extra = [(b"x-request-id", request_id.encode("latin-1"))]
+                version = scope["state"].get("model_version")  # set by the dependency that picked the model
+                if version is not None:
+                    extra.append((b"x-model-version", version.encode("latin-1")))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
@@ -102,6 +107,7 @@ class ObservabilityMiddleware:
                 extra={"fields": {
                     "request_id": request_id, "method": scope["method"], "endpoint": endpoint, "status": status,
                     "latency_ms": round(seconds * 1000, 3), "batch_size": state.get("batch_size"),
+                    "model_version": state.get("model_version"),
                 }},
             )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -13,21 +14,32 @@ import secrets
 
 from service.engine import VaeEngine
 from service.executor import Executor
+from service.live_model import LiveModel
 from service.errors import ModelNotReady, Unauthorized
 
 
 # The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool,
 # a thread hop per dependency per request for what is an attribute lookup.
-async def get_engine(request: Request) -> VaeEngine:
-    engine = request.app.state.engine
-    if engine is None:
+async def get_live(request: Request) -> AsyncIterator[LiveModel]:
+    """The model version that answers this request, taken once and kept to the end (FastAPI caches it per
+    request), so a reload in between never mixes two versions; its version goes out as X-Model-Version."""
+    live = request.app.state.host.current
+    if live is None:
         raise ModelNotReady("the model is still loading; retry when GET /readyz returns 200")
-    return engine
+    request.scope.setdefault("state", {})["model_version"] = live.version
+    with live.serving():
+        yield live
 
 
-async def get_executor(request: Request) -> Executor:
-    await get_engine(request)
-    return request.app.state.executor
+LiveDep = Annotated[LiveModel, Depends(get_live)]
+
+
+async def get_engine(live: LiveDep) -> VaeEngine:
+    return live.engine
+
+
+async def get_executor(live: LiveDep) -> Executor:
+    return live.executor
 
 
 EngineDep = Annotated[VaeEngine, Depends(get_engine)]

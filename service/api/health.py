@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import EngineDep
+from service.api.deps import LiveDep
 
 router = APIRouter(tags=["health"])  # no API key: probes must reach these
 protected = APIRouter(tags=["model"])  # behind the API key when one is set
@@ -23,7 +23,7 @@ async def readyz(request: Request) -> JSONResponse:
     """200 once the model is loaded and a warm-up inference succeeded, else 503."""
     if request.app.state.draining:
         return JSONResponse({"status": "not ready", "reason": "shutting down"}, status_code=503)
-    if request.app.state.engine is None:
+    if request.app.state.host.current is None:
         return JSONResponse({"status": "not ready", "reason": request.app.state.not_ready_reason}, status_code=503)
     return JSONResponse({"status": "ready"})
 
@@ -35,10 +35,12 @@ async def metrics(request: Request) -> Response:
 
 
 @protected.get("/v1/model")
-async def model_card(engine: EngineDep, request: Request) -> dict:
-    """The manifest's public fields, the runtime serving them and the request limits."""
+async def model_card(live: LiveDep, request: Request) -> dict:
+    """The manifest's public fields, the version and runtime serving them, and the request limits."""
+    engine = live.engine
     return {
         **engine.manifest.public(),
+        "version": live.version,
         "runtime": engine.runtime.name,
         "runtime_threads": request.app.state.settings.runtime_threads,
         "batching": request.app.state.settings.batching,
@@ -48,5 +50,16 @@ async def model_card(engine: EngineDep, request: Request) -> dict:
             "max_samples": engine.limits.max_samples,
             "max_iw_samples": engine.limits.max_iw_samples,
             "max_draws": engine.limits.max_draws,
+            "max_body_bytes": request.app.state.settings.max_body_bytes,
         },
     }
+
+
+@protected.post("/v1/model/reload", responses={409: {"description": "the new model failed a check; the old one goes on serving"}})
+async def reload_model(request: Request) -> dict:
+    """Load the model directory again (after a new training run replaced it), verify it, and swap it in.
+
+    Verified first: every file's sha256, the export parity in its manifest, and a warm-up inference.
+    Requests in flight finish on the old version; every response names its version in X-Model-Version.
+    """
+    return await request.app.state.host.reload()

@@ -206,13 +206,24 @@ def test_requests_stay_within_the_limits_of_v1_model(limited_client, rows):
 
 def test_requests_stay_within_max_body_bytes(digits_model_dir, rows):
     with TestClient(create_app(Settings(model_dir=digits_model_dir, max_body_bytes=1024))) as small:
+        # The server's limit, from GET /v1/model: one 640-byte row per body rather than one 1664-byte body.
+        with recording(small) as paths:
+            encoded = VaeClient(BASE, http_client=small).encode(rows[:3])
+        assert paths == ["/v1/model"] + ["/encode"] * 3 and encoded.mu.shape == (3, 4)
+        # A smaller limit of the client's own (a proxy's, say) caps it further.
+        with recording(small) as paths:
+            VaeClient(BASE, http_client=small, max_body_bytes=700).encode(rows[:3])
+        assert paths == ["/v1/model"] + ["/encode"] * 3
+
+    # A server that does not say its limit: the client's max_body_bytes is all it goes by.
+    card = {"limits": {"max_instances": 4096, "max_draws": 1_000_000}}
+    with TestClient(create_app(Settings(model_dir=digits_model_dir, max_body_bytes=1024))) as small:
+        vae = VaeClient(BASE, http_client=small)
+        vae._card = card  # as if GET /v1/model had answered without max_body_bytes
         with pytest.raises(VaeHTTPError) as refused:
-            VaeClient(BASE, http_client=small).encode(rows[:3])  # one 1664-byte body
+            vae.encode(rows[:3])  # one 1664-byte body
         too_large = "the body is 1664 bytes; the limit is 1024 bytes (VAE_MAX_BODY_BYTES)"
         assert error_of(refused) == (413, "limit_exceeded", too_large)
-        with recording(small) as paths:
-            encoded = VaeClient(BASE, http_client=small, max_body_bytes=1024).encode(rows[:3])  # 1 row: 640 bytes
-        assert paths == ["/v1/model"] + ["/encode"] * 3 and encoded.mu.shape == (3, 4)
 
 
 def test_vae_score_and_a_split_elbo_agree(digits_model_dir, app_client, rows, tmp_path):

@@ -117,6 +117,7 @@ def test_timeout_gives_503_and_the_server_stays_healthy(make_client, digits_mode
     response = client.post("/elbo", json={"instances": [DIGIT], "seed": 0})
     assert response.status_code == 503
     assert response.json() == {"error": "the request did not finish within 0.1 s (VAE_REQUEST_TIMEOUT_S)", "code": "timeout"}
+    assert response.headers["retry-after"] == "1"
     runtime.slow = False
     time.sleep(0.6)  # let the abandoned call finish in its thread
     assert client.get("/readyz").status_code == 200
@@ -148,7 +149,8 @@ def test_metrics_count_requests_latencies_batches_and_the_model(make_client):
     assert metric(text, "vae_batch_requests_count", endpoint="/elbo") == 3
     assert metric(text, "vae_batch_instances_sum", endpoint="/elbo") == 6
     assert metric(text, "vae_batch_queue_seconds_count", endpoint="/elbo") == 3
-    assert metric(text, "vae_model_info", format_version="1", name="digits", runtime="onnx") == 1
+    version = client.get("/v1/model").json()["version"]
+    assert metric(text, "vae_model_info", format_version="1", name="digits", runtime="onnx", version=version) == 1
 
 
 # --- request ids and logs ------------------------------------------------------------------------------------
