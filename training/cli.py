@@ -98,6 +98,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="per-dimension KL floor in nats against posterior collapse (0: off)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults["device"],
                    help="auto uses CUDA when present; exported graphs always load on the CPU")
+    p.add_argument("--threads", type=_non_negative_int, default=defaults["threads"],
+                   help="torch's CPU threads per process; 0: torch's default (one per core, one under torchrun). "
+                        "On small VMs 1 can be much faster: see docs/benchmark-distributed.md")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 

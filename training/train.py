@@ -104,6 +104,8 @@ def train(config: TrainConfig) -> Artifact | None:
             f"--fpr {config.fpr:g} needs at least {math.ceil(1 / config.fpr) - 1} calibration rows; "
             f"the calibration split has {len(cal_rows)}: raise --calibration-fraction or --fpr"
         )
+    if config.threads:
+        torch.set_num_threads(config.threads)
     world = join_world(config.device)
     try:
         return _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world)

@@ -30,4 +30,5 @@ class TrainConfig:
     kl_warmup: int = 0  # epochs over which beta ramps linearly from 0 (0: no warm-up)
     free_bits: float = 0.0  # per-dimension KL floor in nats against posterior collapse (0: off)
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
+    threads: int = 0  # torch's CPU threads in this process; 0: torch's default (docs/benchmark-distributed.md)
     progress: bool = True  # show a progress bar

@@ -23,11 +23,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from service.api.deps import EngineDep, ExecutorDep
+from service.api.deps import EngineDep, LiveDep
 from service.api.inference import state_of
 from service.artifact import Manifest
 from service.errors import InvalidInput, ServiceError
 from service.executor import Executor
+from service.live_model import LiveModel
 from service.inputs import check_array, parse_latents
 from service.oip_tensors import HEADER_LENGTH, InferenceRequest, encode_response, read_inputs, split_body
 from service.schemas import ElboRequest, SampleRequest
@@ -239,10 +240,25 @@ async def server_ready(request: Request, engine: EngineDep) -> Response:
     return Response()
 
 
+def _served(model_name: str, version: str | None, live: LiveModel) -> Operation:
+    """The operation of a model name, at a version (when the path names one) that must be the one served."""
+    op = operation(model_name, live.artifact.manifest)
+    if version is not None and version != live.version:
+        raise ModelNotFound(f"{model_name} has no version '{version}'; this server serves version {live.version}")
+    return op
+
+
 @health.get("/v2/models/{model_name}/ready", response_class=Response)
-async def model_ready(model_name: str, engine: EngineDep) -> Response:
+async def model_ready(model_name: str, live: LiveDep) -> Response:
     """200 when the named model is loaded and warmed up; 404 for a name this server does not serve."""
-    operation(model_name, engine.manifest)
+    _served(model_name, None, live)
+    return Response()
+
+
+@health.get("/v2/models/{model_name}/versions/{model_version}/ready", response_class=Response)
+async def model_version_ready(model_name: str, model_version: str, live: LiveDep) -> Response:
+    """200 when the named model is served at this version (X-Model-Version); 404 otherwise."""
+    _served(model_name, model_version, live)
     return Response()
 
 
@@ -253,13 +269,24 @@ async def server_metadata(request: Request) -> dict:
 
 
 @router.get("/v2/models/{model_name}")
-async def model_metadata(model_name: str, engine: EngineDep) -> dict:
-    """The model's platform and its input and output tensors, with -1 for the batch (and draws) axes."""
-    manifest = engine.manifest
-    op = operation(model_name, manifest)
+async def model_metadata(model_name: str, live: LiveDep) -> dict:
+    """The model's platform, its version, and its input and output tensors, with -1 for the batch (and draws) axes."""
+    return _metadata(model_name, None, live)
+
+
+@router.get("/v2/models/{model_name}/versions/{model_version}")
+async def model_version_metadata(model_name: str, model_version: str, live: LiveDep) -> dict:
+    """The model's metadata at this version, the one being served (404 for any other)."""
+    return _metadata(model_name, model_version, live)
+
+
+def _metadata(model_name: str, version: str | None, live: LiveModel) -> dict:
+    op = _served(model_name, version, live)
+    manifest = live.artifact.manifest
     return {
         "name": model_name,
-        "platform": PLATFORMS[engine.runtime.name],
+        "versions": [live.version],
+        "platform": PLATFORMS[live.engine.runtime.name],
         "inputs": [{"name": n, "datatype": "FP64", "shape": s} for n, s in op.inputs(manifest).items()],
         "outputs": [
             {"name": n, "datatype": "BOOL" if n in BOOL_OUTPUTS else "FP64", "shape": s}
@@ -283,10 +310,20 @@ INFER_BODY = {
 
 
 @router.post("/v2/models/{model_name}/infer", response_class=Response, openapi_extra=INFER_BODY)
-async def infer(model_name: str, request: Request, executor: ExecutorDep) -> Response:
+async def infer(model_name: str, request: Request, live: LiveDep) -> Response:
     """Run the model on the request's tensors; outputs as JSON, or as binary data when the request asks."""
-    manifest = executor.engine.manifest
-    op = operation(model_name, manifest)
+    return await _infer(model_name, None, request, live)
+
+
+@router.post("/v2/models/{model_name}/versions/{model_version}/infer", response_class=Response, openapi_extra=INFER_BODY)
+async def infer_version(model_name: str, model_version: str, request: Request, live: LiveDep) -> Response:
+    """Infer at this version, the one being served (404 for any other)."""
+    return await _infer(model_name, model_version, request, live)
+
+
+async def _infer(model_name: str, version: str | None, request: Request, live: LiveModel) -> Response:
+    executor, manifest = live.executor, live.artifact.manifest
+    op = _served(model_name, version, live)
     header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     body = InferenceRequest.model_validate(header)
     options, binary_default = _options(model_name, op, body.parameters)
@@ -295,7 +332,7 @@ async def infer(model_name: str, request: Request, executor: ExecutorDep) -> Res
     wants_x = wanted is not None and any(name == "x" for name, _ in wanted)
     outputs, parameters = await op.run(executor, read_inputs(body.inputs, binary), options, wants_x, state_of(request))
     chosen = wanted or [(name, binary_default) for name in op.outputs(manifest) if name in outputs]
-    head = {"model_name": model_name, **({"id": body.id} if body.id is not None else {})}
+    head = {"model_name": model_name, "model_version": live.version, **({"id": body.id} if body.id is not None else {})}
     if parameters:
         head["parameters"] = parameters
     content, header_length = encode_response(head, [(name, outputs[name], as_binary) for name, as_binary in chosen])

@@ -25,6 +25,22 @@ def clients(model_dirs):
         client.__exit__(None, None, None)
 
 
+@pytest.fixture
+def start_app():
+    """A factory of started apps with settings of the test's own: start_app(model_dir, runtime=None, **settings)."""
+    opened = []
+
+    def make(model_dir, runtime=None, **settings) -> TestClient:
+        client = TestClient(create_app(Settings(model_dir=model_dir, **settings), runtime=runtime))
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
 @pytest.fixture(params=[(m, r) for m in MODELS for r in RUNTIMES], ids=lambda p: f"{p[0]}-{p[1]}")
 def client(request, clients) -> TestClient:
     return clients[request.param]

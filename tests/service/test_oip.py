@@ -121,10 +121,33 @@ def test_model_metadata_of_every_operation(digits_client):
              for name in ELBO_OUTPUTS],
         ),
     }
+    version = digits_client.get("/v1/model").json()["version"]
     for name, (inputs, outputs) in expected.items():
         response = digits_client.get(f"/v2/models/{name}")
         assert response.status_code == 200
-        assert response.json() == {"name": name, "platform": "onnx_onnxv1", "inputs": inputs, "outputs": outputs}
+        assert response.json() == {
+            "name": name, "versions": [version], "platform": "onnx_onnxv1", "inputs": inputs, "outputs": outputs,
+        }
+        assert digits_client.get(f"/v2/models/{name}/versions/{version}").json() == response.json()
+
+
+def test_versioned_paths_answer_for_the_served_version_only(digits_client):
+    version = digits_client.get("/v1/model").json()["version"]
+    body = {"inputs": [{"name": "z", "datatype": "FP64", "shape": [1, 4], "data": [0.0, 0.0, 0.0, 0.0]}]}
+    plain = digits_client.post("/v2/models/digits-decode/infer", json=body)
+    versioned = digits_client.post(f"/v2/models/digits-decode/versions/{version}/infer", json=body)
+    assert versioned.status_code == 200 and versioned.json() == plain.json()
+    assert plain.json()["model_version"] == version
+    assert digits_client.get(f"/v2/models/digits-decode/versions/{version}/ready").status_code == 200
+    for response in (
+        digits_client.post("/v2/models/digits-decode/versions/0123456789ab/infer", json=body),
+        digits_client.get("/v2/models/digits-decode/versions/0123456789ab"),
+        digits_client.get("/v2/models/digits-decode/versions/0123456789ab/ready"),
+    ):
+        assert response.status_code == 404
+        assert response.json() == {
+            "error": f"digits-decode has no version '0123456789ab'; this server serves version {version}"
+        }
 
 
 def test_model_metadata_names_the_platform_and_shapes(clients):
@@ -144,7 +167,8 @@ def test_unknown_model_metadata_and_readiness(digits_client, path):
 def test_encode_equals_native(client):
     instances = instances_for(client, 3)
     header, arrays = parse(infer(client, model(client, "encode"), [tensor("instances", instances)]))
-    assert header == {"model_name": model(client, "encode"), "outputs": header["outputs"]}
+    assert header == {"model_name": model(client, "encode"), "model_version": header["model_version"],
+                      "outputs": header["outputs"]}
     assert [(o["name"], o["datatype"], o["shape"]) for o in header["outputs"]] == [
         (name, "FP64", [3, len(arrays["mu"][0])]) for name in ("mu", "logvar", "sigma")
     ]
@@ -289,7 +313,7 @@ def test_binary_bytes_are_little_endian_row_major(digits_client):
     response = digits_client.post("/v2/models/digits-decode/infer", content=content, headers=headers)
     length = int(response.headers[HEADER_LENGTH])
     header = json.loads(response.content[:length])
-    assert header == {"model_name": "digits-decode", "outputs": [
+    assert header == {"model_name": "digits-decode", "model_version": header["model_version"], "outputs": [
         {"name": "x", "datatype": "FP64", "shape": [2, 1, 8, 8], "parameters": {"binary_data_size": 2 * 64 * 8}}
     ]}
     x = [[float(v) for v in np.frombuffer(response.content[length + 8 * 64 * i : length + 8 * 64 * (i + 1)], "<f8")]

@@ -10,9 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.artifact import load_artifact
 from service.batching import MicroBatcher
 from service.observability import JsonFormatter
@@ -23,18 +21,8 @@ DIGIT = [0.0] * 64
 
 
 @pytest.fixture
-def make_client(digits_model_dir):
-    opened = []
-
-    def make(runtime=None, **settings):
-        client = TestClient(create_app(Settings(model_dir=digits_model_dir, **settings), runtime=runtime))
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield make
-    for client in opened:
-        client.__exit__(None, None, None)
+def make_client(start_app, digits_model_dir):
+    return lambda runtime=None, **settings: start_app(digits_model_dir, runtime, **settings)
 
 
 def error(response, status):

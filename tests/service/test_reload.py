@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.artifact import MANIFEST_NAME, load_artifact
 from service.live_model import model_version
-from service.settings import Settings
 from tests.service.test_load import start_server, stop
 
 DIGITS = np.arange(128, dtype=np.float64).reshape(2, 64) % 17
@@ -52,25 +50,10 @@ def live_dir(tmp_path, digits_model_dir) -> Path:
     return target
 
 
-@pytest.fixture
-def open_client():
-    opened = []
-
-    def make(model_dir: Path, **settings) -> TestClient:
-        client = TestClient(create_app(Settings(model_dir=model_dir, **settings)))
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield make
-    for client in opened:
-        client.__exit__(None, None, None)
-
-
-def test_reload_swaps_in_the_new_model_and_names_the_version(open_client, live_dir, digits_model_dir, second_model_dir):
+def test_reload_swaps_in_the_new_model_and_names_the_version(start_app, live_dir, digits_model_dir, second_model_dir):
     old_version, new_version = model_version(load_artifact(digits_model_dir)), model_version(load_artifact(second_model_dir))
     assert old_version != new_version
-    client = open_client(live_dir)
+    client = start_app(live_dir)
     before = client.post("/elbo", json=BODY)
     assert before.headers["x-model-version"] == old_version
     assert client.get("/v1/model").json()["version"] == old_version
@@ -89,7 +72,7 @@ def test_reload_swaps_in_the_new_model_and_names_the_version(open_client, live_d
     assert client.get("/v1/model").json()["version"] == new_version
     assert client.get("/v1/model").json()["training"]["seed"] == 7
     # The new model's own numbers: the same as a fresh service on it gives.
-    fresh = open_client(second_model_dir)
+    fresh = start_app(second_model_dir)
     assert after.json() == fresh.post("/elbo", json=BODY).json()
     assert after.json()["elbo"] != before.json()["elbo"]
 
@@ -101,8 +84,8 @@ def reload_failure(client: TestClient) -> str:
     return response.json()["error"]
 
 
-def test_a_corrupt_model_is_refused_and_the_old_one_goes_on_serving(open_client, live_dir, second_model_dir, capsys):
-    client = open_client(live_dir)
+def test_a_corrupt_model_is_refused_and_the_old_one_goes_on_serving(start_app, live_dir, second_model_dir, capsys):
+    client = start_app(live_dir)
     version = client.get("/v1/model").json()["version"]
     before = client.post("/elbo", json=BODY).json()
     replace_dir(live_dir, second_model_dir)
@@ -123,8 +106,8 @@ def test_a_corrupt_model_is_refused_and_the_old_one_goes_on_serving(open_client,
     assert errors == [f"model reload from {live_dir} failed; still serving {version}: {message.split(': ', 1)[1]}"]
 
 
-def test_a_model_whose_export_parity_is_out_of_tolerance_is_refused(open_client, live_dir, second_model_dir):
-    client = open_client(live_dir)
+def test_a_model_whose_export_parity_is_out_of_tolerance_is_refused(start_app, live_dir, second_model_dir):
+    client = start_app(live_dir)
     version = client.get("/v1/model").json()["version"]
     replace_dir(live_dir, second_model_dir)
     manifest = json.loads((live_dir / MANIFEST_NAME).read_text())
@@ -138,8 +121,8 @@ def test_a_model_whose_export_parity_is_out_of_tolerance_is_refused(open_client,
     assert client.get("/v1/model").json()["version"] == version
 
 
-def test_a_missing_model_directory_is_refused(open_client, live_dir):
-    client = open_client(live_dir)
+def test_a_missing_model_directory_is_refused(start_app, live_dir):
+    client = start_app(live_dir)
     version = client.get("/v1/model").json()["version"]
     shutil.rmtree(live_dir)
     assert reload_failure(client) == (
@@ -148,14 +131,14 @@ def test_a_missing_model_directory_is_refused(open_client, live_dir):
     assert client.post("/elbo", json=BODY).status_code == 200
 
 
-def test_reload_needs_the_api_key(open_client, live_dir):
-    client = open_client(live_dir, api_key="s3cret")
+def test_reload_needs_the_api_key(start_app, live_dir):
+    client = start_app(live_dir, api_key="s3cret")
     assert client.post("/v1/model/reload").status_code == 401
     assert client.post("/v1/model/reload", headers={"authorization": "Bearer s3cret"}).status_code == 200
 
 
-def test_with_several_workers_reload_points_at_sighup(open_client, live_dir):
-    client = open_client(live_dir, workers=2)
+def test_with_several_workers_reload_points_at_sighup(start_app, live_dir):
+    client = start_app(live_dir, workers=2)
     assert reload_failure(client) == (
         "this service runs 2 worker processes and a request reaches only one: "
         "send SIGHUP to the `vae serve` parent process instead, which replaces the workers one at a time"

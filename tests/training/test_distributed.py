@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,19 @@ def test_device_selection():
 
 def test_a_world_of_one_sums_nothing():
     assert World().sum([1.0, 2.5]) == [1.0, 2.5] and World().main
+
+
+def test_threads_sets_torchs_cpu_threads(tmp_path):
+    """--threads N: torch computes with N threads in this process (0 leaves torch's default)."""
+    code = (
+        "import torch; from training.train import TrainConfig, train; "
+        f"default = torch.get_num_threads(); train(TrainConfig(data='digits', out={str(tmp_path / 'm')!r}, epochs=1, "
+        "hidden=[16], latent_dim=2, threads=1, progress=False, score_iw_samples=4)); "
+        "print(default, torch.get_num_threads())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2", "1"]
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["training"]["config"]["threads"] == 1
