@@ -14,8 +14,6 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fastapi.concurrency import run_in_threadpool
@@ -67,17 +65,16 @@ class LiveModel:
     _retired: bool = False
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @contextmanager
-    def serving(self) -> Iterator[LiveModel]:
-        """Counts a request in for as long as it uses this version."""
+    def acquire(self) -> LiveModel:
+        """Counts a request in; the middleware calls release() when its response is done."""
         self.in_flight += 1
         self._idle.clear()
-        try:
-            yield self
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+        return self
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
 
     async def retire(self, grace_s: float) -> None:
         """Close the executor once the requests in flight have finished (or after grace_s, when they time out)."""

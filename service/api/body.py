@@ -14,6 +14,7 @@ import json
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -52,9 +53,14 @@ async def read_body(request: Request, model: type[Body], engine: VaeEngine) -> t
         return await _read_npy(request, model, engine)
     raw = await request.body()
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # What orjson refuses but the standard library takes (NaN and Infinity literals, which validation
+        # then names, integers beyond 64 bits, UTF-16 bodies), or the standard library's own message.
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
     body = _validated(model, data)
     instances = getattr(body, "instances", None)
     if instances is None:

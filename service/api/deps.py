@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -18,30 +17,39 @@ from service.live_model import LiveModel
 from service.errors import ModelNotReady, Unauthorized
 
 
+def _live_model(request: Request) -> LiveModel:
+    """The model version that answers this request, taken once and kept to the end, so a reload in between
+    never mixes two versions. The ObservabilityMiddleware names it in X-Model-Version and releases it when
+    the response is done: cheaper than a `yield` dependency, whose exit stack cost 14% of the digits
+    model's requests per second at c=64."""
+    state = request.scope.setdefault("state", {})
+    live = state.get("live_model")
+    if live is None:
+        live = request.app.state.host.current
+        if live is None:
+            raise ModelNotReady("the model is still loading; retry when GET /readyz returns 200")
+        state["live_model"] = live.acquire()
+        state["model_version"] = live.version
+    return live
+
+
 # The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool,
 # a thread hop per dependency per request for what is an attribute lookup.
-async def get_live(request: Request) -> AsyncIterator[LiveModel]:
-    """The model version that answers this request, taken once and kept to the end (FastAPI caches it per
-    request), so a reload in between never mixes two versions; its version goes out as X-Model-Version."""
-    live = request.app.state.host.current
-    if live is None:
-        raise ModelNotReady("the model is still loading; retry when GET /readyz returns 200")
-    request.scope.setdefault("state", {})["model_version"] = live.version
-    with live.serving():
-        yield live
+# Each reads the request itself rather than depending on get_live: FastAPI solves every level of nested
+# dependencies anew per request, at a cost measurable on the digits model.
+async def get_live(request: Request) -> LiveModel:
+    return _live_model(request)
+
+
+async def get_engine(request: Request) -> VaeEngine:
+    return _live_model(request).engine
+
+
+async def get_executor(request: Request) -> Executor:
+    return _live_model(request).executor
 
 
 LiveDep = Annotated[LiveModel, Depends(get_live)]
-
-
-async def get_engine(live: LiveDep) -> VaeEngine:
-    return live.engine
-
-
-async def get_executor(live: LiveDep) -> Executor:
-    return live.executor
-
-
 EngineDep = Annotated[VaeEngine, Depends(get_engine)]
 ExecutorDep = Annotated[Executor, Depends(get_executor)]
 

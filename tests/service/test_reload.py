@@ -77,6 +77,19 @@ def test_reload_swaps_in_the_new_model_and_names_the_version(start_app, live_dir
     assert after.json()["elbo"] != before.json()["elbo"]
 
 
+def test_every_request_releases_the_model_it_used(start_app, live_dir):
+    """Answered, refused or failed: once a response is done, the model counts no request of it in flight."""
+    client = start_app(live_dir)
+    live = client.app.state.host.current
+    assert client.post("/elbo", json=BODY).status_code == 200
+    assert client.post("/elbo", json={"instances": [[0.0] * 3]}).status_code == 422
+    assert client.post("/elbo", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    assert client.get("/v1/model").status_code == 200
+    assert client.post("/v2/models/digits-decode/infer", json={"inputs": []}).status_code == 400
+    assert client.get("/healthz").status_code == 200
+    assert live.in_flight == 0
+
+
 def reload_failure(client: TestClient) -> str:
     response = client.post("/v1/model/reload")
     assert response.status_code == 409, response.text
