@@ -114,6 +114,10 @@ class VaeInputError(VaeClientError, ValueError):
     """Arguments refused before anything is sent."""
 
 
+class VaeModelChanged(VaeClientError):
+    """The server's model was replaced (POST /v1/model/reload, SIGHUP) in the middle of a split call, twice."""
+
+
 # --- plans: everything but the transport ------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Pause:
@@ -323,20 +327,33 @@ class _Client:
         Rows go as a .npy body with the options in the query string, or, for a JSON-only endpoint, as the
         body's `json_field`.
         """
-        card = yield from self._model(fresh=False)
         per_number = JSON_NUMBER_BYTES if json_field else rows.itemsize
-        size = self._rows_per_request(card, draws_per_row, per_number * math.prod(rows.shape[1:]))
-        answers = []
-        for i, chunk in enumerate(_chunks(len(rows), size)):
-            chunk_options = options if seed is None else options | {"seed": seed + i}
-            if json_field:
-                request = self._request("POST", path, json={json_field: rows[chunk].tolist(), **chunk_options})
-            else:
-                request = self._request(
-                    "POST", path, content=_npy(rows[chunk]), params=_query(chunk_options), headers={"content-type": NPY}
-                )
-            answers.append((yield from self._answer(request)))
-        return answers
+        # Each answer names the model version that gave it (X-Model-Version). A call split over several
+        # requests must come from one version: if the model was reloaded in between, ask again, once.
+        for attempt in range(2):
+            card = yield from self._model(fresh=attempt > 0)  # a new model may come with new limits
+            size = self._rows_per_request(card, draws_per_row, per_number * math.prod(rows.shape[1:]))
+            answers, versions = [], set()
+            for i, chunk in enumerate(_chunks(len(rows), size)):
+                chunk_options = options if seed is None else options | {"seed": seed + i}
+                if json_field:
+                    request = self._request("POST", path, json={json_field: rows[chunk].tolist(), **chunk_options})
+                else:
+                    request = self._request(
+                        "POST", path, content=_npy(rows[chunk]), params=_query(chunk_options),
+                        headers={"content-type": NPY},
+                    )
+                response = yield from self._exchange(request)
+                if not response.is_success:
+                    raise _http_error(response)
+                versions.add(response.headers.get("x-model-version"))
+                answers.append(_json(response))
+            if len(versions) == 1:
+                return answers
+        raise VaeModelChanged(
+            f"POST {path}: the server's model changed during the call, twice (versions {sorted(map(str, versions))}); "
+            "its answers would mix models"
+        )
 
     def _encode(self, x: ArrayLike) -> Plan[Encoded]:
         answers = yield from self._post_rows("/encode", _batch(x, "x"), {})

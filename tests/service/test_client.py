@@ -24,6 +24,7 @@ from service.client import (
     VaeConnectionError,
     VaeHTTPError,
     VaeInputError,
+    VaeModelChanged,
 )
 from service.schemas import ElboResponse, EncodeResponse, SampleResponse
 from service.settings import Settings
@@ -456,3 +457,38 @@ def test_the_client_imports_neither_torch_nor_the_server():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+# --- a reload in the middle of a split call -----------------------------------------------------------------
+def versioned_server(versions: list[str]):
+    """/v1/model and /encode answers; the i-th /encode answer names versions[i] in X-Model-Version."""
+    calls = {"encode": 0, "model": 0}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/model":
+            calls["model"] += 1
+            return httpx.Response(200, json=CARD)
+        version = versions[calls["encode"]]
+        calls["encode"] += 1
+        return httpx.Response(200, json=ENCODED, headers={"x-model-version": version})
+
+    return handle, calls
+
+
+def test_a_split_call_that_straddles_a_reload_is_asked_again():
+    handle, calls = versioned_server(["aaa", "bbb", "bbb", "bbb"])  # reloaded after the first chunk
+    vae, _ = scripted(handle, max_batch=1)
+    encoded = vae.encode(np.zeros((2, 64)))
+    assert calls == {"encode": 4, "model": 2}  # the second round with the new model's card
+    assert encoded.mu.tolist() == [[0.5], [0.5]]
+
+
+def test_a_split_call_that_straddles_two_reloads_raises():
+    handle, _ = versioned_server(["aaa", "bbb", "bbb", "ccc"])
+    vae, _ = scripted(handle, max_batch=1)
+    with pytest.raises(VaeModelChanged) as raised:
+        vae.encode(np.zeros((2, 64)))
+    assert str(raised.value) == (
+        "POST /encode: the server's model changed during the call, twice (versions ['bbb', 'ccc']); "
+        "its answers would mix models"
+    )
