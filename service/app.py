@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import health, inference, oip, web
+from service.api.fast_path import FastPath
 from service.api.deps import require_api_key
 from service.artifact import Artifact, Manifest, load_artifact
 from service.errors import ServiceError
@@ -192,6 +193,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     app.include_router(web.protected, dependencies=guarded)
     _install_error_handlers(app)
     _install_openapi(app, artifact.manifest)
+    app.add_middleware(FastPath)  # innermost: CORS and observability still wrap the routes it serves
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

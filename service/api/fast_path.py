@@ -1,0 +1,51 @@
+"""The hottest routes without FastAPI's routing and dependency solving, which took about a quarter of the
+event loop's time per request on the digits model (a py-spy profile at c=64; docs/benchmark-serving.md).
+
+A pure ASGI middleware, inside the observability middleware (metrics, logs, request ids, the body limit
+and the model release still apply) and CORS: a POST to one of `ROUTES` calls that route's own endpoint
+function with the same dependencies (the API key, the model version), and an error goes through the app's
+own exception handlers. So the answers, errors included, are those of the FastAPI route, which stays
+registered for everything else (other methods, /docs, the OpenAPI schema).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from service.api import inference
+from service.api.deps import get_executor, require_api_key
+from service.executor import Executor
+
+Endpoint = Callable[[Request, Executor], Awaitable[Response]]
+# The routes that read their own body (service/api/body.py). /decode takes a pydantic body that FastAPI
+# parses, and errors in that body are FastAPI's to word, so it stays on the ordinary path.
+ROUTES: dict[str, Endpoint] = {"/elbo": inference.elbo, "/encode": inference.encode}
+
+
+async def render_error(request: Request, exc: Exception) -> Response:
+    """The app's own answer to `exc`, from the handler registered for its class (or a base class)."""
+    handlers = request.app.exception_handlers
+    handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+    if handler is None:
+        raise exc
+    return await handler(request, exc)
+
+
+class FastPath:
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        endpoint = ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if endpoint is None:
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        try:
+            await require_api_key(request)
+            response = await endpoint(request, await get_executor(request))
+        except Exception as exc:
+            response = await render_error(request, exc)
+        await response(scope, receive, send)
