@@ -111,7 +111,8 @@ class VaeEngine:
                     f"[{low:g}, {high:g}] (bernoulli likelihood)"
                 )
             x = np.clip(x, 0.0, 1.0)
-        x = x.reshape([len(x), *self._shape]).astype(np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+            x = x.reshape([len(x), *self._shape]).astype(np.float32)
         if not np.all(np.isfinite(x)):
             row, col = (int(i) for i in np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0])
             raise InvalidInput(
