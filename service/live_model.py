@@ -62,7 +62,6 @@ class LiveModel:
     executor: Executor
     version: str
     in_flight: int = 0
-    _retired: bool = False
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def acquire(self) -> LiveModel:
@@ -78,7 +77,6 @@ class LiveModel:
 
     async def retire(self, grace_s: float) -> None:
         """Close the executor once the requests in flight have finished (or after grace_s, when they time out)."""
-        self._retired = True
         if self.in_flight:
             try:
                 async with asyncio.timeout(grace_s):

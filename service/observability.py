@@ -76,7 +76,8 @@ class ObservabilityMiddleware:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or self._new_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         endpoint = scope["path"]
         started = time.perf_counter()
         status = 500
@@ -87,9 +88,9 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 extra = [(b"x-request-id", request_id.encode("latin-1"))]
-                version = scope["state"].get("model_version")  # set by the dependency that picked the model
-                if version is not None:
-                    extra.append((b"x-model-version", version.encode("latin-1")))
+                live = state.get("live_model")  # the model version the request used (service/api/deps.py)
+                if live is not None:
+                    extra.append((b"x-model-version", live.version.encode("latin-1")))
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -102,7 +103,7 @@ class ObservabilityMiddleware:
         except _BodyTooLarge:
             await self._too_large(send_with_id, None)
         finally:
-            live = scope["state"].get("live_model")  # the model version the request used (service/api/deps.py)
+            live = state.get("live_model")
             if live is not None:
                 live.release()
             self.metrics.in_flight.dec()
@@ -111,13 +112,12 @@ class ObservabilityMiddleware:
             label = getattr(route, "path", None) or ("unmatched" if status == 404 else endpoint)
             self.metrics.requests.labels(label, str(status)).inc()
             self.metrics.latency.labels(label).observe(seconds)
-            state = scope.get("state", {})
             access_log.info(
                 "request",
                 extra={"fields": {
                     "request_id": request_id, "method": scope["method"], "endpoint": endpoint, "status": status,
                     "latency_ms": round(seconds * 1000, 3), "batch_size": state.get("batch_size"),
-                    "model_version": state.get("model_version"),
+                    "model_version": live.version if live is not None else None,
                 }},
             )
 

@@ -29,7 +29,6 @@ def _live_model(request: Request) -> LiveModel:
         if live is None:
             raise ModelNotReady("the model is still loading; retry when GET /readyz returns 200")
         state["live_model"] = live.acquire()
-        state["model_version"] = live.version
     return live
 
 
