@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 import secrets
 
@@ -51,6 +51,16 @@ async def get_executor(request: Request) -> Executor:
 LiveDep = Annotated[LiveModel, Depends(get_live)]
 EngineDep = Annotated[VaeEngine, Depends(get_engine)]
 ExecutorDep = Annotated[Executor, Depends(get_executor)]
+
+
+async def render_error(request: Request, exc: Exception) -> Response:
+    """The app's own answer to `exc`, from the handler registered for its class (or a base class); raises
+    `exc` again when no handler takes it."""
+    handlers = request.app.exception_handlers
+    handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+    if handler is None:
+        raise exc
+    return await handler(request, exc)
 
 
 async def require_api_key(request: Request) -> None:

@@ -16,22 +16,13 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from service.api import inference
-from service.api.deps import get_executor, require_api_key
+from service.api.deps import get_executor, render_error, require_api_key
 from service.executor import Executor
 
 Endpoint = Callable[[Request, Executor], Awaitable[Response]]
 # The routes that read their own body (service/api/body.py). /decode takes a pydantic body that FastAPI
 # parses, and errors in that body are FastAPI's to word, so it stays on the ordinary path.
 ROUTES: dict[str, Endpoint] = {"/elbo": inference.elbo, "/encode": inference.encode}
-
-
-async def render_error(request: Request, exc: Exception) -> Response:
-    """The app's own answer to `exc`, from the handler registered for its class (or a base class)."""
-    handlers = request.app.exception_handlers
-    handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
-    if handler is None:
-        raise exc
-    return await handler(request, exc)
 
 
 class FastPath:

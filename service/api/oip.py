@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from service.api.deps import EngineDep, LiveDep
+from service.api.deps import EngineDep, LiveDep, render_error
 from service.api.inference import state_of
 from service.artifact import Manifest
 from service.errors import InvalidInput, ServiceError
@@ -67,9 +67,7 @@ async def protocol_error(request: Request, exc: Exception) -> JSONResponse:
     """The app's own answer to `exc` (one message for both APIs) as `{"error": message}`; 422 becomes 400."""
     if isinstance(exc, ValidationError):
         exc = RequestValidationError(exc.errors())
-    handlers = request.app.exception_handlers
-    render = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
-    native = await render(request, exc)
+    native = await render_error(request, exc)
     status = 400 if native.status_code == 422 else native.status_code
     kept = {k: v for k, v in native.headers.items() if k not in ("content-length", "content-type")}
     return JSONResponse({"error": orjson.loads(native.body)["error"]}, status_code=status, headers=kept)
