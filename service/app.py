@@ -25,7 +25,7 @@ from service.api.fast_path import FastPath
 from service.api.deps import require_api_key
 from service.artifact import Artifact, Manifest, load_artifact
 from service.errors import ServiceError
-from service.live_model import ModelHost, ReloadFailed
+from service.live_model import ModelHost
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.runtime import Runtime
 from service.settings import Settings
@@ -130,20 +130,7 @@ def _reload_on_sighup(host: ModelHost) -> None:
     if host.settings.workers > 1:
         return
     loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task] = set()
-
-    async def reload() -> None:
-        try:
-            await host.reload()
-        except ReloadFailed:
-            pass  # logged and counted by the host; the old version goes on serving
-
-    def start() -> None:
-        task = loop.create_task(reload())
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    signal.signal(signal.SIGHUP, lambda signum, frame: loop.call_soon_threadsafe(start))
+    signal.signal(signal.SIGHUP, lambda signum, frame: loop.call_soon_threadsafe(host.reload_soon))
 
 
 def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Runtime | None = None) -> FastAPI:

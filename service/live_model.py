@@ -110,7 +110,7 @@ class ModelHost:
         self.metrics = metrics
         self.current: LiveModel | None = None
         self._lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()  # held here, or the event loop may drop them unfinished
 
     async def start(self, artifact: Artifact | None = None, runtime: Runtime | None = None) -> LiveModel:
         live = await run_in_threadpool(load_live, self.settings, self.metrics, artifact, runtime)
@@ -142,15 +142,29 @@ class ModelHost:
             log.info("model reloaded from %s: version %s replaces %s in %.2f s", self.settings.model_dir,
                      live.version, previous.version if previous else None, seconds)
             if previous is not None:
-                task = asyncio.get_running_loop().create_task(previous.retire(self.settings.request_timeout_s + 5))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+                self._in_background(previous.retire(self.settings.request_timeout_s + 5))
             return {
                 "status": "reloaded",
                 "version": live.version,
                 "previous_version": previous.version if previous else None,
                 "seconds": round(seconds, 3),
             }
+
+    def reload_soon(self) -> None:
+        """Start a reload and return at once (SIGHUP); a failure is logged and counted by reload()."""
+
+        async def reload() -> None:
+            try:
+                await self.reload()
+            except ReloadFailed:
+                pass  # the old version goes on serving
+
+        self._in_background(reload())
+
+    def _in_background(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _go_live(self, live: LiveModel) -> None:
         self.current = live  # one assignment: a request sees the old version or the new, never a mix
@@ -164,5 +178,5 @@ class ModelHost:
         live, self.current = self.current, None
         if live is not None:
             await live.executor.close()
-        for task in list(self._retiring):
+        for task in list(self._background):
             await task
