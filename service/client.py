@@ -285,10 +285,14 @@ class _Client:
 
     def _answer(self, request: httpx.Request) -> Plan[Any]:
         """The JSON answer to a request, or VaeHTTPError with the server's message."""
+        return _json((yield from self._successful(request)))
+
+    def _successful(self, request: httpx.Request) -> Plan[httpx.Response]:
+        """The response to a request if it succeeded, else VaeHTTPError with the server's message."""
         response = yield from self._exchange(request)
         if not response.is_success:
             raise _http_error(response)
-        return _json(response)
+        return response
 
     def _model(self, fresh: bool = True) -> Plan[dict]:
         if fresh or self._card is None:
@@ -343,9 +347,7 @@ class _Client:
                         "POST", path, content=_npy(rows[chunk]), params=_query(chunk_options),
                         headers={"content-type": NPY},
                     )
-                response = yield from self._exchange(request)
-                if not response.is_success:
-                    raise _http_error(response)
+                response = yield from self._successful(request)
                 versions.add(response.headers.get("x-model-version"))
                 answers.append(_json(response))
             if len(versions) == 1:
