@@ -68,9 +68,10 @@ def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Pa
     from service.runtime import load_runtime
 
     chunk = 1024
-    if rows < len(np.load(data, mmap_mode="r")):
+    source = np.load(data, mmap_mode="r")
+    if rows < len(source):
         subset = tmp / f"first-{rows}.npy"
-        np.save(subset, np.load(data, mmap_mode="r")[:rows])
+        np.save(subset, source[:rows])
         data = subset
     started = time.perf_counter()
     score_file(model_dir, data, tmp / "scores.csv", iw_samples=iw_samples, progress=False, chunk_rows=chunk)
