@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.service.test_load import free_port
 
 pytestmark = pytest.mark.container
 
@@ -67,12 +68,6 @@ def podman_compose() -> list[str]:
     if found.exists():
         return [str(found)]
     return [sys.executable, "-m", "podman_compose"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict, Message]:
