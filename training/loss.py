@@ -87,3 +87,22 @@ def elbo_terms(model, x: Tensor, eps: Tensor, log_jacobian: float = 0.0) -> Elbo
     x_rep = x.unsqueeze(0).expand(n_draws, *x.shape).reshape(n_draws * batch, *x.shape[1:])
     reconstruction = log_likelihood(x_rep, params, model.config.likelihood).reshape(n_draws, batch).mean(0)
     return ElboTerms(reconstruction + log_jacobian, kl_per_dimension(mu, logvar))
+
+
+def importance_weighted_bound(model, x: Tensor, eps: Tensor, log_jacobian: float = 0.0) -> Tensor:
+    """L_K = ln (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) per input, x (B, *shape), eps (K, B, d) -> (B,).
+
+    The same estimator as service/scoring.py's bound_from_draws (a test pins them), used in training to
+    compare model capacities on held-out rows by the score the service will serve.
+    """
+    mu, logvar = model.encode(x)
+    n_draws, batch = eps.shape[0], x.shape[0]
+    z = model.reparameterize(mu.unsqueeze(0), logvar.unsqueeze(0), eps)  # (K, B, d)
+    params = model.decode(z.reshape(n_draws * batch, -1))
+    x_rep = x.unsqueeze(0).expand(n_draws, *x.shape).reshape(n_draws * batch, *x.shape[1:])
+    log_px = log_likelihood(x_rep, params, model.config.likelihood).reshape(n_draws, batch)
+    log_prior = -0.5 * (LOG_2PI + z.pow(2)).sum(dim=2)
+    # (z - mu) / sigma is eps exactly, so ln q(z|x) needs no division.
+    log_posterior = -0.5 * (LOG_2PI + logvar.unsqueeze(0) + eps.pow(2)).sum(dim=2)
+    log_weights = log_px + log_prior - log_posterior
+    return torch.logsumexp(log_weights, dim=0) - math.log(n_draws) + log_jacobian

@@ -26,9 +26,13 @@ class ModelConfig:
 
     input_shape: list[int]  # one instance, e.g. [1, 8, 8] for digits or [D] for tabular data
     latent_dim: int = 8  # size of z
-    hidden: list[int] = field(default_factory=lambda: [256, 128])  # mlp: layer widths; conv: channels per stride-2 block
+    # mlp: layer widths ([] is linear: with a shared gaussian noise, probabilistic PCA); conv: channels per block
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"  # p(x|z)
     architecture: Literal["mlp", "conv"] = "mlp"  # conv needs input_shape C x H x W
+    # gaussian only: "feature", a variance per feature; "shared", one learned variance for every feature (the
+    # probabilistic-PCA form, whose scores are not dominated by near-constant features: docs/benchmark-anomaly.md)
+    noise: Literal["feature", "shared"] = "feature"
 
     @property
     def n_features(self) -> int:
@@ -124,9 +128,14 @@ class ConvGaussianDecoder(ConvDecoder):
     """z (B, latent_dim) -> (mean, logvar), each (B, C, H, W)."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config, params_per_channel=2)
+        shared = config.noise == "shared"
+        super().__init__(config, params_per_channel=1 if shared else 2)
+        self.shared = SharedLogVariance() if shared else None
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.shared is not None:
+            mean = self.params(z)
+            return mean, self.shared(mean)
         mean, logvar = self.params(z).chunk(2, dim=1)
         return mean, logvar.clamp(self.logvar_min, self.logvar_max)
 
@@ -137,8 +146,9 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.logvar_min, self.logvar_max = ENCODER_LOGVAR_RANGE
-        self.body = nn.Sequential(mlp([config.n_features, *config.hidden]), nn.SiLU())
-        self.head = nn.Linear(config.hidden[-1], 2 * config.latent_dim)
+        # No hidden layers: a linear encoder, which is exact for a linear-gaussian decoder's posterior.
+        self.body = nn.Sequential(mlp([config.n_features, *config.hidden]), nn.SiLU()) if config.hidden else nn.Identity()
+        self.head = nn.Linear(config.hidden[-1] if config.hidden else config.n_features, 2 * config.latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.head(self.body(x.flatten(1)))
@@ -159,6 +169,19 @@ class BernoulliDecoder(nn.Module):
         return (logits,)
 
 
+class SharedLogVariance(nn.Module):
+    """One learned log-variance for every feature, broadcast to the mean's shape so the graphs' outputs keep
+    their form (B, *input_shape) and the service needs no special case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(()))
+        self.logvar_min, self.logvar_max = DECODER_LOGVAR_RANGE
+
+    def forward(self, mean: Tensor) -> Tensor:
+        return torch.zeros_like(mean) + self.value.clamp(self.logvar_min, self.logvar_max)
+
+
 class GaussianDecoder(nn.Module):
     """z (B, latent_dim) -> (mean, logvar), each shaped (B, *input_shape)."""
 
@@ -166,11 +189,16 @@ class GaussianDecoder(nn.Module):
         super().__init__()
         self.input_shape = list(config.input_shape)
         self.logvar_min, self.logvar_max = DECODER_LOGVAR_RANGE
-        self.net = mlp([config.latent_dim, *reversed(config.hidden), 2 * config.n_features])
+        self.shared = SharedLogVariance() if config.noise == "shared" else None
+        per_feature = 1 if self.shared is not None else 2
+        self.net = mlp([config.latent_dim, *reversed(config.hidden), per_feature * config.n_features])
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        mean, logvar = self.net(z).chunk(2, dim=1)
         shape = [z.shape[0]] + self.input_shape
+        if self.shared is not None:
+            mean = self.net(z).reshape(shape)
+            return mean, self.shared(mean)
+        mean, logvar = self.net(z).chunk(2, dim=1)
         logvar = logvar.clamp(self.logvar_min, self.logvar_max)
         return mean.reshape(shape), logvar.reshape(shape)
 
@@ -185,6 +213,8 @@ class VAE(nn.Module):
         if config.architecture == "conv":
             if len(config.input_shape) != 3:
                 raise ValueError(f"--arch conv needs data shaped C x H x W, got input_shape {config.input_shape}")
+            if not config.hidden:
+                raise ValueError("--arch conv needs at least one block of channels in hidden")
             self.encoder = ConvEncoder(config)
             self.decoder = ConvBernoulliDecoder(config) if config.likelihood == "bernoulli" else ConvGaussianDecoder(config)
         else:

@@ -112,3 +112,41 @@ def test_free_bits_floor_each_dimensions_mean_kl():
     # batch-mean KL per dimension is [2.5, 0.5]; a floor of 1 nat lifts the second to 1
     assert terms.loss(free_bits=1.0).item() == 15.0 + 3.5
     assert terms.loss(free_bits=0.1).item() == 18.0
+
+
+@pytest.mark.parametrize("likelihood, noise", [("bernoulli", "feature"), ("gaussian", "feature"), ("gaussian", "shared")])
+def test_importance_weighted_bound_matches_the_numpy_scoring_module(likelihood, noise):
+    from training.loss import importance_weighted_bound
+
+    torch.manual_seed(1)
+    config = ModelConfig(input_shape=[6], latent_dim=3, hidden=[] if noise == "shared" else [16],
+                         likelihood=likelihood, noise=noise)
+    model = VAE(config).eval()
+    x = torch.rand(5, 6)
+    eps = torch.randn(7, 5, 3)  # (K, B, d)
+    with torch.no_grad():
+        bound = importance_weighted_bound(model, x, eps, log_jacobian=-0.75)
+        mu, logvar = model.encode(x)
+
+    def decode(z):
+        with torch.no_grad():
+            return tuple(t.numpy() for t in model.decode(torch.from_numpy(z)))
+
+    expected = scoring.importance_weighted_bound(
+        x.double().numpy(), mu.numpy(), logvar.numpy(), eps.permute(1, 0, 2).numpy(), decode, likelihood,
+        log_jacobian=np.full(6, -0.125),
+    )
+    np.testing.assert_allclose(bound.numpy(), expected, rtol=0, atol=1e-4)
+
+
+def test_a_shared_noise_decoder_has_one_variance_for_every_feature():
+    model = VAE(ModelConfig(input_shape=[1, 4, 5], latent_dim=2, hidden=[], likelihood="gaussian", noise="shared"))
+    with torch.no_grad():
+        model.decoder.shared.value.fill_(-1.5)
+        mean, logvar = model.decode(torch.randn(3, 2))
+        model.decoder.shared.value.fill_(-100.0)  # clamped like any decoder log-variance
+        _, clamped = model.decode(torch.randn(3, 2))
+    assert mean.shape == logvar.shape == (3, 1, 4, 5)
+    assert torch.equal(logvar, torch.full((3, 1, 4, 5), -1.5))
+    assert torch.equal(clamped, torch.full((3, 1, 4, 5), -6.0))
+    assert sum(p.numel() for p in model.decoder.parameters()) == 2 * 20 + 20 + 1  # weights, biases, the variance
