@@ -98,7 +98,11 @@ class TrainingSummary(BaseModel):
     epochs: int = Field(description="epochs run, early stopping included")
     best_epoch: int
     best_val_elbo: float = Field(description="mean validation ELBO (nats per input, beta = 1)")
-    config: dict = Field(description="the full training configuration")
+    config: dict = Field(description="the full training configuration, with the values chosen for unset flags")
+    selection: list[dict] = Field(
+        default_factory=list, description="capacities compared by held-out L_K when flags left them unset"
+    )
+    notes: list[str] = Field(default_factory=list, description="one line per choice made from the data's size")
 
 
 # Calibration keeps at most this many scores: all of them for up to this many rows, else evenly spaced
@@ -112,6 +116,9 @@ class Calibration(BaseModel):
     n: int = Field(gt=0, description="calibration rows scored")
     scores: list[float] = Field(description="sorted ascending; all n, or evenly spaced order statistics")
     fpr: float = Field(gt=0, lt=1, description="target false-alarm rate of the default threshold")
+    fpr_note: str | None = Field(
+        None, description="why fpr is not the default 0.01: the calibration split was too small for it"
+    )
     threshold: float = Field(description="flag a score above this: the conformal threshold at fpr")
 
     @field_validator("scores")
@@ -126,12 +133,30 @@ class Calibration(BaseModel):
         return np.asarray(self.scores, dtype=np.float64)
 
 
+class IwNoise(BaseModel):
+    """The Monte Carlo noise of the score -L_K at one K, measured on calibration rows."""
+
+    k: int
+    noise: float = Field(description="root-mean-square over rows of the score's standard deviation across seeds")
+    iqr: float = Field(description="interquartile range of the calibration scores at this K")
+
+
+class IwSelection(BaseModel):
+    """K chosen from the data: the smallest K on the ladder whose noise is at most `tolerance` x IQR."""
+
+    tolerance: float
+    rows: int = Field(description="calibration rows the noise was measured on")
+    repeats: int = Field(description="seeds per row")
+    ladder: list[IwNoise]
+
+
 class Scoring(BaseModel):
     """How the service scores by default: the estimator and K the threshold was calibrated with."""
 
     estimator: Literal["iwae"] = "iwae"
     iw_samples: int = Field(gt=0, description="K of the importance-weighted bound L_K")
     seed: int = Field(description="seed of the calibration run")
+    iw_selection: IwSelection | None = Field(None, description="how K was chosen, when `vae train` chose it")
     calibration: Calibration
 
 

@@ -56,8 +56,7 @@ def model_dirs(digits_model_dir, tabular_model_dir) -> dict[str, Path]:
     return {"digits": digits_model_dir, "tabular": tabular_model_dir}
 
 
-@pytest.fixture(scope="session")
-def calibration_setup(tmp_path_factory):
+def _calibrated_digits(tmp_path_factory, **options):
     """A digits model trained on 1300 rows with a large calibration split, and 497 fresh normal rows."""
     from sklearn.datasets import load_digits
 
@@ -70,10 +69,21 @@ def calibration_setup(tmp_path_factory):
     np.save(root / "train.npy", x[:1300])
     out = root / "model"
     train(TrainConfig(
-        data=str(root / "train.npy"), out=str(out), likelihood="bernoulli", calibration_fraction=0.3,
-        fpr=0.1, score_iw_samples=20, **dict(FAST, epochs=25),
+        data=str(root / "train.npy"), out=str(out), calibration_fraction=0.3, fpr=0.1, **options,
+        **dict(FAST, epochs=25),
     ))
     return out, x[1300:].reshape(-1, 64).astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def calibration_setup(tmp_path_factory):
+    return _calibrated_digits(tmp_path_factory, likelihood="bernoulli", score_iw_samples=20)
+
+
+@pytest.fixture(scope="session")
+def chosen_k_calibration_setup(tmp_path_factory):
+    """As calibration_setup, with the defaults' likelihood (gaussian, shared noise) and K chosen from the data."""
+    return _calibrated_digits(tmp_path_factory)
 
 
 def write_png_folder(root: Path, n_per_class: int = 30, size: tuple[int, int] = (12, 10), seed: int = 0) -> Path:

@@ -9,6 +9,8 @@ from dataclasses import asdict
 
 
 def _hidden(text: str) -> list[int]:
+    if text.strip().lower() == "linear":
+        return []
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -67,31 +69,46 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=defaults["out"], help="model directory to write (replaced atomically)")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=argparse.SUPPRESS,
                    help="p(x|z) (default: bernoulli for digits, gaussian for files)")
-    p.add_argument("--latent-dim", type=_positive_int, default=defaults["latent_dim"], help="size of z")
+    p.add_argument("--noise", choices=["shared", "feature"], default=argparse.SUPPRESS,
+                   help="gaussian p(x|z): one variance shared by all features (probabilistic PCA's form), or one "
+                        "per feature (default: shared)")
+    p.add_argument("--scaling", choices=["range", "standard"], default=argparse.SUPPRESS,
+                   help="range: one offset and scale for all features; standard: per-feature mean and std "
+                        "(default: range for pixels, C x H x W, standard for tables)")
+    p.add_argument("--latent-dim", type=_positive_int, default=argparse.SUPPRESS,
+                   help="size of z (default: chosen from 1, 2, 4, ... 32 by held-out L_K)")
     p.add_argument("--arch", choices=["mlp", "conv"], default=defaults["arch"],
                    help="mlp, or conv for data shaped C x H x W (digits, image folders)")
     p.add_argument("--hidden", type=_hidden, default=argparse.SUPPRESS,
-                   help="mlp layer widths, or conv channels per stride-2 block; the decoder mirrors them "
-                        "(default: 256,128 for mlp, 32,64 for conv)")
+                   help="mlp layer widths, 'linear' for none, or conv channels per stride-2 block; the decoder "
+                        "mirrors them (default: a linear model and an MLP sized from the features are both "
+                        "fitted and the better by held-out L_K kept; 32,64 for conv)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=argparse.SUPPRESS,
                    help="image folders: 1 (grayscale) or 3 (RGB) (default: 3 if any image has colour)")
     p.add_argument("--image-size", type=_image_size, default=argparse.SUPPRESS,
                    help="image folders: resize every image to H[,W] (default: images must share one size)")
-    p.add_argument("--epochs", type=_positive_int, default=defaults["epochs"], help="maximum epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"], help="rows per gradient step")
+    p.add_argument("--epochs", type=_positive_int, default=argparse.SUPPRESS,
+                   help="maximum epochs (default: about 8000 gradient steps' worth, 50 to 3000)")
+    p.add_argument("--batch-size", type=_positive_int, default=argparse.SUPPRESS,
+                   help="rows per gradient step (default: training rows / 8, within 16 to 128)")
     p.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate")
     p.add_argument("--beta", type=_non_negative_float, default=defaults["beta"], help="KL weight in the loss")
     p.add_argument("--seed", type=int, default=defaults["seed"], help="same seed, same weights and numbers")
     p.add_argument("--val-fraction", type=_fraction, default=defaults["val_fraction"],
                    help="share of rows held out for early stopping")
-    p.add_argument("--calibration-fraction", type=_fraction, default=defaults["calibration_fraction"],
-                   help="share of rows held out from training and early stopping to calibrate the threshold")
-    p.add_argument("--score-iw-samples", type=_positive_int, default=defaults["score_iw_samples"],
-                   help="K of the importance-weighted log-likelihood used to calibrate, and served by default")
-    p.add_argument("--fpr", type=_fraction, default=defaults["fpr"],
-                   help="target false-alarm rate of the default threshold")
-    p.add_argument("--patience", type=_positive_int, default=defaults["patience"],
-                   help="epochs without a better validation ELBO before stopping")
+    p.add_argument("--calibration-fraction", type=_fraction, default=argparse.SUPPRESS,
+                   help="share of rows held out from training and early stopping to calibrate the threshold "
+                        "(default: 0.1, grown up to 0.25 when that is too few rows for the false-alarm rate)")
+    p.add_argument("--score-iw-samples", type=_positive_int, default=argparse.SUPPRESS,
+                   help="K of the importance-weighted log-likelihood used to calibrate, and served by default "
+                        "(default: the smallest K in 1, 2, 4, ... 256 whose Monte Carlo noise is at most 10%% of "
+                        "the calibration scores' interquartile range)")
+    p.add_argument("--fpr", type=_fraction, default=argparse.SUPPRESS,
+                   help="target false-alarm rate of the default threshold (default: 0.01, or the smallest rate "
+                        "the calibration split supports when it is too small; an explicit rate it cannot "
+                        "support is an error)")
+    p.add_argument("--patience", type=_positive_int, default=argparse.SUPPRESS,
+                   help="epochs without a better validation ELBO before stopping (default: about 300 steps' worth)")
     p.add_argument("--kl-warmup", type=_non_negative_int, default=defaults["kl_warmup"],
                    help="epochs over which beta ramps linearly from 0 (0: off)")
     p.add_argument("--free-bits", type=_non_negative_float, default=defaults["free_bits"],
@@ -192,11 +209,12 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     if artifact is None:  # a torchrun process other than the main one
         return 0
-    summary, calibration = artifact.manifest.training, artifact.manifest.scoring.calibration
+    summary, scoring = artifact.manifest.training, artifact.manifest.scoring
+    calibration = scoring.calibration
     print(
         f"wrote {artifact.dir}: best validation ELBO {summary.best_val_elbo:.3f} nats "
         f"at epoch {summary.best_epoch} of {summary.epochs}; threshold {calibration.threshold:.3f} "
-        f"at fpr {calibration.fpr:g} from {calibration.n} calibration rows"
+        f"at fpr {calibration.fpr:.4g} from {calibration.n} calibration rows, K = {scoring.iw_samples}"
     )
     return 0
 

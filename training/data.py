@@ -227,14 +227,16 @@ def _checked_labels(source: str, y: np.ndarray | None, n: int) -> np.ndarray | N
 
 
 def fit_preprocessing(
-    x: np.ndarray, likelihood: str, value_range: tuple[float, float] | None = None
+    x: np.ndarray, likelihood: str, value_range: tuple[float, float] | None = None, scaling: str = "standard"
 ) -> tuple[float | list[float], float | list[float]]:
     """(offset, scale) with x_model = (x_raw - offset) / scale, fitted on x (N, *input_shape).
 
-    bernoulli: one offset and scale mapping the data's range (the known `value_range`, else the observed
-    one) onto [0, 1]. gaussian: per-feature mean and standard deviation; a constant feature gets scale 1.
+    bernoulli, or scaling "range": one offset and scale mapping the data's range (the known `value_range`,
+    else the observed one) onto [0, 1], the same for every feature: pixels share their units, and a
+    near-constant pixel must not be blown up by a tiny standard deviation. gaussian with scaling "standard":
+    per-feature mean and standard deviation; a constant feature gets scale 1.
     """
-    if likelihood == "bernoulli":
+    if likelihood == "bernoulli" or scaling == "range":
         low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
         return low, (high - low) if high > low else 1.0
     if likelihood == "gaussian":

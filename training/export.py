@@ -29,6 +29,8 @@ from service.artifact import (
     Graph,
     Graphs,
     ImageSpec,
+    IwNoise,
+    IwSelection,
     Manifest,
     Preprocessing,
     Scoring,
@@ -56,21 +58,56 @@ class CalibrationPlan:
     """Held-out normal rows to score through the exported model, and how."""
 
     x_raw: np.ndarray  # (N, *input_shape) raw units, used neither for gradients nor early stopping
-    iw_samples: int  # K: the estimator the service will use by default
+    iw_samples: int | None  # K: the estimator the service will use by default; None: chosen from the data
     fpr: float  # target false-alarm rate of the default threshold
     seed: int
+    fpr_note: str | None = None  # why fpr is not the default, for the manifest
+
+
+IW_LADDER = tuple(2**i for i in range(9))  # 1, 2, 4, ... 256
+# K is large enough when the score's Monte Carlo noise is at most this share of the calibration scores'
+# interquartile range: re-drawing the noise then moves a score by a small fraction of the normal spread.
+IW_NOISE_TOLERANCE = 0.1
+IW_NOISE_ROWS = 256  # calibration rows the noise is measured on
+IW_NOISE_REPEATS = 4  # independent seeds per row
+
+
+def _scores(engine: VaeEngine, x: np.ndarray, seed: int, iw_samples: int, progress: bool = False) -> np.ndarray:
+    chunks = score_in_chunks(engine, x, seed=seed, iw_samples=iw_samples, progress=progress)
+    return -np.concatenate([chunk.log_likelihood for chunk in chunks])
+
+
+def choose_iw_samples(engine: VaeEngine, x: np.ndarray, seed: int) -> IwSelection:
+    """The smallest K on IW_LADDER whose score noise is at most IW_NOISE_TOLERANCE x the scores' IQR."""
+    rows = x[:IW_NOISE_ROWS]
+    ladder = []
+    for k in IW_LADDER:
+        repeats = np.stack([_scores(engine, rows, seed + 7_777 * (r + 1), k) for r in range(IW_NOISE_REPEATS)])
+        noise = float(np.sqrt(np.mean(np.var(repeats, axis=0, ddof=1))))
+        q1, q3 = np.percentile(repeats.mean(axis=0), [25, 75])
+        ladder.append(IwNoise(k=k, noise=noise, iqr=float(q3 - q1)))
+        if noise <= IW_NOISE_TOLERANCE * (q3 - q1):
+            break
+    return IwSelection(tolerance=IW_NOISE_TOLERANCE, rows=len(rows), repeats=IW_NOISE_REPEATS, ladder=ladder)
 
 
 def calibrate(staged: Artifact, plan: CalibrationPlan, progress: bool = False) -> Scoring:
-    """Score the calibration rows through the exported ONNX graphs with the service's own code."""
+    """Score the calibration rows through the exported ONNX graphs with the service's own code.
+
+    Without a K in the plan, K is chosen first (choose_iw_samples), and the threshold is set on scores of
+    exactly that estimator, which the service then uses by default.
+    """
     engine = VaeEngine(staged.manifest, OnnxRuntime(staged))
     x = plan.x_raw.reshape(len(plan.x_raw), -1).astype(np.float64)
-    chunks = score_in_chunks(engine, x, seed=plan.seed, iw_samples=plan.iw_samples, progress=progress)
-    scores = -np.concatenate([chunk.log_likelihood for chunk in chunks])
+    selection = None if plan.iw_samples is not None else choose_iw_samples(engine, x, plan.seed)
+    iw_samples = plan.iw_samples if selection is None else selection.ladder[-1].k
+    scores = _scores(engine, x, plan.seed, iw_samples, progress)
     kept = scoring.keep_calibration_scores(scores, MAX_CALIBRATION_SCORES)
     threshold = scoring.threshold_for_fpr(kept, len(scores), plan.fpr)
-    calibration = Calibration(n=len(scores), scores=kept.tolist(), fpr=plan.fpr, threshold=threshold)
-    return Scoring(iw_samples=plan.iw_samples, seed=plan.seed, calibration=calibration)
+    calibration = Calibration(
+        n=len(scores), scores=kept.tolist(), fpr=plan.fpr, threshold=threshold, fpr_note=plan.fpr_note
+    )
+    return Scoring(iw_samples=iw_samples, seed=plan.seed, calibration=calibration, iw_selection=selection)
 
 
 def make_checkpoint(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
-from pathlib import Path
-
 import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,41 +15,33 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from service.artifact import Artifact, ImageSpec, Preprocessing, TrainingSummary
-from service.scoring import min_fpr
 from training.data import Dataset, fit_preprocessing, load_dataset
 from training.distributed import World, join_world
 from training.export import CalibrationPlan, export_model_dir, make_checkpoint
-from training.loop import fit
-from training.loss import elbo_terms
-from training.report import write_report
+from training.loop import FitResult, fit
+from training.loss import elbo_terms, importance_weighted_bound
 from training.model import VAE, ModelConfig
+from training.plan import (
+    SELECTION_MAX_STEPS,
+    SELECTION_PATIENCE_STEPS,
+    Candidate,
+    ConfigError,
+    TrainingPlan,
+    plan_training,
+    schedule,
+    split_indices,
+)
+from training.report import write_report
 from training.train_config import TrainConfig
 
-
-class ConfigError(ValueError):
-    """Options that cannot work together on this data; raised before training starts."""
+__all__ = ["ConfigError", "TrainConfig", "split_indices", "train"]
 
 
-def split_indices(
-    n: int, val_fraction: float, calibration_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded shuffle into (train, validation, calibration) row indices, each non-empty."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * val_fraction))
-    n_cal = max(1, round(n * calibration_fraction))
-    if n - n_val - n_cal < 1:
-        raise ConfigError(
-            f"{n} rows leave none for training after --val-fraction {val_fraction} and "
-            f"--calibration-fraction {calibration_fraction}"
-        )
-    return np.sort(order[n_val + n_cal :]), np.sort(order[:n_val]), np.sort(order[n_val : n_val + n_cal])
-
-
-def preprocess(dataset: Dataset, train_rows: np.ndarray, likelihood: str) -> Preprocessing:
+def preprocess(dataset: Dataset, train_rows: np.ndarray, likelihood: str, scaling: str) -> Preprocessing:
     # Bernoulli scaling maps the data's range onto [0, 1], so it is fitted on every row: a fixed range, not a
-    # learned statistic. Gaussian standardisation is fitted on the training rows only.
+    # learned statistic. Gaussian scalings are fitted on the training rows only.
     fit_rows = dataset.x if likelihood == "bernoulli" else dataset.x[train_rows]
-    offset, scale = fit_preprocessing(fit_rows, likelihood, dataset.value_range)
+    offset, scale = fit_preprocessing(fit_rows, likelihood, dataset.value_range, scaling)
     return Preprocessing(offset=offset, scale=scale)
 
 
@@ -59,7 +50,6 @@ def to_model_tensor(x_raw: np.ndarray, preprocessing: Preprocessing) -> torch.Te
     return torch.from_numpy(preprocessing.to_model(flat).reshape(x_raw.shape).astype(np.float32))
 
 
-DEFAULT_HIDDEN = {"mlp": [256, 128], "conv": [32, 64]}
 REPORT_SAMPLE_ROWS = 500  # validation rows kept in the model directory for the report's pictures
 
 
@@ -89,26 +79,24 @@ def beta_at(epoch: int, beta: float, warmup: int) -> float:
 def train(config: TrainConfig) -> Artifact | None:
     """Train on config.data and write the model directory config.out.
 
-    Under torchrun, every process trains on its share of the rows and only the main one writes the
-    directory and returns the artifact; the others return None.
+    Flags left unset are chosen from the data (training/plan.py); when more than one capacity is possible,
+    each is fitted and the one with the best held-out L_K is kept. Under torchrun, every process trains on
+    its share of the rows and only the main one writes the directory and returns the artifact; the others
+    return None.
     """
     dataset = load_dataset(
         config.data, channels=config.channels, image_size=tuple(config.image_size) if config.image_size else None
     )
-    likelihood = config.likelihood or dataset.default_likelihood
-    train_rows, val_rows, cal_rows = split_indices(
-        len(dataset.x), config.val_fraction, config.calibration_fraction, config.seed
-    )
-    if config.fpr < min_fpr(len(cal_rows)):
-        raise ConfigError(
-            f"--fpr {config.fpr:g} needs at least {math.ceil(1 / config.fpr) - 1} calibration rows; "
-            f"the calibration split has {len(cal_rows)}: raise --calibration-fraction or --fpr"
-        )
+    plan = plan_training(config, dataset)
     if config.threads:
         torch.set_num_threads(config.threads)
     world = join_world(config.device)
     try:
-        return _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world)
+        # The choices made for the user go to stderr, one line each; stdout keeps the one-line result.
+        say = (lambda line: print(line, file=sys.stderr, flush=True)) if world.main else (lambda _: None)
+        for note in plan.notes:
+            say(f"vae train: {note}")
+        return _train(config, dataset, plan, world, say)
     finally:
         world.close()
 
@@ -125,24 +113,26 @@ class ElboObjective(nn.Module):
         return elbo_terms(self.vae, x, eps, self.log_jacobian)
 
 
-def _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world: World) -> Artifact | None:
-    preprocessing = preprocess(dataset, train_rows, likelihood)
-    x_train = to_model_tensor(dataset.x[train_rows], preprocessing).to(world.device)
-    x_val = to_model_tensor(dataset.x[val_rows], preprocessing).to(world.device)
+@dataclass
+class Fitted:
+    model: VAE
+    result: FitResult
 
+
+def fit_vae(
+    model_config: ModelConfig,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor,
+    config: TrainConfig,
+    plan: TrainingPlan,
+    world: World,
+    log_jacobian: float,
+    progress: bool,
+) -> Fitted:
+    """Fit one VAE with early stopping on x_val's ELBO; returns it holding its best weights."""
     torch.manual_seed(config.seed)
-    model_config = ModelConfig(
-        input_shape=list(dataset.input_shape),
-        latent_dim=config.latent_dim,
-        hidden=list(config.hidden or DEFAULT_HIDDEN[config.arch]),
-        likelihood=likelihood,
-        architecture=config.arch,
-    )
-    if config.arch == "conv" and len(dataset.input_shape) != 3:
-        raise ConfigError(f"--arch conv needs data shaped C x H x W; {dataset.source} has rows shaped {list(dataset.input_shape)}")
     model = VAE(model_config).to(world.device)
-    # Reported ELBOs are densities in raw units (see Manifest.log_jacobian); a constant, so gradients ignore it.
-    log_jacobian = 0.0 if likelihood == "bernoulli" else -float(preprocessing.log_scale(model_config.n_features).sum())
+    latent_dim = model_config.latent_dim
     objective: nn.Module = ElboObjective(model, log_jacobian)
     if world.size > 1:
         device_ids = [world.device.index] if world.device.type == "cuda" else None
@@ -157,11 +147,11 @@ def _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world: W
     def batches(epoch: int):
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), device=world.device)
-        for start in range(0, len(order), config.batch_size):
-            yield x_train[order[start : start + config.batch_size]]
+        for start in range(0, len(order), plan.batch_size):
+            yield x_train[order[start : start + plan.batch_size]]
 
     def step(batch: torch.Tensor, epoch: int) -> dict[str, float]:
-        eps = torch.randn(1, len(batch), config.latent_dim, generator=noise).to(world.device)
+        eps = torch.randn(1, len(batch), latent_dim, generator=noise).to(world.device)
         terms = objective(batch, eps)
         beta = beta_at(epoch, config.beta, config.kl_warmup)
         loss = terms.loss(beta, config.free_bits)
@@ -176,7 +166,7 @@ def _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world: W
             "beta": beta,
         }
 
-    val_eps = torch.randn(1, len(x_val), config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
+    val_eps = torch.randn(1, len(x_val), latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
     # Each process validates its share of the rows; the sums are all-reduced, so every process sees the
     # same metrics and stops early at the same epoch.
     val_share = slice(world.rank, None, world.size)
@@ -190,8 +180,7 @@ def _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world: W
             len(x_val_share), terms.elbo.sum().item(), terms.reconstruction.sum().item(), terms.kl.sum().item(),
             *mu.sum(0).tolist(), *mu.pow(2).sum(0).tolist(),
         ])
-        d = config.latent_dim
-        mean, mean_sq = torch.tensor(moments[:d]) / n, torch.tensor(moments[d:]) / n
+        mean, mean_sq = torch.tensor(moments[:latent_dim]) / n, torch.tensor(moments[latent_dim:]) / n
         variance = (mean_sq - mean.pow(2)) * n / max(n - 1, 1)  # unbiased, as torch.var
         return {
             "val_elbo": elbo / n,
@@ -201,33 +190,136 @@ def _train(config, dataset, likelihood, train_rows, val_rows, cal_rows, world: W
         }
 
     result = fit(
-        model,
-        batches,
-        step,
-        validate,
-        epochs=config.epochs,
-        patience=config.patience,
-        monitor="val_elbo",
-        progress=config.progress and world.main,
+        model, batches, step, validate,
+        epochs=plan.epochs, patience=plan.patience, monitor="val_elbo", progress=progress,
+    )
+    model.load_state_dict(result.best_state)
+    return Fitted(model, result)
+
+
+SELECTION_IW_SAMPLES = 16  # K of the held-out L_K that compares capacities
+SELECTION_FOLDS = 2  # cross-validation folds when the validation split is too small to compare on
+MIN_HOLDOUT_ROWS = 64  # a validation split at least this large is used as it is
+SELECTION_MAX_TRAIN_ROWS = 4096  # capacities are compared on at most this many training rows, for speed
+SELECTION_MAX_HOLDOUT_ROWS = 1024
+
+
+def heldout_bound(model: VAE, x: torch.Tensor, seed: int, log_jacobian: float) -> float:
+    """Mean L_K over held-out rows, in raw-unit nats: the score the service serves, so higher is a better fit."""
+    eps = torch.randn(SELECTION_IW_SAMPLES, len(x), model.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    model.eval()
+    with torch.inference_mode():
+        return float(importance_weighted_bound(model, x, eps.to(x.device), log_jacobian).mean())
+
+
+def selection_folds(plan: TrainingPlan, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, held-out rows) pairs: the validation split when it is large enough, else k folds of
+    every non-calibration row, so that even a 20-row table compares capacities on all its rows."""
+    if len(plan.val_rows) >= MIN_HOLDOUT_ROWS:
+        rng = np.random.default_rng(seed)
+        train = plan.train_rows
+        if len(train) > SELECTION_MAX_TRAIN_ROWS:
+            train = np.sort(rng.choice(train, SELECTION_MAX_TRAIN_ROWS, replace=False))
+        held = plan.val_rows
+        if len(held) > SELECTION_MAX_HOLDOUT_ROWS:
+            held = np.sort(rng.choice(held, SELECTION_MAX_HOLDOUT_ROWS, replace=False))
+        return [(train, held)]
+    rows = np.random.default_rng(seed).permutation(np.concatenate([plan.train_rows, plan.val_rows]))
+    folds = np.array_split(rows, min(SELECTION_FOLDS, len(rows)))
+    return [
+        (np.sort(np.concatenate([f for j, f in enumerate(folds) if j != i])), np.sort(held))
+        for i, held in enumerate(folds)
+    ]
+
+
+def select_candidate(
+    config: TrainConfig, dataset: Dataset, plan: TrainingPlan, preprocessing: Preprocessing,
+    model_config: ModelConfig, log_jacobian: float, world: World, say,
+) -> tuple[Candidate, list[dict]]:
+    """Fit each candidate capacity and keep the one with the best held-out L_K; no labels are used.
+
+    Each family (linear, MLP) climbs its latent ladder and stops at the first size that does not improve on
+    the family's best, so a 784-feature table does not pay for every rung.
+    """
+    folds = selection_folds(plan, config.seed)
+    local = World(0, 1, world.device)  # every process selects alike; rank 0's choice is shared below
+    data = [
+        (to_model_tensor(dataset.x[tr], preprocessing).to(world.device),
+         to_model_tensor(dataset.x[ho], preprocessing).to(world.device))
+        for tr, ho in folds
+    ]
+    tried: list[dict] = []
+    for family in plan.families:
+        best_in_family = -math.inf
+        for candidate in family:
+            cfg = replace(model_config, hidden=list(candidate.hidden), latent_dim=candidate.latent_dim)
+            scores = []
+            for x_train, x_held in data:
+                budget = schedule(config, len(x_train), SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
+                sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget)))
+                fitted = fit_vae(cfg, x_train, x_held, config, sub_plan, local, log_jacobian, progress=False)
+                scores.append(heldout_bound(fitted.model, x_held, config.seed + 3, log_jacobian))
+            score = float(np.mean(scores))
+            tried.append({"hidden": candidate.hidden, "latent_dim": candidate.latent_dim, "heldout_lk": score})
+            say(f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats")
+            if score <= best_in_family:
+                break
+            best_in_family = score
+    best = max(range(len(tried)), key=lambda i: tried[i]["heldout_lk"])
+    best = int(world.sum([best if world.main else 0])[0])
+    chosen = Candidate(list(tried[best]["hidden"]), int(tried[best]["latent_dim"]))
+    return chosen, tried
+
+
+def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: World, say) -> Artifact | None:
+    preprocessing = preprocess(dataset, plan.train_rows, plan.likelihood, plan.scaling)
+    n_features = int(np.prod(dataset.input_shape))
+    # Reported ELBOs are densities in raw units (see Manifest.log_jacobian); a constant, so gradients ignore it.
+    log_jacobian = 0.0 if plan.likelihood == "bernoulli" else -float(preprocessing.log_scale(n_features).sum())
+    first = plan.families[0][0]
+    model_config = ModelConfig(
+        input_shape=list(dataset.input_shape), latent_dim=first.latent_dim, hidden=list(first.hidden),
+        likelihood=plan.likelihood, architecture=config.arch, noise=plan.noise,
+    )
+    selection: list[dict] = []
+    chosen = first
+    if plan.selects:
+        chosen, selection = select_candidate(
+            config, dataset, plan, preprocessing, model_config, log_jacobian, world, say
+        )
+        say(f"vae train: chose {chosen.label} (best held-out L_{SELECTION_IW_SAMPLES} of {len(selection)} tried)")
+    model_config = replace(model_config, hidden=list(chosen.hidden), latent_dim=chosen.latent_dim)
+
+    x_train = to_model_tensor(dataset.x[plan.train_rows], preprocessing).to(world.device)
+    x_val = to_model_tensor(dataset.x[plan.val_rows], preprocessing).to(world.device)
+    fitted = fit_vae(
+        model_config, x_train, x_val, config, plan, world, log_jacobian, progress=config.progress and world.main
     )
     world.barrier()
     if not world.main:
         return None  # only the main process writes the checkpoint and the model directory
-    model.load_state_dict(result.best_state)
-    model.cpu()  # export always produces CPU-loadable graphs
+    model, result = fitted.model.cpu(), fitted.result  # export always produces CPU-loadable graphs
+    resolved = asdict(config) | {
+        "likelihood": plan.likelihood, "noise": plan.noise, "scaling": plan.scaling,
+        "latent_dim": chosen.latent_dim, "hidden": list(chosen.hidden), "batch_size": plan.batch_size,
+        "epochs": plan.epochs, "patience": plan.patience, "fpr": plan.fpr,
+    }
     summary = TrainingSummary(
         data_source=dataset.source,
         seed=config.seed,
         epochs=result.epochs_run,
         best_epoch=result.best_epoch,
         best_val_elbo=result.best_value,
-        config=json.loads(json.dumps(asdict(config) | {"likelihood": likelihood})),
+        config=json.loads(json.dumps(resolved)),
+        selection=selection,
+        notes=plan.notes,
     )
-    shown = val_rows[:REPORT_SAMPLE_ROWS]
+    shown = plan.val_rows[:REPORT_SAMPLE_ROWS]
     sample = (dataset.x[shown], None if dataset.y is None else dataset.y[shown])
     checkpoint = make_checkpoint(model, preprocessing, summary, result.history, image_spec(dataset), sample)
     calibration = CalibrationPlan(
-        x_raw=dataset.x[cal_rows], iw_samples=config.score_iw_samples, fpr=config.fpr, seed=config.seed
+        x_raw=dataset.x[plan.cal_rows], iw_samples=config.score_iw_samples, fpr=plan.fpr, seed=config.seed,
+        fpr_note=plan.fpr_note,
     )
     artifact = export_model_dir(checkpoint, Path(config.out), calibration, progress=config.progress)
     write_report(artifact.dir)

@@ -131,8 +131,13 @@ function renderCard() {
     ? `${fmt(card.threshold)} (calibrated)`
     : `${fmt(card.threshold)} (set by VAE_THRESHOLD; calibrated: ${fmt(calibration.threshold)})`;
   field(list, "threshold", "threshold", card.threshold, threshold);
-  field(list, "false-alarm rate", "fpr", calibration.fpr);
-  field(list, "iw_samples (K)", "iw_samples", card.scoring.iw_samples);
+  // The rate the threshold was set for; when the calibration split was too small for the default, why.
+  field(list, "false-alarm rate", "fpr", calibration.fpr,
+    calibration.fpr_note ? `${fmt(calibration.fpr)} (${calibration.fpr_note})` : undefined);
+  const chosen = card.scoring.iw_selection;
+  field(list, "iw_samples (K)", "iw_samples", card.scoring.iw_samples, chosen
+    ? `${card.scoring.iw_samples} (chosen: score noise ${fmt(chosen.ladder.at(-1).noise)} nats, at most ${chosen.tolerance} × IQR)`
+    : undefined);
   field(list, "calibration rows", "calibration_n", calibration.n);
   if (card.image) {
     const { channels, height, width, resize } = card.image;

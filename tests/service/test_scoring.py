@@ -117,6 +117,20 @@ def test_false_alarm_rate_on_fresh_normal_data_matches_the_target(calibration_se
     assert abs(rate - 0.1) < 3.5 * sd, rate
 
 
+def test_the_false_alarm_rate_holds_with_the_k_chosen_from_the_data(chosen_k_calibration_setup):
+    model_dir, fresh = chosen_k_calibration_setup
+    artifact = load_artifact(model_dir)
+    engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
+    scoring_ = artifact.manifest.scoring
+    assert scoring_.iw_selection is not None and scoring_.iw_samples == scoring_.iw_selection.ladder[-1].k
+    assert (scoring_.calibration.n, scoring_.calibration.fpr) == (390, 0.1)
+    scored = engine.elbo(fresh, seed=123)  # no iw_samples: the chosen K, as the threshold was set
+    assert scored.iw_samples == scoring_.iw_samples
+    rate = scored.decisions.is_anomaly.mean()
+    sd = math.sqrt(0.1 * 0.9 / len(fresh) + 0.1 * 0.9 / (scoring_.calibration.n + 1))
+    assert abs(rate - 0.1) < 3.5 * sd, rate
+
+
 def test_p_values_on_fresh_normal_data_are_roughly_uniform(calibration_setup):
     model_dir, fresh = calibration_setup
     artifact = load_artifact(model_dir)

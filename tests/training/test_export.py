@@ -143,3 +143,34 @@ def test_load_checkpoint_names_the_bad_file(tmp_path):
     with pytest.raises(ExportError) as err:
         load_checkpoint(tmp_path / "missing.pt")
     assert str(err.value) == f"{tmp_path / 'missing.pt'}: checkpoint not found"
+
+
+@pytest.mark.parametrize(
+    "architecture, hidden, likelihood, noise",
+    [
+        ("mlp", [], "gaussian", "shared"),  # probabilistic PCA's form
+        ("mlp", [], "bernoulli", "feature"),
+        ("mlp", [8], "gaussian", "feature"),
+        ("conv", [4], "gaussian", "shared"),
+    ],
+)
+def test_every_model_form_exports_with_parity_and_a_chosen_k(tmp_path, architecture, hidden, likelihood, noise):
+    from service.artifact import Preprocessing, TrainingSummary
+    from training.model import VAE, ModelConfig
+
+    torch.manual_seed(0)
+    shape = [1, 5, 4]
+    model = VAE(ModelConfig(input_shape=shape, latent_dim=2, hidden=hidden, likelihood=likelihood,
+                            architecture=architecture, noise=noise)).eval()
+    summary = TrainingSummary(data_source="test", seed=0, epochs=0, best_epoch=0, best_val_elbo=0.0, config={})
+    checkpoint = export.make_checkpoint(model, Preprocessing(offset=0.0, scale=1.0), summary, [])
+    x = np.random.default_rng(0).random((40, *shape)).astype(np.float32)
+    plan = export.CalibrationPlan(x_raw=x, iw_samples=None, fpr=0.2, seed=0)
+    artifact = export_model_dir(checkpoint, tmp_path / "m", plan)
+    assert max(v for by_graph in artifact.manifest.parity.values() for v in by_graph.values()) <= PARITY_TOLERANCE
+    selection = artifact.manifest.scoring.iw_selection
+    assert selection.rows == 40 and selection.repeats == 4 and selection.tolerance == 0.1
+    assert artifact.manifest.scoring.iw_samples == selection.ladder[-1].k
+    chosen = selection.ladder[-1]
+    assert chosen.noise <= 0.1 * chosen.iqr or chosen.k == 256
+    assert all(rung.noise > 0.1 * rung.iqr for rung in selection.ladder[:-1])  # the smallest K that is quiet enough

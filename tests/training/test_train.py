@@ -67,9 +67,17 @@ def test_help_shows_every_default():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for flag, default in [
-        ("--data", "digits"), ("--latent-dim", "8"), ("--hidden", "256,128 for mlp, 32,64 for conv"), ("--epochs", "200"),
-        ("--batch-size", "128"), ("--lr", "0.001"), ("--beta", "1.0"), ("--seed", "0"), ("--val-fraction", "0.1"),
-        ("--out", "models/digits"), ("--likelihood", "bernoulli for digits, gaussian for files"),
+        ("--data", "digits"), ("--latent-dim", "chosen from 1, 2, 4, ... 32 by held-out L_K"),
+        ("--hidden", "a linear model and an MLP sized from the features are both fitted and the better by "
+                     "held-out L_K kept; 32,64 for conv"),
+        ("--epochs", "about 8000 gradient steps' worth, 50 to 3000"),
+        ("--batch-size", "training rows / 8, within 16 to 128"), ("--lr", "0.003"), ("--beta", "1.0"), ("--seed", "0"),
+        ("--val-fraction", "0.1"), ("--out", "models/digits"), ("--likelihood", "bernoulli for digits, gaussian for files"),
+        ("--noise", "shared"), ("--scaling", "range for pixels, C x H x W, standard for tables"),
+        ("--fpr", "0.01, or the smallest rate the calibration split supports when it is too small; an explicit "
+                  "rate it cannot support is an error"),
+        ("--score-iw-samples", "the smallest K in 1, 2, 4, ... 256 whose Monte Carlo noise is at most 10% of the "
+                               "calibration scores' interquartile range"),
     ]:
         assert flag in text
         assert f"(default: {default})" in text, flag
@@ -132,6 +140,6 @@ def test_fpr_needs_enough_calibration_rows(tmp_path):
     with pytest.raises(ConfigError) as err:
         train(TrainConfig(data="digits", out=str(tmp_path / "m"), fpr=0.001, **FAST))
     assert str(err.value) == (
-        "--fpr 0.001 needs at least 999 calibration rows; the calibration split has 180: "
+        "--fpr 0.001 needs at least 999 calibration rows; the calibration split has 449: "
         "raise --calibration-fraction or --fpr"
     )

@@ -1,0 +1,149 @@
+"""`vae train` with no flags: the choices made from the data's size, and real runs from 20 rows up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_png_folder, write_tabular_csv
+from training.data import Dataset
+from training.plan import ConfigError, latent_ladder, plan_training, schedule
+from training.train_config import TrainConfig
+
+VAE = str(Path(sys.executable).with_name("vae"))
+
+
+def table(n: int, d: int = 6) -> Dataset:
+    return Dataset(np.zeros((n, d), dtype=np.float32), None, "t.csv", "tabular")
+
+
+@pytest.mark.parametrize(
+    "n, n_cal, fpr",
+    [(20, 5, 1 / 6), (42, 10, 1 / 11), (214, 53, 1 / 54), (600, 99, 0.01), (1000, 100, 0.01)],
+)
+def test_the_calibration_split_grows_and_the_rate_falls_back_for_small_data(n, n_cal, fpr):
+    plan = plan_training(TrainConfig(), table(n))
+    assert len(plan.cal_rows) == n_cal
+    assert plan.fpr == pytest.approx(fpr, rel=1e-12)
+    assert len(plan.train_rows) + len(plan.val_rows) + len(plan.cal_rows) == n
+    if fpr == 0.01:
+        assert plan.fpr_note is None
+    else:
+        assert plan.fpr_note == (
+            f"false-alarm rate {fpr:.4g} instead of 0.01: the {n_cal} calibration rows support no smaller rate "
+            f"(1/{n_cal + 1}); 0.01 needs 99"
+        )
+        assert plan.fpr_note in plan.notes
+
+
+def test_an_explicit_rate_the_split_cannot_support_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        plan_training(TrainConfig(fpr=0.01), table(214))
+    assert str(err.value) == (
+        "--fpr 0.01 needs at least 99 calibration rows; the calibration split has 53: "
+        "raise --calibration-fraction or --fpr"
+    )
+
+
+def test_an_explicit_calibration_fraction_is_kept():
+    plan = plan_training(TrainConfig(calibration_fraction=0.1), table(214))
+    assert len(plan.cal_rows) == 21 and plan.fpr == pytest.approx(1 / 22)
+
+
+def test_training_length_is_counted_in_steps():
+    config = TrainConfig()
+    assert schedule(config, 14) == (14, 3000, 300)  # one step per epoch
+    assert schedule(config, 140) == (17, 889, 34)
+    assert schedule(config, 54_000) == (128, 50, 10)
+    assert schedule(TrainConfig(batch_size=10, epochs=7, patience=2), 140) == (10, 7, 2)
+
+
+def test_unset_capacity_compares_a_linear_model_and_an_mlp_over_the_latent_ladder():
+    plan = plan_training(TrainConfig(), table(100, d=6))
+    assert [[(c.hidden, c.latent_dim) for c in family] for family in plan.families] == [
+        [([], 1), ([], 2), ([], 4)],
+        [([128, 128], 1), ([128, 128], 2), ([128, 128], 4)],
+    ]
+    assert latent_ladder(784) == [1, 2, 4, 8, 16, 32] and latent_ladder(1) == [1]
+    fixed = plan_training(TrainConfig(hidden=[16], latent_dim=3), table(100))
+    assert not fixed.selects
+
+
+def test_pixels_are_scaled_by_their_range_and_tables_standardised():
+    pixels = Dataset(np.zeros((50, 1, 4, 4), dtype=np.float32), None, "p.npy", "array")
+    assert plan_training(TrainConfig(), pixels).scaling == "range"
+    assert plan_training(TrainConfig(), table(50)).scaling == "standard"
+    assert plan_training(TrainConfig(), table(50)).noise == "shared"
+
+
+def test_too_few_rows_names_both_numbers(tmp_path):
+    np.save(tmp_path / "nine.npy", np.ones((9, 3), dtype=np.float32))
+    result = subprocess.run(
+        [VAE, "train", "--data", str(tmp_path / "nine.npy"), "--out", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"vae train: {tmp_path / 'nine.npy'}: expected at least 10 rows, got 9"
+
+
+def _train_with_no_flags(data: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [VAE, "train", "--data", str(data), "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+
+
+def _wide_table(path: Path, n: int = 120, d: int = 784) -> Path:
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((n, 3))
+    np.save(path, (latent @ rng.standard_normal((3, d)) + 0.1 * rng.standard_normal((n, d))).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def default_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """`vae train --data X --out DIR` with no other flag, on each data set the issue names, two at a time."""
+    root = tmp_path_factory.mktemp("defaults")
+    data = {f"table-{n}": write_tabular_csv(root / f"table-{n}.csv", n=n) for n in (20, 50, 214, 1000)}
+    data["png-60"] = write_png_folder(root / "pngs")  # 2 classes x 30 images, 12 x 10 RGB
+    data["wide-784"] = _wide_table(root / "wide.npy")
+    with ThreadPoolExecutor(2) as pool:
+        runs = {name: pool.submit(_train_with_no_flags, path, root / f"model-{name}") for name, path in data.items()}
+        return {name: (run.result(), root / f"model-{name}") for name, run in runs.items()}
+
+
+@pytest.mark.parametrize(
+    "name, n_cal, fpr",
+    [
+        ("table-20", 5, 1 / 6), ("table-50", 12, 1 / 13), ("table-214", 53, 1 / 54), ("table-1000", 100, 0.01),
+        ("png-60", 15, 1 / 16), ("wide-784", 30, 1 / 31),
+    ],
+)
+def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr):
+    result, out = default_runs[name]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}: best validation ELBO ")
+    manifest = json.loads((out / "manifest.json").read_text())
+    calibration = manifest["scoring"]["calibration"]
+    assert (calibration["n"], calibration["fpr"]) == (n_cal, pytest.approx(fpr, rel=1e-12))
+    assert (calibration["fpr_note"] is None) == (fpr == 0.01)
+    if calibration["fpr_note"]:
+        assert f"vae train: {calibration['fpr_note']}\n" in result.stderr  # said in one line
+    # K chosen from the data: the last rung tried is the K served, and every rung's noise is recorded.
+    selection = manifest["scoring"]["iw_selection"]
+    assert selection["ladder"][-1]["k"] == manifest["scoring"]["iw_samples"]
+    assert [rung["k"] for rung in selection["ladder"]] == [2**i for i in range(len(selection["ladder"]))]
+    last = selection["ladder"][-1]
+    assert last["noise"] <= 0.1 * last["iqr"] or last["k"] == 256
+    # The capacity chosen for the data is printed and stored.
+    config = manifest["training"]["config"]
+    assert manifest["latent_dim"] == config["latent_dim"]
+    assert f"vae train: chose {'hidden ' + (','.join(map(str, config['hidden'])) or 'linear')}" in result.stderr
+    assert len(manifest["training"]["selection"]) >= 2
+    assert manifest["training"]["notes"][0].endswith(f" validation, {n_cal} calibration")
