@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,10 @@ MAX_DEPTH = 32
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a list nested hundreds deep: reprlib stops at a few levels
+        text = reprlib.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
