@@ -2,14 +2,15 @@
 at a time. Knows nothing of HTTP.
 
 orjson holds the GIL while it writes, so one call for a 64 MiB answer would hold up every other thread, the
-event loop's included, for about a fifth of a second. write_json gives the same bytes as one orjson call,
-written SLICE_NUMBERS numbers per call (about a millisecond each), so other threads get their turns.
+event loop's included, for about a fifth of a second. json_parts gives the same bytes as one orjson call, in
+pieces of SLICE_NUMBERS numbers (about a millisecond each), so other threads get their turns, and an answer
+can be streamed in chunks (chunks()) without ever being whole in memory.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ JSON_NUMBER_BYTES = 25
 # Keys, scalars (seed, threshold, model name and version) and the brackets around the arrays.
 JSON_OVERHEAD_BYTES = 1024
 SLICE_NUMBERS = 1 << 16  # numbers per orjson call
+CHUNK_BYTES = 1 << 20  # bytes per chunk of a streamed answer
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -36,15 +38,30 @@ def json_bytes(*shapes: Sequence[int]) -> int:
 def write_json(value: Any) -> bytes:
     """orjson.dumps(value, option=OPT_SERIALIZE_NUMPY), byte for byte, written a slice of each array at a time.
     Arrays must be C-contiguous (as orjson requires)."""
-    return b"".join(_parts(value))
+    return b"".join(json_parts(value))
 
 
-def _parts(value: Any) -> Iterator[bytes]:
+def chunks(parts: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Pieces joined into chunks of about `size` bytes: what a streamed answer sends at a time."""
+    held: list[bytes] = []
+    count = 0
+    for part in parts:
+        held.append(part)
+        count += len(part)
+        if count >= size:
+            yield b"".join(held)
+            held, count = [], 0
+    if held:
+        yield b"".join(held)
+
+
+def json_parts(value: Any) -> Iterator[bytes]:
+    """orjson's text of `value` in pieces; numpy arrays a slice at a time."""
     if isinstance(value, dict):
         yield b"{"
         for i, (key, item) in enumerate(value.items()):
             yield (b"," if i else b"") + orjson.dumps(key) + b":"
-            yield from _parts(item)
+            yield from json_parts(item)
         yield b"}"
     elif isinstance(value, np.ndarray):
         yield from _array_parts(value)
@@ -53,7 +70,7 @@ def _parts(value: Any) -> Iterator[bytes]:
         for i, item in enumerate(value):
             if i:
                 yield b","
-            yield from _parts(item)
+            yield from json_parts(item)
         yield b"]"
     else:
         yield orjson.dumps(value, option=NUMPY)

@@ -12,6 +12,7 @@ docs/protocol/extension_binary_data.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from service.errors import InvalidInput, LimitExceeded, MalformedRequest
 from service.inputs import FLOAT32_MAX, as_float_array, json_value_bound
-from service.json_writer import JSON_NUMBER_BYTES, JSON_OVERHEAD_BYTES, write_json
+from service.json_writer import CHUNK_BYTES, JSON_NUMBER_BYTES, JSON_OVERHEAD_BYTES, chunks, json_parts, write_json
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY = "application/octet-stream"  # the media type of a body, or an answer, with binary tensor data
@@ -173,6 +174,34 @@ def response_bound(tensors: list[tuple[Any, bool, str]]) -> int:
     for shape, binary, _ in tensors:
         total += math.prod(shape) * (8 if binary else JSON_NUMBER_BYTES) + 256
     return total
+
+
+def response_parts(head: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[Iterator[bytes], int | None, int | None]:
+    """The response body of encode_response in chunks, for streaming: (chunks, the body's length when any output
+    is binary, the JSON header's length when any output is binary). Binary data goes a slice at a time."""
+    tensors, binary = [], []
+    for name, array, as_binary in outputs:
+        datatype = datatype_of(array)
+        array = np.ascontiguousarray(array, dtype=OUTPUT_TYPES[datatype])
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if as_binary:
+            binary.append(array.reshape(-1))
+            tensor["parameters"] = {"binary_data_size": array.nbytes}
+        else:
+            tensor["data"] = array.reshape(-1)
+        tensors.append(tensor)
+    if not binary:
+        return chunks(json_parts({**head, "outputs": tensors})), None, None
+    header = write_json({**head, "outputs": tensors})
+
+    def body() -> Iterator[bytes]:
+        yield header
+        for flat in binary:
+            step = max(1, CHUNK_BYTES // flat.itemsize)
+            for start in range(0, len(flat), step):
+                yield flat[start : start + step].tobytes()
+
+    return body(), len(header) + sum(flat.nbytes for flat in binary), len(header)
 
 
 def encode_response(head: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, int | None]:

@@ -5,17 +5,19 @@ model's shapes) and refuses it with 413 when the bound exceeds VAE_MAX_RESPONSE_
 make the server build an answer of gigabytes. The bound is exact in form, not a guess (json_writer.json_bytes:
 every number orjson writes takes at most 25 bytes with its comma), and the bundled client splits its calls
 with the same arithmetic (service/client.py), so its requests are never refused.
+
+A large answer is streamed: written a chunk at a time in the worker pool (Starlette iterates a plain iterator
+there) and sent as it is written, so it is never whole in memory and never holds the GIL for long.
 """
 
 from __future__ import annotations
 
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from service.api.deps import ArrayJSONResponse
-from service.engine import Deadline, VaeEngine
+from service.engine import VaeEngine
 from service.errors import LimitExceeded
-from service.executor import Executor
-from service.json_writer import write_json
+from service.json_writer import chunks, json_parts
 
 INLINE_BYTES = 1 << 20  # answers bounded by this are serialised on the event loop: a thread hop costs more
 
@@ -30,8 +32,8 @@ def check_answer(engine: VaeEngine, size: int, what: str) -> None:
         )
 
 
-async def json_answer(executor: Executor, content: dict, size: int, deadline: Deadline) -> Response:
-    """`content` as JSON: on the event loop when its bound `size` is small, else written in the worker pool."""
+def json_answer(content: dict, size: int) -> Response:
+    """`content` as JSON: written at once when its bound `size` is small, else streamed."""
     if size <= INLINE_BYTES:
         return ArrayJSONResponse(content)
-    return Response(await executor.call(write_json, content, deadline=deadline), media_type="application/json")
+    return StreamingResponse(chunks(json_parts(content)), media_type="application/json")

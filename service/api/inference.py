@@ -84,7 +84,7 @@ async def encode(request: Request, executor: ExecutorDep) -> Response:
     check_answer(engine, size, f"3 x {len(x_raw)} x {engine.manifest.latent_dim} numbers")
     encoded = await executor.encode(engine.to_model(x_raw), state_of(request), deadline)
     content = {"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)}
-    return await json_answer(executor, content, size, deadline)
+    return json_answer(content, size)
 
 
 @router.post(
@@ -112,7 +112,7 @@ async def sample(request: Request, executor: ExecutorDep) -> Response:
     content = {"z": floats(sampled.z), "seed": sampled.seed}
     if sampled.x is not None:
         content["x"] = floats(sampled.x)
-    return await json_answer(executor, content, size, deadline)
+    return json_answer(content, size)
 
 
 @router.post("/decode", response_model=DecodeResponse, responses={200: PNG},
@@ -127,7 +127,7 @@ async def decode(request: Request, executor: ExecutorDep) -> Response:
     size = json_bytes((len(z), *engine.manifest.input_shape))
     check_answer(engine, size, f"{len(z)} x {engine.manifest.n_features} numbers")
     x = await executor.decode(z, state_of(request), deadline)
-    return await json_answer(executor, {"x": floats(x)}, size, deadline)
+    return json_answer({"x": floats(x)}, size)
 
 
 @router.post(
@@ -169,7 +169,7 @@ async def elbo(request: Request, executor: ExecutorDep) -> Response:
     }
     if scored.feature_scores is not None:
         content["feature_scores"] = floats(scored.feature_scores)
-    return await json_answer(executor, content, size, deadline)
+    return json_answer(content, size)
 
 
 def heatmap_png(engine: VaeEngine, x_raw: np.ndarray, body: HeatmapRequest, deadline: Deadline) -> bytes:

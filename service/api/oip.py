@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
@@ -34,7 +34,7 @@ from service.executor import Executor
 from service.live_model import LiveModel
 from service.inputs import check_array, check_latents
 from service.oip_tensors import (
-    BINARY, HEADER_LENGTH, InferenceRequest, encode_response, read_inputs, response_bound, split_body,
+    BINARY, HEADER_LENGTH, InferenceRequest, encode_response, read_inputs, response_bound, response_parts, split_body,
 )
 from service.schemas import ElboRequest, SampleRequest
 
@@ -389,10 +389,17 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
     if parameters:
         head["parameters"] = parameters
     answer = (head, [(name, outputs[name], as_binary) for name, as_binary in chosen])
-    if response_bound([(outputs[n].shape, b, n) for n, b in chosen]) <= INLINE_BYTES:
-        content, header_length = encode_response(*answer)
-    else:
-        content, header_length = await executor.call(encode_response, *answer, deadline=deadline)
+    if response_bound([(outputs[n].shape, b, n) for n, b in chosen]) > INLINE_BYTES:
+        return _streamed(*response_parts(*answer))
+    content, header_length = encode_response(*answer)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+def _streamed(parts, length: int | None, header_length: int | None) -> StreamingResponse:
+    """A large answer sent as it is written (in the worker pool), with its length when it is known."""
+    if header_length is None:
+        return StreamingResponse(parts, media_type="application/json")
+    headers = {HEADER_LENGTH: str(header_length), "content-length": str(length)}
+    return StreamingResponse(parts, media_type=BINARY, headers=headers)

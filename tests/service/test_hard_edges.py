@@ -429,3 +429,27 @@ def test_the_clients_retries_end_at_the_retry_deadline():
         vae.encode(np.zeros((1, 64)))
     assert raised.value.status_code == 503
     assert attempts == [0.0, 4.0, 8.0]  # a fourth attempt would start at 12 s, past the 10 s deadline
+
+
+# --- large answers are streamed, with the same numbers ---------------------------------------------------------
+def test_a_large_answer_is_streamed_with_the_same_numbers(digits_client, digits_model_dir):
+    response = digits_client.post("/sample", json={"n_samples": 5000, "decode": True, "seed": 3})
+    assert response.status_code == 200 and "content-length" not in response.headers  # chunked: streamed
+    artifact = load_artifact(digits_model_dir)
+    alone = VaeEngine(artifact.manifest, OnnxRuntime(artifact)).sample(None, 5000, 3, True)
+    answer = response.json()
+    np.testing.assert_allclose(answer["x"], alone.x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(answer["z"], dtype=np.float32), alone.z)
+
+
+def test_a_large_binary_oip_answer_is_streamed_with_its_lengths(digits_client):
+    request = {"inputs": [{"name": "z", "shape": [4000, 4], "datatype": "FP64", "data": [0.5] * 16000}]}
+    path = "/v2/models/digits-decode/infer"
+    as_json = digits_client.post(path, json=request).json()
+    binary = digits_client.post(path, json=request | {"parameters": {"binary_data_output": True}})
+    length = int(binary.headers["inference-header-content-length"])
+    assert int(binary.headers["content-length"]) == len(binary.content) == length + 4000 * 64 * 8
+    header = json.loads(binary.content[:length])
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 4000 * 64 * 8}
+    data = np.frombuffer(binary.content[length:], dtype="<f8")
+    np.testing.assert_array_equal(data, as_json["outputs"][0]["data"])
