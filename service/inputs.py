@@ -19,6 +19,8 @@ from service.errors import InvalidInput, LimitExceeded, MalformedRequest
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # numpy iterates over at most this many dimensions (`.flat` raises RuntimeError beyond it).
 MAX_DEPTH = 32
+# Room for a .npy header: its magic and length, and at most numpy's max_header_size (10,000) of text.
+NPY_HEADER_BYTES = 16 * 1024
 
 
 def _describe(value: Any) -> str:
@@ -134,11 +136,11 @@ def _shaped(array: np.ndarray, input_shape: list[int]) -> np.ndarray:
     return array.reshape(len(array), math.prod(input_shape))
 
 
-def read_npy(data: bytes, input_shape: list[int], max_instances: int) -> np.ndarray:
+def read_npy(data: bytes | memoryview, input_shape: list[int], max_instances: int) -> np.ndarray:
     """A .npy body -> (B, D) float64. Its header's dtype and shape are checked before the data is read, and the
     data is viewed in place, not copied, until it is converted once (a 60 MB body of the wrong shape costs
     nothing; one of the right shape holds at most max_instances rows)."""
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(bytes(data[:NPY_HEADER_BYTES]))  # the header alone: BytesIO would copy the whole body
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):

@@ -60,7 +60,7 @@ class InferenceRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
 
 
-def split_body(body: bytes, header_length: str | None, max_values: int) -> tuple[Any, memoryview | None]:
+def split_body(body: bytes | memoryview, header_length: str | None, max_values: int) -> tuple[Any, memoryview | None]:
     """The JSON header (parsed) and the binary data after it; None without Inference-Header-Content-Length.
 
     The header is measured before it is parsed: more than max_values JSON values gets 413."""
@@ -78,7 +78,7 @@ def split_body(body: bytes, header_length: str | None, max_values: int) -> tuple
     return _json(body[:length], max_values), memoryview(body)[length:]
 
 
-def _json(header: bytes, max_values: int) -> Any:
+def _json(header: bytes | memoryview, max_values: int) -> Any:
     values = json_value_bound(header)
     if values > max_values:
         raise LimitExceeded(

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from service.api.answers import INLINE_BYTES, check_answer
-from service.api.body import JSON, check_media_type, max_json_values
+from service.api.body import JSON, check_media_type, max_json_values, read_raw
 from service.api.deps import EngineDep, LiveDep, render_error
 from service.api.inference import state_of
 from service.artifact import Manifest
@@ -335,7 +335,7 @@ class Parsed:
     inputs: dict[str, np.ndarray]
 
 
-def _parse(raw: bytes, header_length: str | None, model_name: str, op: Operation, live: LiveModel) -> Parsed:
+def _parse(raw: bytes | memoryview, header_length: str | None, model_name: str, op: Operation, live: LiveModel) -> Parsed:
     """Everything about a request's body that can fail before the model runs (in the worker pool when large)."""
     manifest = live.artifact.manifest
     header, binary = split_body(raw, header_length, max_json_values(live.engine))
@@ -376,7 +376,7 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
     op = _served(model_name, version, live)
     if "content-type" in request.headers:  # Triton's Python client sends none
         check_media_type(request, [JSON, BINARY])
-    raw = await request.body()
+    raw = await read_raw(request)
     parse = (raw, request.headers.get(HEADER_LENGTH), model_name, op, live)
     parsed = _parse(*parse) if len(raw) <= INLINE_BYTES else await executor.call(_parse, *parse, deadline=deadline)
     options = parsed.options

@@ -139,3 +139,53 @@ def test_the_worst_request_stays_within_memory_and_healthz_stays_fast(server, na
         if slowest < HEALTHZ_BUDGET_S:
             return
     pytest.fail(f"{name}: /healthz took {slowest * 1000:.0f} ms under load, in each of {ATTEMPTS} attempts")
+
+
+# --- a model that resizes its uploads: images up to its decompression-bomb limit ------------------------------
+@pytest.fixture(scope="module")
+def resizing_server(tmp_path_factory, png_folder):
+    from tests.conftest import FAST
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "resizing"
+    train(TrainConfig(data=str(png_folder), out=str(out), image_size=[12, 10], fpr=0.1, calibration_fraction=0.2,
+                      **dict(FAST, epochs=2)))
+    process, base = start_server(out)
+    yield process, base
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def largest_photo() -> bytes:
+    """A 4096 x 4096 RGB gradient: the largest upload a small resizing model takes (16,777,216 pixels), 50 MB
+    decoded from well under a megabyte."""
+    ramp = (np.arange(4096)[:, None] + np.arange(4096)[None, :]) % 256
+    return png_of(np.stack([ramp, ramp[::-1], ramp.T], axis=-1).astype(np.uint8))
+
+
+def test_images_at_the_pixel_limit_stay_within_memory_and_healthz_stays_fast(resizing_server, largest_photo):
+    process, base = resizing_server
+    files = [("files", (f"{i}.png", largest_photo, "image/png")) for i in range(8)]  # 8 x 50 MB of pixels
+    for attempt in range(ATTEMPTS):
+        idle = psutil.Process(process.pid).memory_info().rss
+        with Watch(process.pid, base) as watch, httpx.Client(base_url=base, timeout=120) as http:
+            response = http.post("/elbo", files=files, data={"seed": "0"})
+        assert response.status_code == 200, response.text[:300]
+        grew, slowest = watch.peak - idle, max(watch.latencies)
+        print(f"8 uploads of 4096x4096: peak RSS +{grew / MB:.0f} MB over {idle / MB:.0f} MB idle; slowest /healthz "
+              f"{slowest * 1000:.1f} ms of {len(watch.latencies)}; {response.elapsed.total_seconds():.2f} s")
+        assert grew < RSS_BUDGET, f"peak RSS grew by {grew / MB:.0f} MB"
+        if slowest < HEALTHZ_BUDGET_S:
+            return
+    pytest.fail(f"/healthz took {slowest * 1000:.0f} ms under load, in each of {ATTEMPTS} attempts")
+
+
+def test_an_image_over_the_pixel_limit_gets_413_before_it_is_decoded(resizing_server):
+    process, base = resizing_server
+    huge = png_of(np.zeros((13000, 13000), dtype=np.uint8))
+    response = httpx.post(f"{base}/elbo", files=[("files", ("huge.png", huge, "image/png"))], timeout=60)
+    assert response.status_code == 413
+    assert response.json()["error"] == (
+        "huge.png: is 13000x13000 = 169000000 pixels; this model takes at most 16777216 (256 times its 10x12 input, "
+        "and at least 16777216)"
+    )
