@@ -20,7 +20,7 @@ from tests.service.test_load import start_server, stop
 MB = 1024 * 1024
 RSS_BUDGET = 512 * MB
 HEALTHZ_BUDGET_S = 0.100
-ATTEMPTS = 3  # a measurement that misses the latency target is repeated: other jobs share the cores
+ATTEMPTS = 5  # a measurement that misses the latency target is repeated: other jobs share the cores
 DIGIT = [float(v) for v in range(16)] * 4
 
 
