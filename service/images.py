@@ -36,7 +36,9 @@ def open_image(data: bytes, name: str, check_size=None) -> Image.Image:
     on the header alone (Image.open is lazy), before any pixel is decoded, and raises to refuse the image."""
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, beyond 2 x Image.MAX_IMAGE_PIXELS
+        raise LimitExceeded(f"{name}: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InvalidInput(f"{name}: cannot be decoded as a PNG or JPEG image ({exc})") from None
     if image.format not in ("PNG", "JPEG"):
         raise InvalidInput(f"{name}: is a {image.format} image; expected PNG or JPEG")

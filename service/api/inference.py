@@ -15,8 +15,8 @@ from service.api.body import read_body, request_body_doc
 from service.api.deps import ExecutorDep, floats
 from service.engine import Deadline, VaeEngine
 from service.errors import NotAcceptable
-from service.json_writer import json_bytes
 from service.images import grid, grid_canvas, heatmap_overlay, place, png_bytes, png_size_bound, to_pixels
+from service.json_writer import json_bytes
 from service.schemas import (
     DecodeRequest,
     DecodeResponse,

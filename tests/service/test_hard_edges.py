@@ -453,3 +453,11 @@ def test_a_large_binary_oip_answer_is_streamed_with_its_lengths(digits_client):
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 4000 * 64 * 8}
     data = np.frombuffer(binary.content[length:], dtype="<f8")
     np.testing.assert_array_equal(data, as_json["outputs"][0]["data"])
+
+
+def test_an_image_beyond_pillows_own_bomb_limit_gets_413(monkeypatch):
+    spec = SimpleNamespace(channels=1, height=8, width=8, resize=True, max_value=255.0)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice this
+    with pytest.raises(LimitExceeded) as raised:
+        decode_upload(png_of(np.zeros((50, 50), dtype=np.uint8)), "big.png", spec)
+    assert raised.value.message.startswith("big.png: Image size (2500 pixels) exceeds limit of 2000 pixels")
