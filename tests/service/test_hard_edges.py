@@ -19,7 +19,7 @@ from PIL import Image, ImageFile
 from service import inputs, scoring
 from service.api import body as body_module
 from service.artifact import load_artifact
-from service.client import VaeClient, answer_bytes
+from service.client import VaeClient, VaeHTTPError, answer_bytes
 from service.engine import Deadline, VaeEngine
 from service.errors import InvalidInput, LimitExceeded, Timeout
 from service.images import decode_upload
@@ -425,9 +425,9 @@ def test_the_clients_retries_end_at_the_retry_deadline():
     vae = VaeClient("http://testserver", transport=httpx.MockTransport(handle), max_retries=100,
                     retry_deadline_s=10.0, sleep=sleep, clock=lambda: now[0])
     vae._card = {"limits": {}}
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(VaeHTTPError) as raised:
         vae.encode(np.zeros((1, 64)))
-    assert raised.value.status_code == 503
+    assert (raised.value.status_code, raised.value.code, raised.value.message) == (503, "timeout", "busy")
     assert attempts == [0.0, 4.0, 8.0]  # a fourth attempt would start at 12 s, past the 10 s deadline
 
 
