@@ -6,8 +6,9 @@ result. The two clients only run plans, one with an `httpx.Client`, the other wi
 so request building, batching, retries and parsing exist once.
 
 - **Batching.** A batch is sent in requests no larger than the server's limits (`GET /v1/model`:
-  `max_instances`, and `max_draws` over the draws per row) nor than `max_body_bytes`, and the answers are
-  concatenated in order. Each request's instances travel as one `.npy` body (`application/x-npy`, options in the
+  `max_instances`, and `max_draws` over the draws per row) nor than `max_body_bytes`, and whose answers stay
+  within `max_response_bytes` (bounded with the server's own arithmetic, service/json_writer.py), and the
+  answers are concatenated in order. Each request's instances travel as one `.npy` body (`application/x-npy`, options in the
   query string): 8 bytes a number against ~20 in JSON, and no JSON parsing on the server.
 - **Seeds.** /sample and /elbo always send a seed; the client draws one when the call gives none. Request i
   of a split call carries `seed + i`, as `vae score` scores chunk i. A split call therefore equals the
@@ -17,7 +18,8 @@ so request building, batching, retries and parsing exist once.
   fixed by the client), so every call is idempotent: 503s and connection errors are retried with
   exponential back-off and jitter, waiting as long as a `Retry-After` header says when there is one.
   Connection failures include timeouts: the default timeout (60 s) outlasts the server's own (30 s),
-  which answers 503.
+  which answers 503. Retries end at `max_retries`, or when the next one would start more than
+  `retry_deadline_s` after the first attempt, whichever comes first: one slow call cannot run on for minutes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ T = TypeVar("T")
 NPY = "application/x-npy"
 DEFAULT_MAX_BATCH = 1024  # rows per request when GET /v1/model does not state max_instances
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_BODY_BYTES (not in /v1/model)
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_RESPONSE_BYTES
+# The server's bound of a JSON answer (service/json_writer.py; a test pins the two together): 25 bytes per
+# number with its comma, 3 per list, and 1024 for the keys and scalars.
+ANSWER_NUMBER_BYTES = 25
+ANSWER_OVERHEAD_BYTES = 1024
 NPY_HEADER_BYTES = 256  # room for the .npy header in a body budget (np.save writes 128)
 JSON_NUMBER_BYTES = 32  # the most one float64 takes in a JSON body, with its separator
 RETRY_STATUSES = frozenset({503})  # model_not_ready while loading or draining, timeout under load
@@ -206,6 +213,15 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def answer_bytes(rows: int, row_shapes: list[tuple[int, ...]]) -> int:
+    """The server's bound of a JSON answer holding, per row of the request, arrays shaped row_shapes."""
+    total = ANSWER_OVERHEAD_BYTES
+    for shape in row_shapes:
+        lists = 1 + rows * sum(math.prod(shape[:k]) for k in range(len(shape)))
+        total += ANSWER_NUMBER_BYTES * rows * math.prod(shape) + 3 * lists
+    return total
+
+
 def _concat(answers: list[dict], key: str, dtype: type = np.float64) -> np.ndarray:
     return np.concatenate([np.asarray(answer[key], dtype=dtype) for answer in answers])
 
@@ -224,12 +240,15 @@ class _Client:
         timeout: float = 60.0,
         max_batch: int | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_retries: int = 4,
+        retry_deadline_s: float = 120.0,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
         http_client: httpx.Client | httpx.AsyncClient | None = None,
         sleep: Callable[[float], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise VaeInputError(f"max_batch: expected at least 1 row per request, got {max_batch}")
@@ -240,7 +259,10 @@ class _Client:
         self.base_url = base_url.rstrip("/")
         self.max_batch = max_batch
         self.max_body_bytes = max_body_bytes
+        self.max_response_bytes = max_response_bytes
         self.max_retries = max_retries
+        self.retry_deadline_s = retry_deadline_s
+        self._clock = clock
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -264,15 +286,16 @@ class _Client:
     def _exchange(self, request: httpx.Request, retries: int | None = None) -> Plan[httpx.Response]:
         """Send a request, retrying 503s and connection failures; the last response, whatever its status."""
         retries = self.max_retries if retries is None else retries
+        deadline = self._clock() + self.retry_deadline_s
         for attempt in range(retries + 1):
             try:
                 response = yield request
             except RETRY_ERRORS as exc:
-                if attempt == retries:
+                delay = self._backoff(attempt)
+                if attempt == retries or self._clock() + delay > deadline:
                     raise VaeConnectionError(
                         f"{request.method} {request.url}: {type(exc).__name__}: {exc} (after {attempt + 1} attempts)"
                     ) from exc
-                delay = self._backoff(attempt)
             except httpx.TransportError as exc:  # a bad URL or protocol: no retry can help
                 raise VaeConnectionError(f"{request.method} {request.url}: {type(exc).__name__}: {exc}") from exc
             else:
@@ -280,6 +303,8 @@ class _Client:
                     return response
                 delay = _retry_after(response)
                 delay = self._backoff(attempt) if delay is None else delay
+                if self._clock() + delay > deadline:  # the next attempt would start past the deadline
+                    return response
             yield _Pause(delay)
         raise AssertionError("unreachable")
 
@@ -305,13 +330,17 @@ class _Client:
             return response.status_code == 200
         raise _http_error(response)
 
-    def _rows_per_request(self, card: dict, draws_per_row: int, bytes_per_row: int) -> int:
+    def _rows_per_request(self, card: dict, draws_per_row: int, bytes_per_row: int,
+                          answer_rows: list[tuple[int, ...]]) -> int:
         limits = card.get("limits") or {}
         budget = min(self.max_body_bytes, limits.get("max_body_bytes", math.inf)) - NPY_HEADER_BYTES
+        answer_budget = min(self.max_response_bytes, limits.get("max_response_bytes", math.inf))
+        per_answer_row = answer_bytes(1, answer_rows) - answer_bytes(0, answer_rows)
         caps = [
             self.max_batch or math.inf,
             limits.get("max_instances", DEFAULT_MAX_BATCH),
             budget // max(bytes_per_row, 1),
+            (answer_budget - answer_bytes(0, answer_rows)) // max(per_answer_row, 1),
         ]
         if draws_per_row > 0 and "max_draws" in limits:
             caps.append(limits["max_draws"] // draws_per_row)
@@ -325,18 +354,19 @@ class _Client:
         draws_per_row: int = 0,
         seed: int | None = None,
         json_field: str | None = None,
+        answer_rows: Callable[[dict], list[tuple[int, ...]]] = lambda card: [],
     ) -> Plan[list[dict]]:
         """POST rows in requests within the limits, request i with seed + i; the answers in order.
 
         Rows go as a .npy body with the options in the query string, or, for a JSON-only endpoint, as the
-        body's `json_field`.
+        body's `json_field`. answer_rows(card): the shapes of the arrays the answer holds per row.
         """
         per_number = JSON_NUMBER_BYTES if json_field else rows.itemsize
         # Each answer names the model version that gave it (X-Model-Version). A call split over several
         # requests must come from one version: if the model was reloaded in between, ask again, once.
         for attempt in range(2):
             card = yield from self._model(fresh=attempt > 0)  # a new model may come with new limits
-            size = self._rows_per_request(card, draws_per_row, per_number * math.prod(rows.shape[1:]))
+            size = self._rows_per_request(card, draws_per_row, per_number * math.prod(rows.shape[1:]), answer_rows(card))
             answers, versions = [], set()
             for i, chunk in enumerate(_chunks(len(rows), size)):
                 chunk_options = options if seed is None else options | {"seed": seed + i}
@@ -358,7 +388,9 @@ class _Client:
         )
 
     def _encode(self, x: ArrayLike) -> Plan[Encoded]:
-        answers = yield from self._post_rows("/encode", _batch(x, "x"), {})
+        answers = yield from self._post_rows(
+            "/encode", _batch(x, "x"), {}, answer_rows=lambda card: [(card.get("latent_dim", 0),)] * 3
+        )
         return Encoded(_concat(answers, "mu"), _concat(answers, "sigma"), _concat(answers, "logvar"))
 
     def _sample(self, x: ArrayLike | None, n_samples: int, seed: int | None, decode: bool) -> Plan[Sampled]:
@@ -367,11 +399,17 @@ class _Client:
         if x is None:
             answers = [(yield from self._answer(self._request("POST", "/sample", json=options | {"seed": seed})))]
         else:
-            answers = yield from self._post_rows("/sample", _batch(x, "x"), options, n_samples, seed)
+            answers = yield from self._post_rows(
+                "/sample", _batch(x, "x"), options, n_samples, seed,
+                answer_rows=lambda card: [(n_samples, card.get("latent_dim", 0))]
+                + ([(n_samples, *card.get("input_shape", []))] if decode else []),
+            )
         return Sampled(_concat(answers, "z"), _concat(answers, "x") if decode else None, answers[0]["seed"])
 
     def _decode(self, z: ArrayLike) -> Plan[np.ndarray]:
-        answers = yield from self._post_rows("/decode", _batch(z, "z"), {}, json_field="z")
+        answers = yield from self._post_rows(
+            "/decode", _batch(z, "z"), {}, json_field="z", answer_rows=lambda card: [tuple(card.get("input_shape", []))]
+        )
         return _concat(answers, "x")
 
     def _elbo(
@@ -392,7 +430,10 @@ class _Client:
             "n_samples": n_samples, "iw_samples": iw_samples, "feature_scores": feature_scores,
             "threshold": threshold, "fpr": fpr,
         }
-        answers = yield from self._post_rows("/elbo", rows, options, n_samples + k, seed)
+        answers = yield from self._post_rows(
+            "/elbo", rows, options, n_samples + k, seed,
+            answer_rows=lambda card: [()] * 7 + ([tuple(card.get("input_shape", []))] if feature_scores else []),
+        )
         first = answers[0]
         return ElboResult(
             elbo=_concat(answers, "elbo"),
@@ -421,12 +462,16 @@ class VaeClient(_Client):
         max_batch: at most this many rows per request; the server's `max_instances` and `max_draws`
             (GET /v1/model) and `max_body_bytes` cap it further. Without any of them: 1024.
         max_body_bytes: the server's VAE_MAX_BODY_BYTES (or a proxy's body limit), when not the default 64 MiB.
+        max_response_bytes: the server's VAE_MAX_RESPONSE_BYTES when GET /v1/model does not say it and it is not
+            the default 64 MiB; the larger of the two is never used.
         max_retries: retries of a 503 or a connection failure; 0 turns retries off.
+        retry_deadline_s: no retry starts later than this many seconds after a request's first attempt.
         backoff_s, max_backoff_s: retry k waits between half and all of min(max_backoff_s, backoff_s * 2^k)
             seconds, or what the response's Retry-After says.
         transport: an httpx transport for the client's own httpx.Client (tests: httpx.MockTransport).
         http_client: an httpx.Client to use instead (not closed by close()).
         sleep: how to wait between retries (tests inject a recorder).
+        clock: the monotonic clock retry_deadline_s is measured on (tests inject a fake).
 
     Raises VaeHTTPError for an error answer, VaeConnectionError when the server cannot be reached, and
     VaeInputError for arguments refused before sending.

@@ -7,13 +7,15 @@ back to raw units.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from service import scoring
 from service.artifact import Manifest
-from service.errors import InvalidInput, LimitExceeded
+from service.errors import InvalidInput, LimitExceeded, Timeout
 from service.runtime import Runtime
 
 # Raw values may sit this far outside a bernoulli model's data range and still count as inside it
@@ -27,6 +29,41 @@ class Limits:
     max_samples: int = 10_000  # n_samples in one request
     max_iw_samples: int = 10_000  # iw_samples (K) in one request
     max_draws: int = 1_000_000  # instances x (n_samples + iw_samples): the decoder rows one request may cost
+    max_response_bytes: int = 64 * 1024 * 1024  # the largest answer, bounded before any work is done
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request's work must stop. The engine checks it between decoder chunks, so the work of a
+    request that has timed out ends at the next chunk instead of running to the end for nobody."""
+
+    at: float  # time.monotonic()
+    timeout_s: float  # the timeout it was set from, for the message
+
+    @classmethod
+    def after(cls, timeout_s: float) -> Deadline:
+        return cls(time.monotonic() + timeout_s, timeout_s)
+
+    @staticmethod
+    def latest(deadlines: Iterable[Deadline | None]) -> Deadline | None:
+        """The deadline of work shared by several requests: it may stop only once all of them have given up."""
+        known = list(deadlines)
+        return None if not known or None in known else max(known, key=lambda d: d.at)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def error(self) -> Timeout:
+        return Timeout(f"the request did not finish within {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)")
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise self.error()
+
+
+def checker(deadline: Deadline | None):
+    """What the chunked loops call between chunks: deadline.check, or nothing without a deadline."""
+    return deadline.check if deadline is not None else None
 
 
 def new_seed() -> int:
@@ -128,7 +165,7 @@ class VaeEngine:
         return self.manifest.preprocessing.to_raw(flat).reshape(mean.shape)
 
     # --- limits -------------------------------------------------------------------------------------------
-    def _check_draws(self, batch: int, n_samples: int, iw_samples: int = 0) -> None:
+    def check_draws(self, batch: int, n_samples: int, iw_samples: int = 0) -> None:
         if n_samples > self.limits.max_samples:
             raise InvalidInput(f"n_samples: {n_samples} exceeds the limit of {self.limits.max_samples} (VAE_MAX_SAMPLES)")
         if iw_samples > self.limits.max_iw_samples:
@@ -154,26 +191,50 @@ class VaeEngine:
         mu, logvar = self.runtime.encode(self.to_model(x_raw))
         return Encoded(mu, logvar)
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        """z (B, d) -> mean of p(x|z) in raw units, (B, *input_shape)."""
-        return self.mean_to_raw(self.runtime.decode(z.astype(np.float32)))
+    def decode_chunks(
+        self, z: np.ndarray, deadline: Deadline | None = None, chunk_rows: int = scoring.DECODE_CHUNK_ROWS
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """z (N, d) -> (first row, mean of p(x|z) in raw units (rows, *input_shape)), `chunk_rows` rows at a
+        time: the decoder's memory stays bounded however many rows, and the deadline is checked between chunks."""
+        for start in range(0, len(z), chunk_rows):
+            if deadline is not None:
+                deadline.check()
+            x = self.mean_to_raw(self.runtime.decode(z[start : start + chunk_rows].astype(np.float32)))
+            if not np.all(np.isfinite(x)):
+                row = start + int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0, 0])
+                raise InvalidInput(
+                    f"z[{row}]: decoding it overflows (the decoder's output is not finite); latent vectors this "
+                    "far from the prior N(0, I) cannot be decoded"
+                )
+            yield start, x
 
-    def encode_batch(self, xs: list[np.ndarray]) -> list[Encoded]:
+    def decode(self, z: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:
+        """z (B, d) -> mean of p(x|z) in raw units, (B, *input_shape), decoded in bounded chunks."""
+        out = np.empty([len(z), *self._shape], dtype=np.float64)
+        for start, x in self.decode_chunks(z, deadline):
+            out[start : start + len(x)] = x
+        return out
+
+    def encode_batch(self, xs: list[np.ndarray], deadline: Deadline | None = None) -> list[Encoded]:
         """Model-space inputs of many requests (from to_model) -> one encoder call -> one result each."""
+        if deadline is not None:
+            deadline.check()
         mu, logvar = self.runtime.encode(np.concatenate(xs))
         bounds = np.cumsum([0] + [len(x) for x in xs])
         return [Encoded(mu[a:b], logvar[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def decode_batch(self, zs: list[np.ndarray]) -> list[np.ndarray]:
-        """Latent vectors of many requests -> one decoder call -> raw-unit means, one array each."""
-        x = self.decode(np.concatenate(zs))
+    def decode_batch(self, zs: list[np.ndarray], deadline: Deadline | None = None) -> list[np.ndarray]:
+        """Latent vectors of many requests -> shared decoder calls -> raw-unit means, one array each."""
+        x = self.decode(np.concatenate(zs), deadline)
         bounds = np.cumsum([0] + [len(z) for z in zs])
         return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def sample(self, x_raw: np.ndarray | None, n_samples: int, seed: int | None, decode: bool) -> Sampled:
+    def sample(
+        self, x_raw: np.ndarray | None, n_samples: int, seed: int | None, decode: bool, deadline: Deadline | None = None
+    ) -> Sampled:
         """z = mu + sigma * eps for each instance, or n draws from the prior N(0, I) when x_raw is None."""
         batch = 1 if x_raw is None else len(x_raw)
-        self._check_draws(batch, n_samples)
+        self.check_draws(batch, n_samples)
         d = self.manifest.latent_dim
         eps, seed = self._noise(seed, (batch, n_samples, d))
         if x_raw is None:
@@ -183,12 +244,12 @@ class VaeEngine:
             z = scoring.reparameterize(encoded.mu, encoded.logvar, eps)
         x = None
         if decode:
-            x = self.decode(z.reshape(batch * n_samples, d)).reshape([batch, n_samples, *self._shape])
+            x = self.decode(z.reshape(batch * n_samples, d), deadline).reshape([batch, n_samples, *self._shape])
         return Sampled(z, x, seed)
 
-    def elbo(self, *args, **kwargs) -> Scored:
+    def elbo(self, *args, deadline: Deadline | None = None, **kwargs) -> Scored:
         """One /elbo request, alone: prepare_elbo(...) then elbo_batch. Takes prepare_elbo's arguments."""
-        return self.elbo_batch([self.prepare_elbo(*args, **kwargs)])[0]
+        return self.elbo_batch([self.prepare_elbo(*args, **kwargs)], deadline)[0]
 
     def prepare_elbo(
         self,
@@ -209,7 +270,7 @@ class VaeEngine:
         scoring_config = self.manifest.scoring
         if iw_samples is None:
             iw_samples = scoring_config.iw_samples if scoring_config else 1
-        self._check_draws(len(x_raw), n_samples, iw_samples)
+        self.check_draws(len(x_raw), n_samples, iw_samples)
         if scoring_config:
             threshold = self.resolve_threshold(threshold, fpr)
         return PreparedElbo(
@@ -217,12 +278,14 @@ class VaeEngine:
             n_samples, iw_samples, new_seed() if seed is None else seed, feature_scores, threshold,
         )
 
-    def elbo_batch(self, requests: list[PreparedElbo]) -> list[Scored]:
+    def elbo_batch(self, requests: list[PreparedElbo], deadline: Deadline | None = None) -> list[Scored]:
         """Score many requests with one encoder call and shared decoder calls; each keeps its own noise.
 
         Every request's numbers are those it gets alone: its noise comes from its own seed, and each draw's
         log-likelihood depends only on its own input and z.
         """
+        if deadline is not None:
+            deadline.check()
         d, likelihood, jacobian = self.manifest.latent_dim, self.manifest.likelihood, self.manifest.log_jacobian
         x = np.concatenate([r.x for r in requests])
         mu, logvar = self.runtime.encode(x.reshape([len(x), *self._shape]).astype(np.float32))
@@ -244,7 +307,7 @@ class VaeEngine:
         want_features = any(r.feature_scores for r in requests)
         log_px, features = scoring.log_likelihood_rows(
             x, np.concatenate(owners), np.concatenate(zs), self.runtime.decode, likelihood,
-            np.concatenate(marks) if want_features else None,
+            np.concatenate(marks) if want_features else None, check=checker(deadline),
         )
         results = []
         for r, (rows, start, z_iw, eps_iw) in zip(requests, plans):

@@ -68,3 +68,10 @@ class ArtifactError(Exception):
 
     Its message is one line naming the directory or file and the problem, fit to stop start-up with.
     """
+
+
+class UnsupportedMediaType(ServiceError):
+    """A body in a Content-Type the route does not take (text/plain is not read as JSON: no CSRF without preflight)."""
+
+    status_code = 415
+    code = "unsupported_media_type"

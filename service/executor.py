@@ -1,5 +1,11 @@
-"""Runs the engine's work off the event loop: through the micro-batchers when batching is on, with a
-per-request timeout either way. The routes await these methods; the engine stays synchronous."""
+"""Runs the engine's work off the event loop: through the micro-batchers when batching is on, within the
+request's deadline either way. The routes await these methods; the engine stays synchronous.
+
+A request's deadline (VAE_REQUEST_TIMEOUT_S from its arrival) covers everything done for it in the worker
+pool: parsing its body, decoding its images, the inference and building a large answer. When it passes the
+request gets its 503 at once, and the engine, which checks the same deadline between decoder chunks, stops
+the work at the next chunk.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,14 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 from service.batching import MicroBatcher
-from service.engine import PreparedElbo, Encoded, Scored, VaeEngine
-from service.errors import Timeout
+from service.engine import Deadline, PreparedElbo, Encoded, Scored, VaeEngine
 from service.observability import Metrics
 from service.settings import Settings
+
+
+def _sharing_deadline(run_batch: Callable[..., list[Any]]) -> Callable[[list[tuple[Any, Deadline | None]]], list[Any]]:
+    """run_batch over (item, deadline) pairs: a batch's work stops only once every request in it has given up."""
+    return lambda pairs: run_batch([item for item, _ in pairs], Deadline.latest(d for _, d in pairs))
 
 
 class Executor:
@@ -27,36 +37,47 @@ class Executor:
                 ("/elbo", engine.elbo_batch), ("/encode", engine.encode_batch), ("/decode", engine.decode_batch)
             ):
                 self._batchers[endpoint] = MicroBatcher(
-                    run, settings.max_batch_size, settings.max_batch_delay_ms / 1000.0, _observer(metrics, endpoint)
+                    _sharing_deadline(run), settings.max_batch_size, settings.max_batch_delay_ms / 1000.0,
+                    _observer(metrics, endpoint),
                 )
 
-    async def _run(self, endpoint: str, run_one: Callable[[list[Any]], list[Any]], item: Any, size: int,
-                   state: dict | None) -> Any:
-        batcher = self._batchers.get(endpoint)
-        work = batcher.submit(item, size, state) if batcher else run_in_threadpool(lambda: run_one([item])[0])
-        if batcher is None and state is not None:
-            state["batch_size"] = size
-        return await self._within_timeout(work)
+    def deadline(self) -> Deadline:
+        """A new request's deadline: VAE_REQUEST_TIMEOUT_S from now."""
+        return Deadline.after(self.timeout_s)
 
-    async def _within_timeout(self, work) -> Any:
+    async def _run(self, endpoint: str, run_one: Callable[..., list[Any]], item: Any, size: int,
+                   state: dict | None, deadline: Deadline | None) -> Any:
+        deadline = deadline or self.deadline()
+        batcher = self._batchers.get(endpoint)
+        if batcher is not None:
+            work = batcher.submit((item, deadline), size, state)
+        else:
+            work = run_in_threadpool(lambda: run_one([item], deadline)[0])
+            if state is not None:
+                state["batch_size"] = size
+        return await self._within(work, deadline)
+
+    async def _within(self, work, deadline: Deadline) -> Any:
         try:
-            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+            async with asyncio.timeout(deadline.remaining()):  # no extra task, unlike wait_for
                 return await work
         except TimeoutError:
-            raise Timeout(f"the request did not finish within {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)") from None
+            raise deadline.error() from None
 
-    async def elbo(self, request: PreparedElbo, state: dict | None = None) -> Scored:
-        return await self._run("/elbo", self.engine.elbo_batch, request, len(request.x), state)
+    async def elbo(self, request: PreparedElbo, state: dict | None = None, deadline: Deadline | None = None) -> Scored:
+        return await self._run("/elbo", self.engine.elbo_batch, request, len(request.x), state, deadline)
 
-    async def encode(self, x_model: np.ndarray, state: dict | None = None) -> Encoded:
-        return await self._run("/encode", self.engine.encode_batch, x_model, len(x_model), state)
+    async def encode(self, x_model: np.ndarray, state: dict | None = None, deadline: Deadline | None = None) -> Encoded:
+        return await self._run("/encode", self.engine.encode_batch, x_model, len(x_model), state, deadline)
 
-    async def decode(self, z: np.ndarray, state: dict | None = None) -> np.ndarray:
-        return await self._run("/decode", self.engine.decode_batch, z, len(z), state)
+    async def decode(self, z: np.ndarray, state: dict | None = None, deadline: Deadline | None = None) -> np.ndarray:
+        return await self._run("/decode", self.engine.decode_batch, z, len(z), state, deadline)
 
-    async def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Unbatched work (sampling, heatmaps) in the thread pool, under the same timeout."""
-        return await self._within_timeout(run_in_threadpool(fn, *args, **kwargs))
+    async def call(self, fn: Callable, *args: Any, deadline: Deadline | None = None, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs) in the thread pool, awaited until the deadline (a new one when not given): unbatched
+        work (sampling, heatmaps), parsing large bodies, decoding images, building large answers. Work that
+        should stop at the deadline takes it among its own arguments."""
+        return await self._within(run_in_threadpool(fn, *args, **kwargs), deadline or self.deadline())
 
     async def close(self) -> None:
         for batcher in self._batchers.values():

@@ -11,10 +11,15 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, LimitExceeded
 
 # Pillow's modes that hold one channel; anything else is converted to RGB when 3 channels are wanted.
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}
+# The decompression-bomb limit of a model that resizes its inputs: this many times its own input size, but
+# never below MIN_MAX_PIXELS (an ordinary photo for a small model). Decoding one image at the limit costs
+# at most 4 bytes a pixel: 67 MB at 4096 x 4096.
+MAX_PIXELS_PER_INPUT_PIXEL = 256
+MIN_MAX_PIXELS = 4096 * 4096
 
 
 def image_to_array(image: Image.Image, channels: int, size: tuple[int, int] | None) -> np.ndarray:
@@ -26,25 +31,51 @@ def image_to_array(image: Image.Image, channels: int, size: tuple[int, int] | No
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def open_image(data: bytes, name: str) -> Image.Image:
-    """Decode PNG or JPEG bytes fully (so a truncated file fails here, not later)."""
+def open_image(data: bytes, name: str, check_size=None) -> Image.Image:
+    """Decode PNG or JPEG bytes fully (so a truncated file fails here, not later). `check_size(image)` runs
+    on the header alone (Image.open is lazy), before any pixel is decoded, and raises to refuse the image."""
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, beyond 2 x Image.MAX_IMAGE_PIXELS
+        raise LimitExceeded(f"{name}: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InvalidInput(f"{name}: cannot be decoded as a PNG or JPEG image ({exc})") from None
     if image.format not in ("PNG", "JPEG"):
         raise InvalidInput(f"{name}: is a {image.format} image; expected PNG or JPEG")
+    if check_size is not None:
+        check_size(image)
+    try:
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"{name}: cannot be decoded as a PNG or JPEG image ({exc})") from None
     return image
 
 
+def max_pixels(spec) -> int:
+    """The largest upload, in pixels, a model takes: its own size when it does not resize, else the bomb limit."""
+    own = spec.height * spec.width
+    return max(MAX_PIXELS_PER_INPUT_PIXEL * own, MIN_MAX_PIXELS) if spec.resize else own
+
+
 def decode_upload(data: bytes, name: str, spec) -> np.ndarray:
-    """An uploaded image -> (C*H*W,) raw model units, converted as training did. spec: the manifest's ImageSpec."""
-    image = open_image(data, name)
-    if not spec.resize and (image.height, image.width) != (spec.height, spec.width):
-        raise InvalidInput(
-            f"{name}: is {image.width}x{image.height} pixels; the model takes {spec.width}x{spec.height} (width x height)"
-        )
+    """An uploaded image -> (C*H*W,) raw model units, converted as training did. spec: the manifest's ImageSpec.
+
+    Its size is checked from the header before any pixel is decoded."""
+
+    def check_size(image: Image.Image) -> None:
+        if not spec.resize and (image.height, image.width) != (spec.height, spec.width):
+            raise InvalidInput(
+                f"{name}: is {image.width}x{image.height} pixels; the model takes {spec.width}x{spec.height} "
+                "(width x height)"
+            )
+        if image.width * image.height > max_pixels(spec):
+            raise LimitExceeded(
+                f"{name}: is {image.width}x{image.height} = {image.width * image.height} pixels; this model takes "
+                f"at most {max_pixels(spec)} ({MAX_PIXELS_PER_INPUT_PIXEL} times its {spec.width}x{spec.height} "
+                f"input, and at least {MIN_MAX_PIXELS})"
+            )
+
+    image = open_image(data, name, check_size)
     pixels = image_to_array(image, spec.channels, (spec.height, spec.width))
     return (pixels.reshape(-1) * (spec.max_value / 255.0)).astype(np.float64)
 
@@ -52,6 +83,32 @@ def decode_upload(data: bytes, name: str, spec) -> np.ndarray:
 def to_pixels(raw: np.ndarray, max_value: float) -> np.ndarray:
     """Raw units -> uint8 pixels."""
     return np.clip(np.rint(raw * (255.0 / max_value)), 0, 255).astype(np.uint8)
+
+
+def grid_canvas(rows: int, cols: int, channels: int, height: int, width: int) -> np.ndarray:
+    """An empty grid of rows x cols images, (C, rows*H, cols*W) uint8, for place() to fill chunk by chunk."""
+    return np.zeros((channels, rows * height, cols * width), dtype=np.uint8)
+
+
+def place(canvas: np.ndarray, first: int, images: np.ndarray, cols: int) -> None:
+    """Write images (N, C, H, W) into the canvas at grid cells first, first + 1, ... (row by row, `cols` a row),
+    through a view: no copy of the whole grid, one assignment per grid row touched."""
+    channels, _, _ = canvas.shape
+    height, width = images.shape[2:]
+    cells = canvas.reshape(channels, -1, height, cols, width).transpose(1, 3, 0, 2, 4)  # (rows, cols, C, H, W)
+    done = 0
+    while done < len(images):
+        row, col = divmod(first + done, cols)
+        take = min(cols - col, len(images) - done)
+        cells[row, col : col + take] = images[done : done + take]
+        done += take
+
+
+def png_size_bound(channels: int, height: int, width: int) -> int:
+    """The most bytes a PNG of these pixels can take: the rows raw (a filter byte each), as zlib stores data it
+    cannot compress (deflateBound: about 1/4096 more), in IDAT chunks (12 bytes per 64 KiB), and the headers."""
+    raw = height * (1 + width * channels)
+    return raw + raw // 1024 + 4096
 
 
 def grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -12,16 +12,19 @@ docs/protocol/extension_binary_data.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from service.errors import InvalidInput, MalformedRequest
-from service.inputs import as_float_array
+from service.errors import InvalidInput, LimitExceeded, MalformedRequest
+from service.inputs import FLOAT32_MAX, as_float_array, json_value_bound
+from service.json_writer import CHUNK_BYTES, JSON_NUMBER_BYTES, JSON_OVERHEAD_BYTES, chunks, json_parts, write_json
 
 HEADER_LENGTH = "inference-header-content-length"
+BINARY = "application/octet-stream"  # the media type of a body, or an answer, with binary tensor data
 # The input datatypes taken, as little-endian numpy types; every float output is FP64 (what the native API computes).
 INPUT_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 OUTPUT_TYPES = {"FP64": np.dtype("<f8"), "BOOL": np.dtype(np.bool_)}
@@ -57,10 +60,12 @@ class InferenceRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview | None]:
-    """The JSON header (parsed) and the binary data after it; None without Inference-Header-Content-Length."""
+def split_body(body: bytes | memoryview, header_length: str | None, max_values: int) -> tuple[Any, memoryview | None]:
+    """The JSON header (parsed) and the binary data after it; None without Inference-Header-Content-Length.
+
+    The header is measured before it is parsed: more than max_values JSON values gets 413."""
     if header_length is None:
-        return _json(body), None
+        return _json(body, max_values), None
     if not header_length.strip().isdigit():
         raise MalformedRequest(
             f"Inference-Header-Content-Length: expected the JSON header's length in bytes, got {header_length!r}"
@@ -70,10 +75,17 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview 
         raise MalformedRequest(
             f"Inference-Header-Content-Length: {length} bytes of JSON header, but the body has only {len(body)} bytes"
         )
-    return _json(body[:length]), memoryview(body)[length:]
+    return _json(body[:length], max_values), memoryview(body)[length:]
 
 
-def _json(header: bytes) -> Any:
+def _json(header: bytes | memoryview, max_values: int) -> Any:
+    values = json_value_bound(header)
+    if values > max_values:
+        raise LimitExceeded(
+            f"the inference header holds up to {values} JSON values; a request to this model takes at most "
+            f"{max_values} (twice VAE_MAX_INSTANCES x the values per instance): send fewer instances per request, "
+            "or the tensors as binary data"
+        )
     try:
         return orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -132,8 +144,13 @@ def _from_json(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
             f"{tensor.name}: data nested as {list(array.shape)} does not match shape {tensor.shape}; "
             "send it flat in row-major order or nested as the shape"
         )
-    with np.errstate(over="ignore"):  # an FP32 overflow becomes inf, which the model's checks refuse by name
-        return array.astype(dtype).reshape(tensor.shape)
+    if dtype.itemsize == 4 and np.any(np.abs(array) > FLOAT32_MAX):  # cast, it would become inf
+        index = int(np.argwhere(np.abs(array.reshape(-1)) > FLOAT32_MAX)[0, 0])
+        raise InvalidInput(
+            f"{tensor.name}: element {index} is {array.reshape(-1)[index]:g}, beyond FP32, the tensor's datatype "
+            f"(largest magnitude {FLOAT32_MAX:g})"
+        )
+    return array.astype(dtype).reshape(tensor.shape)
 
 
 def _from_bytes(tensor: RequestInput, dtype: np.dtype, chunk: memoryview) -> np.ndarray:
@@ -148,6 +165,43 @@ def _from_bytes(tensor: RequestInput, dtype: np.dtype, chunk: memoryview) -> np.
 
 def datatype_of(array: np.ndarray) -> str:
     return "BOOL" if array.dtype == np.bool_ else "FP64"
+
+
+def response_bound(tensors: list[tuple[Any, bool, str]]) -> int:
+    """The most bytes an answer of these (shape, as binary, name) outputs takes: FP64 data as 8 bytes a number
+    binary, or as JSON_NUMBER_BYTES in JSON (BOOL as fewer), and each tensor's own JSON."""
+    total = JSON_OVERHEAD_BYTES
+    for shape, binary, _ in tensors:
+        total += math.prod(shape) * (8 if binary else JSON_NUMBER_BYTES) + 256
+    return total
+
+
+def response_parts(head: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[Iterator[bytes], int | None, int | None]:
+    """The response body of encode_response in chunks, for streaming: (chunks, the body's length when any output
+    is binary, the JSON header's length when any output is binary). Binary data goes a slice at a time."""
+    tensors, binary = [], []
+    for name, array, as_binary in outputs:
+        datatype = datatype_of(array)
+        array = np.ascontiguousarray(array, dtype=OUTPUT_TYPES[datatype])
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if as_binary:
+            binary.append(array.reshape(-1))
+            tensor["parameters"] = {"binary_data_size": array.nbytes}
+        else:
+            tensor["data"] = array.reshape(-1)
+        tensors.append(tensor)
+    if not binary:
+        return chunks(json_parts({**head, "outputs": tensors})), None, None
+    header = write_json({**head, "outputs": tensors})
+
+    def body() -> Iterator[bytes]:
+        yield header
+        for flat in binary:
+            step = max(1, CHUNK_BYTES // flat.itemsize)
+            for start in range(0, len(flat), step):
+                yield flat[start : start + step].tobytes()
+
+    return body(), len(header) + sum(flat.nbytes for flat in binary), len(header)
 
 
 def encode_response(head: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
@@ -166,7 +220,7 @@ def encode_response(head: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> 
         else:
             tensor["data"] = array.reshape(-1)
         tensors.append(tensor)
-    header = orjson.dumps({**head, "outputs": tensors}, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = write_json({**head, "outputs": tensors})
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)

@@ -54,16 +54,20 @@ def log_likelihood_rows(
     likelihood: str,
     feature_rows: np.ndarray | None = None,
     chunk_rows: int = DECODE_CHUNK_ROWS,
+    check: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """ln p(x_owner[n] | z_n) for every draw n: x (B, D) model space, owner (N,) row of x, z (N, d) -> (N,).
 
     With `feature_rows` (N,) bool, also each input's per-feature log-probabilities summed over its
     marked draws, (B, D). Decodes `chunk_rows` draws at a time and gathers x per chunk, so memory stays
-    bounded however many draws there are.
+    bounded however many draws there are. `check`, when given, is called before each chunk and raises to
+    stop the work (a request's deadline).
     """
     out = np.empty(len(z), dtype=np.float64)
     features = np.zeros_like(x, dtype=np.float64) if feature_rows is not None else None
     for start in range(0, len(z), chunk_rows):
+        if check is not None:
+            check()
         stop = min(start + chunk_rows, len(z))
         params = tuple(p.reshape(stop - start, -1) for p in decode(z[start:stop]))
         logp = log_prob_per_feature(x[owner[start:stop]], params, likelihood)  # (rows, D)

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     max_iw_samples: int = Field(10_000, ge=1, description="iw_samples (K) per request")
     max_draws: int = Field(1_000_000, ge=1, description="instances x (n_samples + iw_samples) per request")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body; more gets 413")
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest answer, computed before any work; more gets 413"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request still running after this gets 503")
     drain_delay_s: float = Field(0.0, ge=0, description="after SIGTERM, answer /readyz 503 this long before draining")
     onnx_spinning: bool = Field(False, description="let ONNX Runtime's idle threads spin (burns CPU between calls)")
@@ -44,7 +47,8 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_instances, self.max_samples, self.max_iw_samples, self.max_draws)
+        return Limits(self.max_instances, self.max_samples, self.max_iw_samples, self.max_draws,
+                      self.max_response_bytes)
 
     @property
     def runtime_threads(self) -> int:

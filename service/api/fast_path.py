@@ -20,9 +20,8 @@ from service.api.deps import get_executor, render_error, require_api_key
 from service.executor import Executor
 
 Endpoint = Callable[[Request, Executor], Awaitable[Response]]
-# The routes that read their own body (service/api/body.py). /decode takes a pydantic body that FastAPI
-# parses, and errors in that body are FastAPI's to word, so it stays on the ordinary path.
-ROUTES: dict[str, Endpoint] = {"/elbo": inference.elbo, "/encode": inference.encode}
+# The routes that read their own body (service/api/body.py), so FastAPI's body handling adds nothing.
+ROUTES: dict[str, Endpoint] = {"/elbo": inference.elbo, "/encode": inference.encode, "/decode": inference.decode}
 
 
 class FastPath:

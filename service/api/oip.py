@@ -19,18 +19,23 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
+from service.api.answers import INLINE_BYTES, check_answer
+from service.api.body import JSON, check_media_type, max_json_values, read_raw
 from service.api.deps import EngineDep, LiveDep, render_error
 from service.api.inference import state_of
 from service.artifact import Manifest
+from service.engine import Deadline
 from service.errors import InvalidInput, ServiceError
 from service.executor import Executor
 from service.live_model import LiveModel
-from service.inputs import check_array, parse_latents
-from service.oip_tensors import HEADER_LENGTH, InferenceRequest, encode_response, read_inputs, split_body
+from service.inputs import check_array, check_latents
+from service.oip_tensors import (
+    BINARY, HEADER_LENGTH, InferenceRequest, encode_response, read_inputs, response_bound, response_parts, split_body,
+)
 from service.schemas import ElboRequest, SampleRequest
 
 SERVER_NAME = "vae-service"
@@ -78,14 +83,15 @@ router = APIRouter(tags=["open inference protocol v2"], route_class=ProtocolRout
 
 
 # --- the operations as models -------------------------------------------------------------------------------
-Run = Callable[[Executor, dict[str, np.ndarray], BaseModel | None, bool, dict], Awaitable[tuple[dict, dict]]]
+Run = Callable[[Executor, dict[str, np.ndarray], BaseModel | None, bool, dict, Deadline],
+               Awaitable[tuple[dict, dict]]]
 
 
 @dataclass(frozen=True)
 class Operation:
     inputs: Callable[[Manifest], dict[str, list[int]]]  # input name -> shape, -1 for the batch axis
     outputs: Callable[[Manifest], dict[str, list[int]]]  # output name -> shape, in the order they are returned
-    run: Run  # (executor, inputs, options, x wanted, state) -> (outputs, response parameters)
+    run: Run  # (executor, inputs, options, x wanted, state, deadline) -> (outputs, response parameters)
     options: type[BaseModel] | None = None  # the native request model that validates the parameters
     parameters: tuple[str, ...] = ()  # the native options taken as request parameters
     optional_inputs: tuple[str, ...] = ()
@@ -97,32 +103,33 @@ def _instances(executor: Executor, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return check_array(inputs["instances"], engine.manifest.input_shape, engine.limits.max_instances)
 
 
-async def _encode(executor, inputs, options, wants_x, state):
+async def _encode(executor, inputs, options, wants_x, state, deadline):
     engine = executor.engine
-    encoded = await executor.encode(engine.to_model(_instances(executor, inputs)), state)
+    encoded = await executor.encode(engine.to_model(_instances(executor, inputs)), state, deadline)
     return {"mu": encoded.mu, "logvar": encoded.logvar, "sigma": encoded.sigma}, {}
 
 
-async def _sample(executor, inputs, options, wants_x, state):
+async def _sample(executor, inputs, options, wants_x, state, deadline):
     x_raw = _instances(executor, inputs) if "instances" in inputs else None
     decode = options.decode or wants_x
-    sampled = await executor.call(executor.engine.sample, x_raw, options.n_samples, options.seed, decode)
+    sampled = await executor.call(executor.engine.sample, x_raw, options.n_samples, options.seed, decode, deadline,
+                                  deadline=deadline)
     outputs = {"z": sampled.z} if sampled.x is None else {"z": sampled.z, "x": sampled.x}
     return outputs, {"seed": sampled.seed}
 
 
-async def _decode(executor, inputs, options, wants_x, state):
+async def _decode(executor, inputs, options, wants_x, state, deadline):
     engine = executor.engine
-    z = parse_latents(inputs["z"].tolist(), engine.manifest.latent_dim, engine.limits.max_instances)
-    return {"x": await executor.decode(z, state)}, {}
+    z = check_latents(inputs["z"], engine.manifest.latent_dim, engine.limits.max_instances)
+    return {"x": await executor.decode(z, state, deadline)}, {}
 
 
-async def _elbo(executor, inputs, options, wants_x, state):
+async def _elbo(executor, inputs, options, wants_x, state, deadline):
     prepared = executor.engine.prepare_elbo(
         _instances(executor, inputs), n_samples=options.n_samples, seed=options.seed, iw_samples=options.iw_samples,
         threshold=options.threshold, fpr=options.fpr,
     )
-    scored = await executor.elbo(prepared, state)
+    scored = await executor.elbo(prepared, state, deadline)
     decisions = scored.decisions
     outputs = {
         "elbo": scored.elbo, "reconstruction": scored.reconstruction, "kl": scored.kl,
@@ -319,21 +326,80 @@ async def infer_version(model_name: str, model_version: str, request: Request, l
     return await _infer(model_name, model_version, request, live)
 
 
-async def _infer(model_name: str, version: str | None, request: Request, live: LiveModel) -> Response:
-    executor, manifest = live.executor, live.artifact.manifest
-    op = _served(model_name, version, live)
-    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+@dataclass(frozen=True)
+class Parsed:
+    body: InferenceRequest
+    options: BaseModel | None
+    binary_default: bool
+    wanted: list[tuple[str, bool]] | None
+    inputs: dict[str, np.ndarray]
+
+
+def _parse(raw: bytes | memoryview, header_length: str | None, model_name: str, op: Operation, live: LiveModel) -> Parsed:
+    """Everything about a request's body that can fail before the model runs (in the worker pool when large)."""
+    manifest = live.artifact.manifest
+    header, binary = split_body(raw, header_length, max_json_values(live.engine))
     body = InferenceRequest.model_validate(header)
     options, binary_default = _options(model_name, op, body.parameters)
     _check_input_names(model_name, op, body, manifest)
     wanted = _wanted(model_name, op, body, manifest, binary_default)
-    wants_x = wanted is not None and any(name == "x" for name, _ in wanted)
-    outputs, parameters = await op.run(executor, read_inputs(body.inputs, binary), options, wants_x, state_of(request))
-    chosen = wanted or [(name, binary_default) for name in op.outputs(manifest) if name in outputs]
+    return Parsed(body, options, binary_default, wanted, read_inputs(body.inputs, binary))
+
+
+def _chosen(op: Operation, manifest: Manifest, parsed: Parsed, decodes: bool) -> list[tuple[str, bool]]:
+    """The outputs the answer holds, each with whether it goes binary."""
+    produced = [name for name in op.outputs(manifest) if not (op is OPERATIONS["sample"] and name == "x" and not decodes)]
+    return parsed.wanted or [(name, parsed.binary_default) for name in produced]
+
+
+def _check_answer_size(op: Operation, live: LiveModel, parsed: Parsed, chosen: list[tuple[str, bool]]) -> None:
+    """413 before the model runs when the answer may exceed VAE_MAX_RESPONSE_BYTES: each output's shape has
+    the batch for its first -1 and the draws (n_samples) for its second."""
+    engine, manifest = live.engine, live.artifact.manifest
+    given = next(iter(parsed.inputs.values()), None)
+    batch = len(given) if given is not None and given.ndim > 0 else 1
+    draws = getattr(parsed.options, "n_samples", 1)
+    if op is OPERATIONS["sample"]:
+        engine.check_draws(batch, draws)
+    shapes = op.outputs(manifest)
+    tensors = []
+    for name, as_binary in chosen:
+        fill = iter([batch, draws])
+        tensors.append(([next(fill) if size == -1 else size for size in shapes[name]], as_binary, name))
+    size = response_bound(tensors)
+    check_answer(engine, size, ", ".join(f"{name} {shape}" for shape, _, name in tensors))
+
+
+async def _infer(model_name: str, version: str | None, request: Request, live: LiveModel) -> Response:
+    executor, manifest = live.executor, live.artifact.manifest
+    deadline = executor.deadline()
+    op = _served(model_name, version, live)
+    if "content-type" in request.headers:  # Triton's Python client sends none
+        check_media_type(request, [JSON, BINARY])
+    raw = await read_raw(request)
+    parse = (raw, request.headers.get(HEADER_LENGTH), model_name, op, live)
+    parsed = _parse(*parse) if len(raw) <= INLINE_BYTES else await executor.call(_parse, *parse, deadline=deadline)
+    options = parsed.options
+    wants_x = parsed.wanted is not None and any(name == "x" for name, _ in parsed.wanted)
+    chosen = _chosen(op, manifest, parsed, wants_x or bool(getattr(options, "decode", False)))
+    _check_answer_size(op, live, parsed, chosen)
+    outputs, parameters = await op.run(executor, parsed.inputs, options, wants_x, state_of(request), deadline)
+    body = parsed.body
     head = {"model_name": model_name, "model_version": live.version, **({"id": body.id} if body.id is not None else {})}
     if parameters:
         head["parameters"] = parameters
-    content, header_length = encode_response(head, [(name, outputs[name], as_binary) for name, as_binary in chosen])
+    answer = (head, [(name, outputs[name], as_binary) for name, as_binary in chosen])
+    if response_bound([(outputs[n].shape, b, n) for n, b in chosen]) > INLINE_BYTES:
+        return _streamed(*response_parts(*answer))
+    content, header_length = encode_response(*answer)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+def _streamed(parts, length: int | None, header_length: int | None) -> StreamingResponse:
+    """A large answer sent as it is written (in the worker pool), with its length when it is known."""
+    if header_length is None:
+        return StreamingResponse(parts, media_type="application/json")
+    headers = {HEADER_LENGTH: str(header_length), "content-length": str(length)}
+    return StreamingResponse(parts, media_type=BINARY, headers=headers)

@@ -130,3 +130,95 @@ def test_no_model_or_picture_name_causes_a_server_error(clients, name):
     for path in (f"/v2/models/{name}", f"/v2/models/{name}/ready", f"/v1/model/report/{name}", f"/ui/{name}"):
         response = client.get(path)
         assert response.status_code < 500, (path, response.text)
+
+
+# --- hostile JSON text: any nesting, broken structure, extreme numbers, through every way in ------------------
+EXTREME_NUMBERS = st.sampled_from([
+    "1e400", "-1e400", "1e39", "-1e39", "3.4028236e38", "1e-400", "-0", "NaN", "Infinity", "-Infinity",
+    "1" * 400, "9" * 5000, "0." + "0" * 1000 + "1", "1.7976931348623157e308", "-9223372036854775809",
+])
+
+
+@st.composite
+def nested_texts(draw) -> str:
+    """A leaf wrapped in lists and objects, up to far beyond any parser's depth limit."""
+    depth = draw(st.integers(min_value=1, max_value=3000))
+    leaf = draw(EXTREME_NUMBERS | st.sampled_from(["0", "null", '"a"', "[]", "{}", "true"]))
+    opener, closer = draw(st.sampled_from([("[", "]"), ('{"instances": ', "}"), ('[{"z": ', "}]")]))
+    return opener * depth + leaf + closer * depth
+
+
+@st.composite
+def row_texts(draw, width: int) -> str:
+    """Rows of the model's width whose numbers are literal text: extreme, or ordinary."""
+    n_rows = draw(st.integers(min_value=1, max_value=3))
+    numbers = EXTREME_NUMBERS | st.sampled_from(["0", "1.5", "16"])
+    return "[" + ",".join("[" + ",".join(draw(st.lists(numbers, min_size=width, max_size=width))) + "]"
+                          for _ in range(n_rows)) + "]"
+
+
+@st.composite
+def hostile_bodies(draw, width: int, latent: int) -> str:
+    """Nested, truncated, corrupted or extreme JSON text for the native API and for OIP's tensors."""
+    value = draw(nested_texts() | row_texts(width) | row_texts(latent))
+    field = draw(st.sampled_from(["instances", "z"]))
+    text = draw(st.sampled_from([
+        f'{{"{field}": {value}}}',
+        f'{{"{field}": {value}, "n_samples": {draw(EXTREME_NUMBERS)}, "decode": true}}',
+        f'{{"inputs": [{{"name": "{field}", "shape": [1, {width}], "datatype": "FP32", "data": {value}}}]}}',
+        value,
+    ]))
+    cut = draw(st.none() | st.integers(min_value=0, max_value=len(text)))
+    if cut is not None:  # a body cut short, or with garbage where it was cut
+        text = text[:cut] + draw(st.sampled_from(["", "]", "}", ",", "\x00", "\ufffd", '"', "[[", "{{"]))
+    return text
+
+
+def native_and_oip_paths(name: str) -> list[str]:
+    return PATHS + [f"/v2/models/{name}-{op}/infer" for op in ("encode", "sample", "decode", "elbo")]
+
+
+@pytest.mark.parametrize("model", ["digits", "tabular"])
+def test_no_hostile_json_causes_a_server_error(clients, model):
+    client = clients[model, "onnx"]
+    card = client.get("/v1/model").json()
+    width = 1
+    for size in card["input_shape"]:
+        width *= size
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                       HealthCheck.too_slow])
+    @given(text=hostile_bodies(width, card["latent_dim"]),
+           content_type=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain",
+                                         "application/octet-stream", None]))
+    def check(text, content_type):
+        headers = {"content-type": content_type} if content_type else {}
+        for path in native_and_oip_paths(card["name"]):
+            response = client.post(path, content=text.encode("utf-8", "surrogatepass"), headers=headers)
+            assert response.status_code < 500, (path, text[:200], response.text)
+            if response.status_code != 200:
+                assert "error" in response.json(), response.text
+
+    check()
+
+
+def test_no_hostile_form_field_causes_a_server_error(clients):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    client = clients["digits", "onnx"]
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(buffer, format="PNG")
+    files = [("files", ("a.png", buffer.getvalue(), "image/png"))]
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(value=nested_texts() | EXTREME_NUMBERS | st.text(max_size=300),
+           field=st.sampled_from(["n_samples", "seed", "decode", "iw_samples", "threshold", "fpr", "feature_scores"]))
+    def check(value, field):
+        for path in ("/encode", "/sample", "/elbo", "/heatmap"):
+            response = client.post(path, files=files, data={field: value})
+            assert response.status_code < 500, (path, field, value[:200], response.text)
+
+    check()
