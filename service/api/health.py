@@ -7,8 +7,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import LiveDep
+from service.errors import ServiceError
 
-router = APIRouter(tags=["health"])  # no API key: probes must reach these
+class UnsupportedMediaType(ServiceError):
+    """A request whose Content-Type this route does not take."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+router = APIRouter(tags=["health"])  # public (service/api/access.py): probes must reach these
 protected = APIRouter(tags=["model"])  # behind the API key when one is set
 
 
@@ -55,11 +63,27 @@ async def model_card(live: LiveDep, request: Request) -> dict:
     }
 
 
-@protected.post("/v1/model/reload", responses={409: {"description": "the new model failed a check; the old one goes on serving"}})
+@protected.post(
+    "/v1/model/reload",
+    responses={
+        409: {"description": "the new model failed a check; the old one goes on serving"},
+        415: {"description": "the request has no `Content-Type: application/json`"},
+    },
+)
 async def reload_model(request: Request) -> dict:
     """Load the model directory again (after a new training run replaced it), verify it, and swap it in.
 
-    Verified first: every file's sha256, the export parity in its manifest, and a warm-up inference.
-    Requests in flight finish on the old version; every response names its version in X-Model-Version.
+    Needs `Content-Type: application/json` (the body is ignored). Verified first: every file's sha256, the
+    export parity in its manifest, and a warm-up inference. Requests in flight finish on the old version;
+    every response names its version in X-Model-Version.
     """
+    # A web page on any other site can send a form or a bodiless POST here without asking (a "simple"
+    # request, no CORS preflight); a JSON content type it can only send after a preflight that CORS
+    # refuses. Without VAE_API_KEY this is what stops any page a user opens from reloading the model.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"POST /v1/model/reload needs `Content-Type: application/json` (got {media_type or 'none'}); "
+            "the body is ignored"
+        )
     return await request.app.state.host.reload()
