@@ -170,8 +170,9 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     app.state.not_ready_reason = "loading"
     app.state.settings = settings
     app.state.metrics = metrics
-    # Which routes need the API key is decided in one place, ApiKeyMiddleware, by path (service/api/access.py)
-    for router in (health.router, health.protected, inference.router, oip.health, oip.router, web.router, web.protected):
+    # Which routes need the API key is decided in one place, by path: ApiKeyMiddleware (service/api/access.py)
+    for router in (health.router, health.protected, inference.router, oip.health, oip.router, web.router,
+                   web.protected):
         app.include_router(router)
     _install_error_handlers(app)
     _install_openapi(app, artifact.manifest)

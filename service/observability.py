@@ -75,8 +75,8 @@ def flat_routes(app) -> list:
 class RouteLabels:
     """The `endpoint` label of a request: the template of the app's route that its path is for, or UNMATCHED.
 
-    A fixed set, so no client can add series: labels taken from raw paths grew without bound (48,496
-    series from 3,000 requests to made-up paths). The path decides, not whether a route ran: the fast
+    A fixed set, so no client can add series: labels taken from raw paths grew without bound (3,000
+    requests to made-up paths added 31,565 series). The path decides, not whether a route ran: the fast
     path, a 401 from the key check, a 413 and a CORS preflight never reach a route, yet a 413 on /elbo
     is still an /elbo request.
     """

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api.deps import LiveDep
 from service.errors import ServiceError
 
+
 class UnsupportedMediaType(ServiceError):
     """A request whose Content-Type this route does not take."""
 
