@@ -31,8 +31,18 @@ def test_vae_serve_answers_every_endpoint(digits_model_dir, runtime):
 
 
 def _request(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """One keep-alive GET on `sock`; the whole answer (headers and Content-Length bytes of body)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return sock.recv(65536)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 def test_vae_serve_closes_idle_keep_alive_connections(digits_model_dir):
