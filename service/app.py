@@ -13,7 +13,7 @@ import threading
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -21,12 +21,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import health, inference, oip, web
+from service.api.access import ApiKeyMiddleware
 from service.api.fast_path import FastPath
-from service.api.deps import require_api_key
 from service.artifact import Artifact, Manifest, load_artifact
 from service.errors import ServiceError
 from service.live_model import ModelHost
-from service.observability import Metrics, ObservabilityMiddleware, configure_logging
+from service.observability import Metrics, ObservabilityMiddleware, RouteLabels, configure_logging
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -170,21 +170,21 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     app.state.not_ready_reason = "loading"
     app.state.settings = settings
     app.state.metrics = metrics
-    guarded = [Depends(require_api_key)]
-    app.include_router(health.router)
-    app.include_router(health.protected, dependencies=guarded)
-    app.include_router(inference.router, dependencies=guarded)
-    app.include_router(oip.health)
-    app.include_router(oip.router, dependencies=guarded)
-    app.include_router(web.router)
-    app.include_router(web.protected, dependencies=guarded)
+    # Which routes need the API key is decided in one place, by path: ApiKeyMiddleware (service/api/access.py)
+    for router in (health.router, health.protected, inference.router, oip.health, oip.router, web.router,
+                   web.protected):
+        app.include_router(router)
     _install_error_handlers(app)
     _install_openapi(app, artifact.manifest)
-    app.add_middleware(FastPath)  # innermost: CORS and observability still wrap the routes it serves
+    app.add_middleware(FastPath)  # innermost: the key, CORS and observability still wrap the routes it serves
+    if settings.api_key is not None:
+        # Inside CORS, whose preflights carry no key; before the fast path and any route reads a body.
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value().encode())
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"], expose_headers=["x-request-id"],
         )
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       labels=RouteLabels(app))
     return app

@@ -240,6 +240,21 @@ class Artifact:
         return self.dir / getattr(self.manifest.graphs, graph).file(runtime)
 
 
+def _not_a_plain_name(name: str) -> str | None:
+    """Why `name` is not a plain file name inside the model directory, or None when it is one.
+
+    A manifest is data that may come from anywhere: "../x" or "/etc/x" would make the loader read, hash
+    and load files outside the directory.
+    """
+    if name in ("", ".", ".."):
+        return "not a file name"
+    if "/" in name or "\\" in name:
+        return "a path, not a plain name"
+    if not name.isprintable():
+        return "a name with control characters"
+    return None
+
+
 def load_artifact(model_dir: str | Path, *, verify: bool = True) -> Artifact:
     """Read and check a model directory. Raises ArtifactError with a one-line reason.
 
@@ -268,6 +283,12 @@ def load_artifact(model_dir: str | Path, *, verify: bool = True) -> Artifact:
         where = ".".join(str(p) for p in first["loc"])
         raise ArtifactError(f"{manifest_path} is invalid: {where}: {first['msg']}") from None
     graph_files = {getattr(g, rt) for g in (manifest.graphs.encoder, manifest.graphs.decoder) for rt in RUNTIMES}
+    for name in sorted(graph_files | manifest.files.keys()):
+        problem = _not_a_plain_name(name)
+        if problem:
+            raise ArtifactError(
+                f"{manifest_path} names the file {name!r}: {problem}; files must be plain names in {model_dir}"
+            )
     unlisted = sorted(graph_files - manifest.files.keys())
     if unlisted:
         raise ArtifactError(f"{manifest_path} lists no sha256 for {', '.join(unlisted)}")

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>` on all but health")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated origins")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    # uvicorn's own limits, set by `vae serve`. uvicorn has no timeout on reading headers or bodies: a
+    # server open to untrusted clients belongs behind the compose proxy (nginx), which has them.
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    limit_concurrency: int = Field(
+        1024, ge=1, description="connections and requests at once per worker; more get 503 at once"
+    )
+    backlog: int = Field(2048, ge=1, description="connections the kernel queues before they are accepted")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

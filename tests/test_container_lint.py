@@ -116,11 +116,13 @@ def test_compose_serve_waits_for_train_and_scales_without_port_clashes(compose_c
     assert all("published" not in p for p in serve["ports"])
     # The service's settings are passed through (set only when set in the caller's environment).
     for name in ("VAE_RUNTIME", "VAE_MAX_BATCH_SIZE", "VAE_MAX_BATCH_DELAY_MS", "VAE_MAX_INSTANCES",
-                 "VAE_MAX_SAMPLES", "VAE_API_KEY", "VAE_WORKERS"):
+                 "VAE_MAX_SAMPLES", "VAE_API_KEY", "VAE_WORKERS", "VAE_KEEP_ALIVE_S", "VAE_LIMIT_CONCURRENCY",
+                 "VAE_BACKLOG"):
         assert name in serve["environment"], name
     # The fixed port is the proxy's.
     proxy = compose_config["services"]["proxy"]
     assert [(p["published"], p["target"]) for p in proxy["ports"]] == [(8000, 8080)]
+    assert proxy["environment"]["VAE_PROXY_PER_CLIENT"] == "32"
 
 
 def test_dockerignore_keeps_out_the_bulk():

@@ -140,6 +140,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="network runtime (default: $VAE_RUNTIME or onnx)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="server processes (default: $VAE_WORKERS or 1); threads per worker default to cores / workers")
+    p.add_argument("--keep-alive-s", type=float, default=None,
+                   help="close a keep-alive connection idle this long (default: $VAE_KEEP_ALIVE_S or 5)")
+    p.add_argument("--limit-concurrency", type=int, default=None,
+                   help="connections and requests at once per worker; more get 503 at once "
+                        "(default: $VAE_LIMIT_CONCURRENCY or 1024)")
+    p.add_argument("--backlog", type=int, default=None,
+                   help="connections queued before they are accepted (default: $VAE_BACKLOG or 2048)")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -250,7 +257,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"vae serve: {exc}", file=sys.stderr)
         return 2
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                  timeout_graceful_shutdown=settings.request_timeout_s + 5)
+                  timeout_graceful_shutdown=settings.request_timeout_s + 5, timeout_keep_alive=settings.keep_alive_s,
+                  limit_concurrency=settings.limit_concurrency, backlog=settings.backlog)
     if settings.workers == 1:
         uvicorn.run(app, **common)
     else:  # each worker process imports service.main, which reads the same settings from the environment

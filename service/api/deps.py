@@ -9,12 +9,10 @@ import orjson
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-import secrets
-
 from service.engine import VaeEngine
 from service.executor import Executor
 from service.live_model import LiveModel
-from service.errors import ModelNotReady, Unauthorized
+from service.errors import ModelNotReady
 
 
 def _live_model(request: Request) -> LiveModel:
@@ -61,16 +59,6 @@ async def render_error(request: Request, exc: Exception) -> Response:
     if handler is None:
         raise exc
     return await handler(request, exc)
-
-
-async def require_api_key(request: Request) -> None:
-    """With VAE_API_KEY set, every route but the health checks needs `Authorization: Bearer <key>`."""
-    key = request.app.state.settings.api_key
-    if key is None:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.get_secret_value().encode()):
-        raise Unauthorized("this service needs an API key: send the header `Authorization: Bearer <key>`")
 
 
 class ArrayJSONResponse(JSONResponse):

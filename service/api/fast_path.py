@@ -2,10 +2,10 @@
 event loop's time per request on the digits model (a py-spy profile at c=64; docs/benchmark-serving.md).
 
 A pure ASGI middleware, inside the observability middleware (metrics, logs, request ids, the body limit
-and the model release still apply) and CORS: a POST to one of `ROUTES` calls that route's own endpoint
-function with the same dependencies (the API key, the model version), and an error goes through the app's
-own exception handlers. So the answers, errors included, are those of the FastAPI route, which stays
-registered for everything else (other methods, /docs, the OpenAPI schema).
+and the model release still apply), CORS and the API key (service/api/access.py): a POST to one of
+`ROUTES` calls that route's own endpoint function with the same dependency (the model version), and an
+error goes through the app's own exception handlers. So the answers, errors included, are those of the
+FastAPI route, which stays registered for everything else (other methods, /docs, the OpenAPI schema).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from service.api import inference
-from service.api.deps import get_executor, render_error, require_api_key
+from service.api.deps import get_executor, render_error
 from service.executor import Executor
 
 Endpoint = Callable[[Request, Executor], Awaitable[Response]]
@@ -34,7 +34,6 @@ class FastPath:
             return await self.app(scope, receive, send)
         request = Request(scope, receive)
         try:
-            await require_api_key(request)
             response = await endpoint(request, await get_executor(request))
         except Exception as exc:
             response = await render_error(request, exc)

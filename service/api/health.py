@@ -7,8 +7,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import LiveDep
+from service.errors import ServiceError
 
-router = APIRouter(tags=["health"])  # no API key: probes must reach these
+
+class UnsupportedMediaType(ServiceError):
+    """A request whose Content-Type this route does not take."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+router = APIRouter(tags=["health"])  # public (service/api/access.py): probes must reach these
 protected = APIRouter(tags=["model"])  # behind the API key when one is set
 
 
@@ -28,6 +37,18 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
+def without_server_paths(value):
+    """`value` with every path in it cut to its last part: the training output path (`training.config.out`)
+    and a data file's path say where the server keeps its files, which no client needs to know."""
+    if isinstance(value, dict):
+        return {k: without_server_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return value
+
+
 @protected.get("/metrics", tags=["observability"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, latencies, batching, in-flight requests, model info."""
@@ -39,7 +60,7 @@ async def model_card(live: LiveDep, request: Request) -> dict:
     """The manifest's public fields, the version and runtime serving them, and the request limits."""
     engine = live.engine
     return {
-        **engine.manifest.public(),
+        **without_server_paths(engine.manifest.public()),
         "version": live.version,
         "runtime": engine.runtime.name,
         "runtime_threads": request.app.state.settings.runtime_threads,
@@ -55,11 +76,27 @@ async def model_card(live: LiveDep, request: Request) -> dict:
     }
 
 
-@protected.post("/v1/model/reload", responses={409: {"description": "the new model failed a check; the old one goes on serving"}})
+@protected.post(
+    "/v1/model/reload",
+    responses={
+        409: {"description": "the new model failed a check; the old one goes on serving"},
+        415: {"description": "the request has no `Content-Type: application/json`"},
+    },
+)
 async def reload_model(request: Request) -> dict:
     """Load the model directory again (after a new training run replaced it), verify it, and swap it in.
 
-    Verified first: every file's sha256, the export parity in its manifest, and a warm-up inference.
-    Requests in flight finish on the old version; every response names its version in X-Model-Version.
+    Needs `Content-Type: application/json` (the body is ignored). Verified first: every file's sha256, the
+    export parity in its manifest, and a warm-up inference. Requests in flight finish on the old version;
+    every response names its version in X-Model-Version.
     """
+    # A web page on any other site can send a form or a bodiless POST here without asking (a "simple"
+    # request, no CORS preflight); a JSON content type it can only send after a preflight that CORS
+    # refuses. Without VAE_API_KEY this is what stops any page a user opens from reloading the model.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"POST /v1/model/reload needs `Content-Type: application/json` (got {media_type or 'none'}); "
+            "the body is ignored"
+        )
     return await request.app.state.host.reload()

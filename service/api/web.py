@@ -30,7 +30,7 @@ REPORT_DIR = "report"  # written by `vae train` and `vae report` (training/repor
 REPORT_PICTURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(png|jpg|jpeg)")
 PICTURE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
 
-router = APIRouter(include_in_schema=False)  # public: the page and its own files
+router = APIRouter(include_in_schema=False)  # public (service/api/access.py): the page and its own files
 protected = APIRouter(tags=["model"])  # behind the API key when one is set, like GET /v1/model
 
 

@@ -83,6 +83,42 @@ def test_manifest_with_a_bad_field(model_copy):
     assert str(err.value) == f"{model_copy / 'manifest.json'} is invalid: latent_dim: Input should be greater than 0"
 
 
+@pytest.mark.parametrize("name, problem", [
+    ("../encoder.onnx", "a path, not a plain name"),
+    ("/tmp/encoder.onnx", "a path, not a plain name"),
+    ("graphs/encoder.onnx", "a path, not a plain name"),
+    ("graphs\\encoder.onnx", "a path, not a plain name"),
+    ("..", "not a file name"),
+    ("encoder\n.onnx", "a name with control characters"),
+])
+def test_file_names_must_be_plain_names_in_the_directory(model_copy, name, problem):
+    """A manifest naming a file outside its directory, listed with the right sha256, used to be loaded."""
+    outside = model_copy.parent / "encoder.onnx"
+    shutil.copy(model_copy / "encoder.onnx", outside)
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["graphs"]["encoder"]["onnx"] = name
+    manifest["files"][name] = manifest["files"]["encoder.onnx"]
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy, verify=False)
+    assert str(err.value) == (
+        f"{model_copy / 'manifest.json'} names the file {name!r}: {problem}; files must be plain names in {model_copy}"
+    )
+    assert "\n" not in str(err.value)
+
+
+def test_a_listed_file_must_be_a_plain_name_too(model_copy):
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["files"]["../../etc/passwd"] = "0" * 64
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy)
+    assert str(err.value) == (
+        f"{model_copy / 'manifest.json'} names the file '../../etc/passwd': a path, not a plain name; "
+        f"files must be plain names in {model_copy}"
+    )
+
+
 @pytest.mark.parametrize("break_it", ["delete", "corrupt"])
 def test_vae_serve_stops_with_one_line(model_copy, break_it):
     target = model_copy / "encoder.onnx"

@@ -464,7 +464,7 @@ def app_client(model_dir, **settings) -> TestClient:
     return TestClient(create_app(Settings(model_dir=model_dir, **settings)))
 
 
-def test_api_key_guards_metadata_and_inference_not_health(digits_model_dir):
+def test_api_key_guards_metadata_inference_and_model_readiness_not_health(digits_model_dir):
     body = {"inputs": [tensor("instances", DIGIT)]}
     good = {"authorization": "Bearer s3cret"}
     with app_client(digits_model_dir, api_key="s3cret") as client:
@@ -474,8 +474,12 @@ def test_api_key_guards_metadata_and_inference_not_health(digits_model_dir):
             assert response.headers["www-authenticate"] == "Bearer"
         assert client.post("/v2/models/digits-elbo/infer", json=body, headers=good).status_code == 200
         assert client.get("/v2/models/digits-elbo", headers=good).status_code == 200
-        for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/digits-elbo/ready"):
+        for path in ("/v2/health/live", "/v2/health/ready"):
             assert client.get(path).status_code == 200, path
+        # A model's readiness says which model names exist: behind the key, like its metadata.
+        for path in ("/v2/models/digits-elbo/ready", "/v2/models/digits-elbo/versions/1/ready"):
+            assert error(client.get(path), 401) == "this service needs an API key: send the header `Authorization: Bearer <key>`"
+        assert client.get("/v2/models/digits-elbo/ready", headers=good).status_code == 200
 
 
 def test_limits_answer_413(digits_model_dir):

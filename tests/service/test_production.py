@@ -141,6 +141,50 @@ def test_metrics_count_requests_latencies_batches_and_the_model(make_client):
     assert metric(text, "vae_model_info", format_version="1", name="digits", runtime="onnx", version=version) == 1
 
 
+def series(client, **headers) -> set[str]:
+    """The sample lines' names and labels in /metrics, without their values."""
+    text = client.get("/metrics", headers=headers).text
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("api_key", [None, "s3cret"])
+def test_metric_series_stay_fixed_whatever_the_paths(make_client, api_key):
+    """3,000 requests to made-up paths used to add 48,496 series (slash redirects, 413s, CORS preflights)."""
+    client = make_client(api_key=api_key, max_body_bytes=2048, cors_origins="https://ui.example")
+    key = {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def made_up_requests(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            assert client.get(f"/nope-{i}", headers=key).status_code == 404
+            assert client.get(f"/ui/page-{i}/", headers=key, follow_redirects=False).status_code == 307  # to /ui/page-{i}
+            assert client.post(f"/big-{i}", content=b"x" * 4096, headers=key).status_code == 413
+            preflight = client.options(f"/cors-{i}", headers={
+                "origin": "https://ui.example", "access-control-request-method": "POST"})
+            assert preflight.status_code == 200
+            assert client.get(f"/v2/models/m-{i}/ready", headers=key).status_code == 404
+            assert client.get(f"/elbo-{i}").status_code == (401 if api_key else 404)
+
+    made_up_requests(0, 50)  # every kind of label and status seen once
+    series(client, **key)  # and /metrics itself, counted once its answer is sent
+    before = series(client, **key)
+    made_up_requests(50, 450)
+    assert series(client, **key) == before
+    # Real routes keep their templates; everything else shares one label.
+    endpoints = {re.search(r'endpoint="([^"]*)"', s).group(1) for s in before if 'endpoint="' in s}
+    assert endpoints == {"unmatched", "/metrics", "/v2/models/{model_name}/ready"}  # a redirect is unmatched
+
+
+def test_a_413_and_a_401_are_counted_on_their_route(make_client):
+    client = make_client(api_key="s3cret", max_body_bytes=2048)
+    assert client.post("/elbo", content=b"x" * 4096).status_code == 413
+    assert client.post("/decode", json={"z": [[0.0] * 4]}).status_code == 401
+    assert client.post("/v2/models/digits-elbo/infer", json={}).status_code == 401
+    text = client.get("/metrics", headers={"authorization": "Bearer s3cret"}).text
+    assert metric(text, "vae_requests_total", endpoint="/elbo", status="413") == 1
+    assert metric(text, "vae_requests_total", endpoint="/decode", status="401") == 1
+    assert metric(text, "vae_requests_total", endpoint="/v2/models/{model_name}/infer", status="401") == 1
+
+
 # --- request ids and logs ------------------------------------------------------------------------------------
 def test_request_id_is_echoed_or_generated(make_client):
     client = make_client()

@@ -61,7 +61,7 @@ def test_reload_swaps_in_the_new_model_and_names_the_version(start_app, live_dir
     replace_dir(live_dir, second_model_dir)
     # Until the reload, the loaded model goes on serving, whatever is on disk.
     assert client.post("/elbo", json=BODY).json() == before.json()
-    reloaded = client.post("/v1/model/reload")
+    reloaded = client.post("/v1/model/reload", json={})
     assert reloaded.status_code == 200, reloaded.text
     body = reloaded.json()
     assert (body["status"], body["version"], body["previous_version"]) == ("reloaded", new_version, old_version)
@@ -91,7 +91,7 @@ def test_every_request_releases_the_model_it_used(start_app, live_dir):
 
 
 def reload_failure(client: TestClient) -> str:
-    response = client.post("/v1/model/reload")
+    response = client.post("/v1/model/reload", json={})
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "reload_failed"
     return response.json()["error"]
@@ -146,8 +146,26 @@ def test_a_missing_model_directory_is_refused(start_app, live_dir):
 
 def test_reload_needs_the_api_key(start_app, live_dir):
     client = start_app(live_dir, api_key="s3cret")
-    assert client.post("/v1/model/reload").status_code == 401
-    assert client.post("/v1/model/reload", headers={"authorization": "Bearer s3cret"}).status_code == 200
+    assert client.post("/v1/model/reload", json={}).status_code == 401
+    assert client.post("/v1/model/reload", json={}, headers={"authorization": "Bearer s3cret"}).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+def test_a_cross_site_simple_request_cannot_reload(start_app, live_dir, second_model_dir, content_type):
+    """What any web page can send without a CORS preflight (no key set): refused with 415, nothing reloaded."""
+    client = start_app(live_dir)
+    version = client.get("/v1/model").json()["version"]
+    replace_dir(live_dir, second_model_dir)
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/v1/model/reload", content=b"x" if content_type else None, headers=headers)
+    got = content_type.split(";")[0] if content_type else "none"
+    assert response.status_code == 415, response.text
+    assert response.json() == {
+        "error": f"POST /v1/model/reload needs `Content-Type: application/json` (got {got}); the body is ignored",
+        "code": "unsupported_media_type",
+    }
+    assert client.get("/v1/model").json()["version"] == version
+    assert "vae_model_reloads_total{" not in client.get("/metrics").text
 
 
 def test_with_several_workers_reload_points_at_sighup(start_app, live_dir):
@@ -204,7 +222,7 @@ def test_reloads_under_concurrent_load_fail_no_request(live_dir, digits_model_di
             for model_dir in order:
                 time.sleep(0.3)
                 replace_dir(live_dir, model_dir)
-                response = httpx.post(f"{base}/v1/model/reload", timeout=60)
+                response = httpx.post(f"{base}/v1/model/reload", json={}, timeout=60)
                 reloads.append((response.status_code, response.json().get("version")))
         finally:
             time.sleep(0.3)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+
 import httpx
 import pytest
 
-from tests.service.test_load import start_server, stop
+from tests.service.test_load import VAE, start_server, stop
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
@@ -24,3 +28,58 @@ def test_vae_serve_answers_every_endpoint(digits_model_dir, runtime):
         assert bad.status_code == 400
     finally:
         stop(server)
+
+
+def _request(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """One keep-alive GET on `sock`; the whole answer (headers and Content-Length bytes of body)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_vae_serve_closes_idle_keep_alive_connections(digits_model_dir):
+    server, base = start_server(digits_model_dir, "--keep-alive-s", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as sock:
+            assert _request(sock).startswith(b"HTTP/1.1 200 ")
+            started = time.monotonic()
+            assert sock.recv(1) == b""  # closed by the server
+            idle = time.monotonic() - started
+        assert 0.5 < idle < 5, idle  # about --keep-alive-s; uvicorn's default would be 5 s
+    finally:
+        stop(server)
+
+
+def test_vae_serve_limits_concurrent_connections(digits_model_dir):
+    server, base = start_server(digits_model_dir, "--limit-concurrency", "4", "--backlog", "16")
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        time.sleep(0.3)  # accepted by the server, which now holds 4 connections
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert _request(sock).startswith(b"HTTP/1.1 503 ")
+        for sock in held:
+            sock.close()
+        time.sleep(0.3)
+        assert httpx.get(f"{base}/healthz").status_code == 200
+    finally:
+        stop(server)
+
+
+@pytest.mark.parametrize("flag, variable, value, message", [
+    ("--backlog", "VAE_BACKLOG", "0", "Input should be greater than or equal to 1 (got 0)"),
+    ("--limit-concurrency", "VAE_LIMIT_CONCURRENCY", "0", "Input should be greater than or equal to 1 (got 0)"),
+    ("--keep-alive-s", "VAE_KEEP_ALIVE_S", "0", "Input should be greater than 0 (got 0.0)"),
+])
+def test_vae_serve_refuses_a_bad_limit_with_one_line(digits_model_dir, flag, variable, value, message):
+    result = subprocess.run([VAE, "serve", str(digits_model_dir), flag, value], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == f"vae serve: invalid setting {variable}: {message}\n"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,19 +18,42 @@ from training.distributed import DeviceError, World, resolve_device
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 VAE = str(Path(sys.executable).with_name("vae"))
+# --standalone: a rendezvous on a port that the store picks itself, free by construction. Without it the
+# port depends on torch's version: older torchrun takes the fixed 29500, which fails whenever another run
+# on this machine holds it (torch 2.13, pinned here, picks localhost:0 for one node on its own).
+TORCHRUN_2 = [TORCHRUN, "--standalone", "--nproc-per-node", "2"]
+DEFAULT_RENDEZVOUS_PORT = 29500
 COMMON = ["--data", "digits", "--epochs", "8", "--hidden", "64,32", "--latent-dim", "4", "--patience", "50", "--no-progress"]
+
+
+@contextmanager
+def default_port_taken():
+    """Holds torchrun's default rendezvous port, as another run on this machine would (when it is free)."""
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", DEFAULT_RENDEZVOUS_PORT))
+            taken.listen()
+        except OSError:
+            pass  # someone else holds it: the same case
+        yield
+
+
+def train_two_processes(out: Path) -> subprocess.CompletedProcess:
+    """`vae train`'s flags under torchrun with 2 processes; a failure shows the end of torchrun's stderr."""
+    # 64 rows per process and step: the same 128 rows per step as the single-process run below.
+    with default_port_taken():
+        result = subprocess.run(
+            [*TORCHRUN_2, "-m", "training.train", *COMMON, "--batch-size", "64", "--out", str(out)],
+            capture_output=True, text=True, timeout=600,
+        )
+    assert result.returncode == 0, f"torchrun exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return result
 
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "model"
-    # 64 rows per process and step: the same 128 rows per step as the single-process run below.
-    result = subprocess.run(
-        [TORCHRUN, "--nproc-per-node", "2", "-m", "training.train", *COMMON, "--batch-size", "64", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+    return out, train_two_processes(out)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +89,7 @@ def test_validation_metrics_are_identical_on_every_process(two_process_run):
 
 def test_same_seed_and_world_size_give_the_same_weights(two_process_run, tmp_path):
     out = tmp_path / "again"
-    subprocess.run(
-        [TORCHRUN, "--nproc-per-node", "2", "-m", "training.train", *COMMON, "--batch-size", "64", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, check=True,
-    )
+    train_two_processes(out)
     first = torch.load(two_process_run[0] / "checkpoint.pt", weights_only=True)["state_dict"]
     second = torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
