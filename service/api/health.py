@@ -7,14 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import LiveDep
-from service.errors import ServiceError
-
-
-class UnsupportedMediaType(ServiceError):
-    """A request whose Content-Type this route does not take."""
-
-    status_code = 415
-    code = "unsupported_media_type"
+from service.errors import UnsupportedMediaType
 
 
 router = APIRouter(tags=["health"])  # public (service/api/access.py): probes must reach these
@@ -71,6 +64,7 @@ async def model_card(live: LiveDep, request: Request) -> dict:
             "max_samples": engine.limits.max_samples,
             "max_iw_samples": engine.limits.max_iw_samples,
             "max_draws": engine.limits.max_draws,
+            "max_response_bytes": engine.limits.max_response_bytes,
             "max_body_bytes": request.app.state.settings.max_body_bytes,
         },
     }

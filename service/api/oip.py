@@ -78,7 +78,8 @@ async def protocol_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": orjson.loads(native.body)["error"]}, status_code=status, headers=kept)
 
 
-health = APIRouter(tags=["open inference protocol v2"], route_class=ProtocolRoute)  # no API key: probes
+# Server liveness and readiness are public (probes); model readiness is behind the key: service/api/access.py.
+health = APIRouter(tags=["open inference protocol v2"], route_class=ProtocolRoute)
 router = APIRouter(tags=["open inference protocol v2"], route_class=ProtocolRoute)  # behind the API key
 
 

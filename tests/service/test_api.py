@@ -28,7 +28,7 @@ def test_model_card(client):
     assert card["runtime"] in ("onnx", "torchscript")
     assert card["limits"] == {
         "max_instances": 4096, "max_samples": 10000, "max_iw_samples": 10000, "max_draws": 1000000,
-        "max_body_bytes": 64 * 1024 * 1024,
+        "max_response_bytes": 64 * 1024 * 1024, "max_body_bytes": 64 * 1024 * 1024,
     }
     assert card["threshold"] == card["scoring"]["calibration"]["threshold"]
     assert set(card) >= {"input_shape", "latent_dim", "likelihood", "preprocessing", "graphs", "training", "parity"}
