@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -253,7 +254,7 @@ def select_candidate(
         best_in_family = -math.inf
         for candidate in family:
             cfg = replace(model_config, hidden=list(candidate.hidden), latent_dim=candidate.latent_dim)
-            scores = []
+            scores, started = [], time.perf_counter()
             for x_train, x_held in data:
                 budget = schedule(config, len(x_train), SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
                 sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget)))
@@ -261,7 +262,8 @@ def select_candidate(
                 scores.append(heldout_bound(fitted.model, x_held, config.seed + 3, log_jacobian))
             score = float(np.mean(scores))
             tried.append({"hidden": candidate.hidden, "latent_dim": candidate.latent_dim, "heldout_lk": score})
-            say(f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats")
+            say(f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats "
+                f"({time.perf_counter() - started:.1f} s)")
             if score <= best_in_family:
                 break
             best_in_family = score

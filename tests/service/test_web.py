@@ -351,3 +351,25 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
         _assert_no_script_errors(browser)
     finally:
         stop(server)
+
+
+def test_page_says_why_the_false_alarm_rate_is_not_the_default(browser, tmp_path):
+    """A 50-row table: the calibration split supports no rate below 1/13, and K is chosen from the data."""
+    from tests.conftest import write_tabular_csv
+    from training.train import TrainConfig, train
+
+    data = write_tabular_csv(tmp_path / "small.csv", n=50)
+    train(TrainConfig(data=str(data), out=str(tmp_path / "m"), hidden=[16], latent_dim=2, epochs=30, progress=False))
+    server, base = start_server(tmp_path / "m", "--host", "127.0.0.1")
+    try:
+        card = httpx.get(f"{base}/v1/model").json()
+        calibration = card["scoring"]["calibration"]
+        assert calibration["fpr"] == pytest.approx(1 / 13) and calibration["fpr_note"].startswith("false-alarm rate")
+        browser.get(f"{base}/")
+        fpr = _wait(browser, '#card-fields dd[data-field="fpr"]')
+        assert fpr.text == f"{calibration['fpr']:.4g} ({calibration['fpr_note']})"
+        k = _wait(browser, '#card-fields dd[data-field="iw_samples"]')
+        assert k.text.startswith(f"{card['scoring']['iw_samples']} (chosen: score noise ")
+        _assert_no_script_errors(browser)
+    finally:
+        stop(server)
