@@ -54,9 +54,7 @@ def test_every_hadolint_ignore_is_justified():
 
 
 def lint_tool(name: str) -> str | None:
-    """A linter from Debian's packages, installed by scripts/container_setup.sh where it is missing and we can."""
-    if tool(name) is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["bash", "scripts/container_setup.sh", "compose-lint"], cwd=ROOT, check=IN_CI)
+    """A linter from Debian's packages, installed by `make system` (scripts/container_setup.sh compose-lint)."""
     return tool(name)
 
 
@@ -66,7 +64,7 @@ def compose_config(request) -> dict:
     docker_compose = lint_tool("docker-compose")
     if docker_compose is None:
         if IN_CI:
-            pytest.fail("docker-compose is missing and could not be installed")
+            pytest.fail("docker-compose is missing: `make system` installs it")
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line("!!!!! docker-compose is missing: compose file not validated !!!!!", red=True, bold=True)
@@ -145,7 +143,7 @@ def test_shell_scripts_parse_and_pass_shellcheck(script):
     shellcheck = lint_tool("shellcheck")
     if shellcheck is None:
         if IN_CI:
-            pytest.fail("shellcheck is missing and could not be installed")
-        pytest.skip("shellcheck is missing (apt-get install shellcheck)")
+            pytest.fail("shellcheck is missing: `make system` installs it")
+        pytest.skip("shellcheck is missing (`make system` installs it)")
     result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

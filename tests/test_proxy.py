@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,17 +35,15 @@ def _have_nginx() -> bool:
 
 @pytest.fixture(scope="module")
 def nginx(request):
-    if not _have_nginx() and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["bash", str(ROOT / "scripts" / "proxy_setup.sh")], check=IN_CI)
     if not _have_nginx():
         if IN_CI:
-            pytest.fail("nginx is missing and scripts/proxy_setup.sh could not install it")
+            pytest.fail("nginx is missing: `make system` (scripts/proxy_setup.sh) installs it")
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():
                 reporter.write_line("!!!!! nginx is missing: the proxy was not tested !!!!!", red=True, bold=True)
-        pytest.skip("nginx is missing (bash scripts/proxy_setup.sh installs it)")
+        pytest.skip("nginx is missing (`make system` installs it)")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import base64
 import io
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -152,19 +151,17 @@ def _have_browser() -> bool:
 
 @pytest.fixture(scope="module")
 def browser(request, tmp_path_factory):
-    """Headless Chromium through Selenium, with a fresh profile; installed first where it is missing."""
-    if not _have_browser() and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["bash", str(ROOT / "scripts" / "browser_setup.sh")], check=IN_CI)
+    """Headless Chromium through Selenium, with a fresh profile; `make system` installs it."""
     if not _have_browser():
         if IN_CI:
-            pytest.fail("chromium and chromedriver are missing and scripts/browser_setup.sh could not install them")
+            pytest.fail("chromium and chromedriver are missing: `make system` (scripts/browser_setup.sh) installs them")
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():  # past the output capture: seen even in -q runs
                 reporter.write_line("!!!!! chromium is missing: the web page was not tested in a browser !!!!!",
                                     red=True, bold=True)
-        pytest.skip("chromium and chromedriver are missing (bash scripts/browser_setup.sh installs them)")
+        pytest.skip("chromium and chromedriver are missing (`make system` installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
