@@ -211,8 +211,22 @@ class Manifest(BaseModel):
         return -self.preprocessing.log_scale(self.n_features)
 
     def public(self) -> dict:
-        """The fields served at GET /v1/model."""
-        return self.model_dump(mode="json")
+        """The fields served at GET /v1/model: all of them, but the paths where the server keeps its files
+        (the data file and the output directory training was given) are cut to their last part."""
+        card = self.model_dump(mode="json")
+        training = card["training"]
+        training["data_source"] = _last_part(training["data_source"])
+        for key in SERVER_PATH_OPTIONS:
+            if isinstance(training["config"].get(key), str):
+                training["config"][key] = _last_part(training["config"][key])
+        return card
+
+
+SERVER_PATH_OPTIONS = ("data", "out")  # training options that hold a path on the training machine
+
+
+def _last_part(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def sha256_file(path: Path) -> str:

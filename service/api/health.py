@@ -30,18 +30,6 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-def without_server_paths(value):
-    """`value` with every path in it cut to its last part: the training output path (`training.config.out`)
-    and a data file's path say where the server keeps its files, which no client needs to know."""
-    if isinstance(value, dict):
-        return {k: without_server_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_server_paths(v) for v in value]
-    if isinstance(value, str) and ("/" in value or "\\" in value):
-        return value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    return value
-
-
 @protected.get("/metrics", tags=["observability"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, latencies, batching, in-flight requests, model info."""
@@ -53,7 +41,7 @@ async def model_card(live: LiveDep, request: Request) -> dict:
     """The manifest's public fields, the version and runtime serving them, and the request limits."""
     engine = live.engine
     return {
-        **without_server_paths(engine.manifest.public()),
+        **engine.manifest.public(),
         "version": live.version,
         "runtime": engine.runtime.name,
         "runtime_threads": request.app.state.settings.runtime_threads,
