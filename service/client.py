@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 NPY = "application/x-npy"
 DEFAULT_MAX_BATCH = 1024  # rows per request when GET /v1/model does not state max_instances
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_BODY_BYTES (not in /v1/model)
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_BODY_BYTES, when /v1/model does not say it
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_RESPONSE_BYTES
 # The server's bound of a JSON answer (service/json_writer.py; a test pins the two together): 25 bytes per
 # number with its comma, 3 per list, and 1024 for the keys and scalars.

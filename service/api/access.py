@@ -17,7 +17,7 @@ from service.api.oip import protocol_error
 from service.errors import Unauthorized
 
 # Public with a key set: probes must reach these, and the page holds nothing secret (it sends the key
-# the user types in to the API it calls). Exact paths; README.md lists the same set.
+# the user types in to the API it calls). Exact paths; docs/operations.md ("Access") lists the same set.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/"})
 PAGE_FILES = "/ui/"  # the page's script and style sheet, /ui/{name} (service/api/web.py)
 NEEDS_KEY = "this service needs an API key: send the header `Authorization: Bearer <key>`"

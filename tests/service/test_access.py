@@ -14,7 +14,7 @@ from service.observability import flat_routes
 from service.settings import Settings
 
 KEY = {"authorization": "Bearer s3cret"}
-# Public with a key set, exactly these (README.md, "Running it in production", lists the same).
+# Public with a key set, exactly these (docs/operations.md, "Access", lists the same).
 PUBLIC = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/", "/ui/{name}"}
 PARAMETERS = {"model_name": "digits-elbo", "model_version": "1", "name": "app.js"}
 
