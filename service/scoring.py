@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 
@@ -78,41 +77,12 @@ def log_likelihood_rows(
     return out, features
 
 
-def log_likelihood_draws(
-    x: np.ndarray, z: np.ndarray, decode: Decode, likelihood: str, per_feature: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """ln p(x_b | z_bl) for every draw: x (B, D), z (B, L, d) -> (B, L); with `per_feature`, (B, D) means too."""
-    batch, n_draws, latent_dim = z.shape
-    owner = np.repeat(np.arange(batch), n_draws)
-    marked = np.ones(batch * n_draws, dtype=bool) if per_feature else None
-    log_px, features = log_likelihood_rows(x, owner, z.reshape(-1, latent_dim), decode, likelihood, marked)
-    return log_px.reshape(batch, n_draws), None if features is None else features / n_draws
-
-
 def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     """ln sum exp(a) along axis without overflow; -inf where every term is -inf."""
     peak = np.max(a, axis=axis, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
     with np.errstate(divide="ignore"):
         return np.squeeze(peak, axis=axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
-
-
-def importance_weighted_bound(
-    x: np.ndarray,
-    mu: np.ndarray,
-    logvar: np.ndarray,
-    eps: np.ndarray,
-    decode: Decode,
-    likelihood: str,
-    log_jacobian: np.ndarray | None = None,
-) -> np.ndarray:
-    """L_K = ln (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k = mu + sigma * eps_k (Burda et al. 2016), (B,).
-
-    eps (B, K, d). ln q(z|x) is computed from eps itself: (z - mu) / sigma = eps exactly.
-    """
-    z = reparameterize(mu, logvar, eps)
-    log_px, _ = log_likelihood_draws(x, z, decode, likelihood)  # (B, K)
-    return bound_from_draws(log_px, z, eps, logvar, log_jacobian)
 
 
 def bound_from_draws(
@@ -125,42 +95,6 @@ def bound_from_draws(
     log_weights = log_px + log_prior - log_posterior
     jacobian = 0.0 if log_jacobian is None else float(np.sum(log_jacobian))
     return logsumexp(log_weights, axis=1) - math.log(eps.shape[1]) + jacobian
-
-
-class ElboResult(NamedTuple):
-    """Per-input terms in nats: reconstruction = (1/L) sum_l ln p(x|z_l), kl in closed form."""
-
-    reconstruction: np.ndarray  # (B,)
-    kl: np.ndarray  # (B,)
-    feature_reconstruction: np.ndarray | None = None  # (B, D): per-feature terms that sum to reconstruction
-
-    @property
-    def elbo(self) -> np.ndarray:
-        return self.reconstruction - self.kl
-
-
-def elbo(
-    x: np.ndarray,
-    mu: np.ndarray,
-    logvar: np.ndarray,
-    eps: np.ndarray,
-    decode: Decode,
-    likelihood: str,
-    log_jacobian: np.ndarray | None = None,
-    per_feature: bool = False,
-) -> ElboResult:
-    """The Monte Carlo ELBO of x (B, D) in model space, with noise eps (B, L, d).
-
-    `log_jacobian` (D,): per feature, what moves a model-space log-density to raw units (-ln scale_j
-    for gaussian data; None for none). With `per_feature`, each feature's term of the reconstruction.
-    """
-    jacobian = np.zeros(x.shape[1]) if log_jacobian is None else np.asarray(log_jacobian, dtype=np.float64)
-    z = reparameterize(mu, logvar, eps)
-    log_px, features = log_likelihood_draws(x, z, decode, likelihood, per_feature)
-    reconstruction = log_px.mean(axis=1) + jacobian.sum()
-    if features is not None:
-        features += jacobian
-    return ElboResult(reconstruction, kl_to_standard_normal(mu, logvar), features)
 
 
 def p_values(scores: np.ndarray, calibration: np.ndarray, n_calibration: int) -> np.ndarray:
