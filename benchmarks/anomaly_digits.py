@@ -39,9 +39,20 @@ PCA_VARIANCE = 0.9  # PCA keeps the components explaining this share of the norm
 
 def vae_config(npy: Path, out: Path, args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        data=str(npy), out=str(out), likelihood=args.likelihood, hidden=args.hidden, latent_dim=args.latent_dim,
-        epochs=args.epochs, patience=30, batch_size=32, seed=args.seed, val_fraction=0.1,
-        calibration_fraction=0.15, fpr=0.1, score_iw_samples=100, progress=False,
+        data=str(npy),
+        out=str(out),
+        likelihood=args.likelihood,
+        hidden=args.hidden,
+        latent_dim=args.latent_dim,
+        epochs=args.epochs,
+        patience=30,
+        batch_size=32,
+        seed=args.seed,
+        val_fraction=0.1,
+        calibration_fraction=0.15,
+        fpr=0.1,
+        score_iw_samples=100,
+        progress=False,
     )
 
 
@@ -108,41 +119,43 @@ def render(rows: list[dict], args: argparse.Namespace, total_seconds: float) -> 
         if not beaten
         else f"The VAE's mean AUROC is **below** {' and '.join(beaten)}'s on this run."
     )
-    return "\n".join([
-        "# Benchmark: one-vs-rest anomaly detection on digits",
-        "",
-        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; "
-        f"{total_seconds:.0f} s in all. Command: `.venv/bin/python benchmarks/anomaly_digits.py"
-        f" --seed {args.seed} --epochs {args.epochs} --latent-dim {args.latent_dim}"
-        f" --hidden {','.join(map(str, args.hidden))} --likelihood {args.likelihood}`.",
-        "",
-        "Protocol: scikit-learn's digits, split 75/25 stratified by class (seed "
-        f"{args.seed}). For each digit d, every method is fitted on the training rows of class d only and "
-        "scores the test rows of every class; class d is normal and the other nine are anomalies. "
-        "The score is AUROC (higher is better).",
-        "",
-        f"- VAE: `vae train` with a {args.likelihood} likelihood, hidden {','.join(map(str, args.hidden))}, "
-        f"latent {args.latent_dim}, batch 32, up to "
-        f"{args.epochs} epochs with early stopping (patience 30). Scored through the exported ONNX graphs with the "
-        f"service's code: −ELBO averaged over {ELBO_SAMPLES} draws, and −L_K with K = 100 (the served default).",
-        "- IsolationForest: scikit-learn defaults, same seed; score −score_samples.",
-        f"- PCA: components explaining {PCA_VARIANCE:.0%} of the normal class's variance; score the squared "
-        "reconstruction error.",
-        "",
-        "AUROC:",
-        "",
-        *lines,
-        "",
-        "Mean gap L_K − ELBO on the held-out normal rows, in nats (ELBO estimated with 1000 draws; "
-        "L_1 is itself a single-draw ELBO, so its gap is noise around 0):",
-        "",
-        "| " + " | ".join(f"K = {k}" for k in GAP_KS) + " |",
-        "|" + "---|" * len(GAP_KS),
-        f"| {gaps} |",
-        "",
-        verdict,
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Benchmark: one-vs-rest anomaly detection on digits",
+            "",
+            f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; "
+            f"{total_seconds:.0f} s in all. Command: `.venv/bin/python benchmarks/anomaly_digits.py"
+            f" --seed {args.seed} --epochs {args.epochs} --latent-dim {args.latent_dim}"
+            f" --hidden {','.join(map(str, args.hidden))} --likelihood {args.likelihood}`.",
+            "",
+            "Protocol: scikit-learn's digits, split 75/25 stratified by class (seed "
+            f"{args.seed}). For each digit d, every method is fitted on the training rows of class d only and "
+            "scores the test rows of every class; class d is normal and the other nine are anomalies. "
+            "The score is AUROC (higher is better).",
+            "",
+            f"- VAE: `vae train` with a {args.likelihood} likelihood, hidden {','.join(map(str, args.hidden))}, "
+            f"latent {args.latent_dim}, batch 32, up to "
+            f"{args.epochs} epochs with early stopping (patience 30). Scored through the exported ONNX graphs with the "
+            f"service's code: −ELBO averaged over {ELBO_SAMPLES} draws, and −L_K with K = 100 (the served default).",
+            "- IsolationForest: scikit-learn defaults, same seed; score −score_samples.",
+            f"- PCA: components explaining {PCA_VARIANCE:.0%} of the normal class's variance; score the squared "
+            "reconstruction error.",
+            "",
+            "AUROC:",
+            "",
+            *lines,
+            "",
+            "Mean gap L_K − ELBO on the held-out normal rows, in nats (ELBO estimated with 1000 draws; "
+            "L_1 is itself a single-draw ELBO, so its gap is noise around 0):",
+            "",
+            "| " + " | ".join(f"K = {k}" for k in GAP_KS) + " |",
+            "|" + "---|" * len(GAP_KS),
+            f"| {gaps} |",
+            "",
+            verdict,
+            "",
+        ]
+    )
 
 
 def main() -> None:

@@ -171,8 +171,15 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     app.state.settings = settings
     app.state.metrics = metrics
     # Which routes need the API key is decided in one place, by path: ApiKeyMiddleware (service/api/access.py)
-    for router in (health.router, health.protected, inference.router, oip.health, oip.router, web.router,
-                   web.protected):
+    for router in (
+        health.router,
+        health.protected,
+        inference.router,
+        oip.health,
+        oip.router,
+        web.router,
+        web.protected,
+    ):
         app.include_router(router)
     _install_error_handlers(app)
     _install_openapi(app, artifact.manifest)
@@ -182,9 +189,13 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value().encode())
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type", "x-request-id"], expose_headers=["x-request-id"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id"],
         )
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       labels=RouteLabels(app))
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, labels=RouteLabels(app)
+    )
     return app

@@ -73,7 +73,9 @@ def _csv_chunks(path: Path, n_features: int, chunk_rows: int) -> tuple[int | Non
                 try:
                     chunk = np.asarray(rows, dtype=np.float64)
                 except ValueError:
-                    raise BulkError(f"{path}: lines {line}–{line + len(rows) - 1} hold a non-numeric or missing value") from None
+                    raise BulkError(
+                        f"{path}: lines {line}–{line + len(rows) - 1} hold a non-numeric or missing value"
+                    ) from None
                 if chunk.ndim != 2 or chunk.shape[1] != n_features:
                     raise BulkError(f"{path}: line {line} has {len(rows[0])} fields; the model takes {n_features}")
                 line += len(rows)
@@ -126,12 +128,14 @@ def score_file(
                 raise BulkError(f"{data}: rows {scored_rows}–{scored_rows + len(chunk) - 1}: {exc.message}") from None
             d = scored.decisions
             columns = [scored.elbo, scored.reconstruction, scored.kl, scored.log_likelihood, d.anomaly_score]
-            writer.writerows(zip(
-                range(scored_rows, scored_rows + len(chunk)),
-                *(c.tolist() for c in columns),  # Python floats: csv writes them with repr, losslessly
-                np.where(d.is_anomaly, "true", "false").tolist(),
-                d.p_value.tolist(),
-            ))
+            writer.writerows(
+                zip(
+                    range(scored_rows, scored_rows + len(chunk)),
+                    *(c.tolist() for c in columns),  # Python floats: csv writes them with repr, losslessly
+                    np.where(d.is_anomaly, "true", "false").tolist(),
+                    d.p_value.tolist(),
+                )
+            )
             scored_rows += len(chunk)
             bar.update(len(chunk))
     return scored_rows

@@ -330,8 +330,9 @@ class _Client:
             return response.status_code == 200
         raise _http_error(response)
 
-    def _rows_per_request(self, card: dict, draws_per_row: int, bytes_per_row: int,
-                          answer_rows: list[tuple[int, ...]]) -> int:
+    def _rows_per_request(
+        self, card: dict, draws_per_row: int, bytes_per_row: int, answer_rows: list[tuple[int, ...]]
+    ) -> int:
         limits = card.get("limits") or {}
         budget = min(self.max_body_bytes, limits.get("max_body_bytes", math.inf)) - NPY_HEADER_BYTES
         answer_budget = min(self.max_response_bytes, limits.get("max_response_bytes", math.inf))
@@ -366,7 +367,9 @@ class _Client:
         # requests must come from one version: if the model was reloaded in between, ask again, once.
         for attempt in range(2):
             card = yield from self._model(fresh=attempt > 0)  # a new model may come with new limits
-            size = self._rows_per_request(card, draws_per_row, per_number * math.prod(rows.shape[1:]), answer_rows(card))
+            size = self._rows_per_request(
+                card, draws_per_row, per_number * math.prod(rows.shape[1:]), answer_rows(card)
+            )
             answers, versions = [], set()
             for i, chunk in enumerate(_chunks(len(rows), size)):
                 chunk_options = options if seed is None else options | {"seed": seed + i}
@@ -374,7 +377,10 @@ class _Client:
                     request = self._request("POST", path, json={json_field: rows[chunk].tolist(), **chunk_options})
                 else:
                     request = self._request(
-                        "POST", path, content=_npy(rows[chunk]), params=_query(chunk_options),
+                        "POST",
+                        path,
+                        content=_npy(rows[chunk]),
+                        params=_query(chunk_options),
                         headers={"content-type": NPY},
                     )
                 response = yield from self._successful(request)
@@ -400,9 +406,15 @@ class _Client:
             answers = [(yield from self._answer(self._request("POST", "/sample", json=options | {"seed": seed})))]
         else:
             answers = yield from self._post_rows(
-                "/sample", _batch(x, "x"), options, n_samples, seed,
-                answer_rows=lambda card: [(n_samples, card.get("latent_dim", 0))]
-                + ([(n_samples, *card.get("input_shape", []))] if decode else []),
+                "/sample",
+                _batch(x, "x"),
+                options,
+                n_samples,
+                seed,
+                answer_rows=lambda card: (
+                    [(n_samples, card.get("latent_dim", 0))]
+                    + ([(n_samples, *card.get("input_shape", []))] if decode else [])
+                ),
             )
         return Sampled(_concat(answers, "z"), _concat(answers, "x") if decode else None, answers[0]["seed"])
 
@@ -427,11 +439,18 @@ class _Client:
         card = yield from self._model(fresh=False)
         k = iw_samples if iw_samples is not None else (card.get("scoring") or {}).get("iw_samples", 1)
         options = {
-            "n_samples": n_samples, "iw_samples": iw_samples, "feature_scores": feature_scores,
-            "threshold": threshold, "fpr": fpr,
+            "n_samples": n_samples,
+            "iw_samples": iw_samples,
+            "feature_scores": feature_scores,
+            "threshold": threshold,
+            "fpr": fpr,
         }
         answers = yield from self._post_rows(
-            "/elbo", rows, options, n_samples + k, seed,
+            "/elbo",
+            rows,
+            options,
+            n_samples + k,
+            seed,
             answer_rows=lambda card: [()] * 7 + ([tuple(card.get("input_shape", []))] if feature_scores else []),
         )
         first = answers[0]

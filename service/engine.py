@@ -167,7 +167,9 @@ class VaeEngine:
     # --- limits -------------------------------------------------------------------------------------------
     def check_draws(self, batch: int, n_samples: int, iw_samples: int = 0) -> None:
         if n_samples > self.limits.max_samples:
-            raise InvalidInput(f"n_samples: {n_samples} exceeds the limit of {self.limits.max_samples} (VAE_MAX_SAMPLES)")
+            raise InvalidInput(
+                f"n_samples: {n_samples} exceeds the limit of {self.limits.max_samples} (VAE_MAX_SAMPLES)"
+            )
         if iw_samples > self.limits.max_iw_samples:
             raise InvalidInput(
                 f"iw_samples: {iw_samples} exceeds the limit of {self.limits.max_iw_samples} (VAE_MAX_IW_SAMPLES)"
@@ -275,7 +277,11 @@ class VaeEngine:
             threshold = self.resolve_threshold(threshold, fpr)
         return PreparedElbo(
             self.to_model(x_raw).reshape(len(x_raw), -1).astype(np.float64),
-            n_samples, iw_samples, new_seed() if seed is None else seed, feature_scores, threshold,
+            n_samples,
+            iw_samples,
+            new_seed() if seed is None else seed,
+            feature_scores,
+            threshold,
         )
 
     def elbo_batch(self, requests: list[PreparedElbo], deadline: Deadline | None = None) -> list[Scored]:
@@ -306,8 +312,13 @@ class VaeEngine:
             first_draw += z.shape[0] * z.shape[1] + z_iw.shape[0] * z_iw.shape[1]
         want_features = any(r.feature_scores for r in requests)
         log_px, features = scoring.log_likelihood_rows(
-            x, np.concatenate(owners), np.concatenate(zs), self.runtime.decode, likelihood,
-            np.concatenate(marks) if want_features else None, check=checker(deadline),
+            x,
+            np.concatenate(owners),
+            np.concatenate(zs),
+            self.runtime.decode,
+            likelihood,
+            np.concatenate(marks) if want_features else None,
+            check=checker(deadline),
         )
         results = []
         for r, (rows, start, z_iw, eps_iw) in zip(requests, plans):
@@ -321,10 +332,19 @@ class VaeEngine:
             if r.feature_scores:
                 feature_scores = -(features[rows] / r.n_samples + jacobian).reshape([len(r.x), *self._shape])
             decisions = self.decide(-log_likelihood, r.threshold) if r.threshold is not None else None
-            results.append(Scored(
-                reconstruction - kl, reconstruction, kl, log_likelihood, r.n_samples, r.iw_samples, r.seed,
-                decisions, feature_scores,
-            ))
+            results.append(
+                Scored(
+                    reconstruction - kl,
+                    reconstruction,
+                    kl,
+                    log_likelihood,
+                    r.n_samples,
+                    r.iw_samples,
+                    r.seed,
+                    decisions,
+                    feature_scores,
+                )
+            )
         return results
 
     def resolve_threshold(self, threshold: float | None = None, fpr: float | None = None) -> float:

@@ -34,10 +34,14 @@ class Executor:
         self._batchers: dict[str, MicroBatcher] = {}
         if settings.batching:
             for endpoint, run in (
-                ("/elbo", engine.elbo_batch), ("/encode", engine.encode_batch), ("/decode", engine.decode_batch)
+                ("/elbo", engine.elbo_batch),
+                ("/encode", engine.encode_batch),
+                ("/decode", engine.decode_batch),
             ):
                 self._batchers[endpoint] = MicroBatcher(
-                    _sharing_deadline(run), settings.max_batch_size, settings.max_batch_delay_ms / 1000.0,
+                    _sharing_deadline(run),
+                    settings.max_batch_size,
+                    settings.max_batch_delay_ms / 1000.0,
                     _observer(metrics, endpoint),
                 )
 
@@ -45,8 +49,15 @@ class Executor:
         """A new request's deadline: VAE_REQUEST_TIMEOUT_S from now."""
         return Deadline.after(self.timeout_s)
 
-    async def _run(self, endpoint: str, run_one: Callable[..., list[Any]], item: Any, size: int,
-                   state: dict | None, deadline: Deadline | None) -> Any:
+    async def _run(
+        self,
+        endpoint: str,
+        run_one: Callable[..., list[Any]],
+        item: Any,
+        size: int,
+        state: dict | None,
+        deadline: Deadline | None,
+    ) -> Any:
         deadline = deadline or self.deadline()
         batcher = self._batchers.get(endpoint)
         if batcher is not None:

@@ -83,9 +83,7 @@ def as_float_array(value: Any, field: str, max_depth: int = MAX_DEPTH) -> np.nda
         raise InvalidInput(f"{field}: a number is too large for a 64-bit float") from None
     if not np.all(np.isfinite(array)):
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
-        raise InvalidInput(
-            f"{field}{''.join(f'[{i}]' for i in index)}: expected a finite number, got {array[index]}"
-        )
+        raise InvalidInput(f"{field}{''.join(f'[{i}]' for i in index)}: expected a finite number, got {array[index]}")
     return array
 
 
@@ -148,7 +146,9 @@ def read_npy(data: bytes | memoryview, input_shape: list[int], max_instances: in
         elif version == (2, 0):
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
-            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported; save with numpy's default")
+            raise ValueError(
+                f".npy format version {version[0]}.{version[1]} is not supported; save with numpy's default"
+            )
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise MalformedRequest(f"the body is not a readable .npy array: {exc}") from None
     if dtype.hasobject or dtype.fields is not None:
@@ -168,7 +168,9 @@ def read_npy(data: bytes | memoryview, input_shape: list[int], max_instances: in
 def parse_latents(value: Any, latent_dim: int, max_instances: int) -> np.ndarray:
     """z -> (B, d) float32."""
     if isinstance(value, list) and len(value) > max_instances:
-        raise LimitExceeded(f"z: {len(value)} vectors exceed the limit of {max_instances} per request (VAE_MAX_INSTANCES)")
+        raise LimitExceeded(
+            f"z: {len(value)} vectors exceed the limit of {max_instances} per request (VAE_MAX_INSTANCES)"
+        )
     return check_latents(as_float_array(value, "z"), latent_dim, max_instances)
 
 
@@ -179,7 +181,9 @@ def check_latents(array: np.ndarray, latent_dim: int, max_instances: int) -> np.
         got = list(array.shape[1:]) if array.ndim > 1 else "a single number"
         raise InvalidInput(f"z: each latent vector must be {latent_dim} numbers; got vectors shaped {got}")
     if len(array) > max_instances:
-        raise LimitExceeded(f"z: {len(array)} vectors exceed the limit of {max_instances} per request (VAE_MAX_INSTANCES)")
+        raise LimitExceeded(
+            f"z: {len(array)} vectors exceed the limit of {max_instances} per request (VAE_MAX_INSTANCES)"
+        )
     bad = ~np.isfinite(array) | (np.abs(array) > FLOAT32_MAX)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])

@@ -86,8 +86,9 @@ class LiveModel:
         await self.executor.close()
 
 
-def load_live(settings: Settings, metrics: Metrics, artifact: Artifact | None = None,
-              runtime: Runtime | None = None) -> LiveModel:
+def load_live(
+    settings: Settings, metrics: Metrics, artifact: Artifact | None = None, runtime: Runtime | None = None
+) -> LiveModel:
     """Load, verify and warm up a model directory (blocking: call it in a thread). Raises on any failure.
 
     Verified: every file's sha256 (load_artifact), the export parity recorded in the manifest for this
@@ -139,8 +140,13 @@ class ModelHost:
             self._go_live(live)
             seconds = time.perf_counter() - started
             self.metrics.reloads.labels("ok").inc()
-            log.info("model reloaded from %s: version %s replaces %s in %.2f s", self.settings.model_dir,
-                     live.version, previous.version if previous else None, seconds)
+            log.info(
+                "model reloaded from %s: version %s replaces %s in %.2f s",
+                self.settings.model_dir,
+                live.version,
+                previous.version if previous else None,
+                seconds,
+            )
             if previous is not None:
                 self._in_background(previous.retire(self.settings.request_timeout_s + 5))
             return {
@@ -169,10 +175,14 @@ class ModelHost:
     def _go_live(self, live: LiveModel) -> None:
         self.current = live  # one assignment: a request sees the old version or the new, never a mix
         manifest = live.artifact.manifest
-        self.metrics.model.info({
-            "name": manifest.name, "version": live.version, "format_version": str(manifest.format_version),
-            "runtime": live.engine.runtime.name,
-        })
+        self.metrics.model.info(
+            {
+                "name": manifest.name,
+                "version": live.version,
+                "format_version": str(manifest.format_version),
+                "runtime": live.engine.runtime.name,
+            }
+        )
 
     async def close(self) -> None:
         live, self.current = self.current, None

@@ -26,15 +26,26 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("vae_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("vae_request_seconds", "request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "vae_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "vae_request_seconds", "request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
         self.in_flight = Gauge("vae_requests_in_flight", "requests being handled", registry=r)
-        self.queue_wait = Histogram("vae_batch_queue_seconds", "time a request waited for its batch", ["endpoint"],
-                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("vae_batch_instances", "instances per runtime call", ["endpoint"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.batch_requests = Histogram("vae_batch_requests", "requests combined per runtime call", ["endpoint"],
-                                        buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "vae_batch_queue_seconds",
+            "time a request waited for its batch",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "vae_batch_instances", "instances per runtime call", ["endpoint"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "vae_batch_requests", "requests combined per runtime call", ["endpoint"], buckets=BATCH_BUCKETS, registry=r
+        )
         self.model = Info("vae_model", "the model being served", registry=r)
         self.reloads = Counter("vae_model_reloads", "model reloads by result (ok, failed)", ["result"], registry=r)
 
@@ -154,11 +165,17 @@ class ObservabilityMiddleware:
             self.metrics.latency.labels(label).observe(seconds)
             access_log.info(
                 "request",
-                extra={"fields": {
-                    "request_id": request_id, "method": scope["method"], "endpoint": endpoint, "status": status,
-                    "latency_ms": round(seconds * 1000, 3), "batch_size": state.get("batch_size"),
-                    "model_version": live.version if live is not None else None,
-                }},
+                extra={
+                    "fields": {
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "endpoint": endpoint,
+                        "status": status,
+                        "latency_ms": round(seconds * 1000, 3),
+                        "batch_size": state.get("batch_size"),
+                        "model_version": live.version if live is not None else None,
+                    }
+                },
             )
 
     def _new_id(self) -> str:
@@ -180,12 +197,19 @@ class ObservabilityMiddleware:
 
     async def _too_large(self, send, declared: int | None) -> None:
         size = f"{declared} bytes" if declared is not None else "more"
-        body = json.dumps({
-            "error": f"the body is {size}; the limit is {self.max_body_bytes} bytes (VAE_MAX_BODY_BYTES)",
-            "code": "limit_exceeded",
-        }).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "error": f"the body is {size}; the limit is {self.max_body_bytes} bytes (VAE_MAX_BODY_BYTES)",
+                "code": "limit_exceeded",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

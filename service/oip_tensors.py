@@ -176,7 +176,9 @@ def response_bound(tensors: list[tuple[Any, bool, str]]) -> int:
     return total
 
 
-def response_parts(head: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[Iterator[bytes], int | None, int | None]:
+def response_parts(
+    head: dict, outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[Iterator[bytes], int | None, int | None]:
     """The response body of encode_response in chunks, for streaming: (chunks, the body's length when any output
     is binary, the JSON header's length when any output is binary). Binary data goes a slice at a time."""
     tensors, binary = [], []

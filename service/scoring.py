@@ -121,7 +121,9 @@ def threshold_for_fpr(calibration: np.ndarray, n_calibration: int, fpr: float) -
     """
     m = math.floor(fpr * (n_calibration + 1) + 1e-9) - 1
     if m < 0:
-        raise ValueError(f"fpr {fpr:g} is below 1/(n+1) = {min_fpr(n_calibration):.3g} for {n_calibration} calibration scores")
+        raise ValueError(
+            f"fpr {fpr:g} is below 1/(n+1) = {min_fpr(n_calibration):.3g} for {n_calibration} calibration scores"
+        )
     index = len(calibration) - 1 - round(m * len(calibration) / n_calibration)
     return float(calibration[max(index, 0)])
 

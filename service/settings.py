@@ -54,8 +54,9 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_instances, self.max_samples, self.max_iw_samples, self.max_draws,
-                      self.max_response_bytes)
+        return Limits(
+            self.max_instances, self.max_samples, self.max_iw_samples, self.max_draws, self.max_response_bytes
+        )
 
     @property
     def runtime_threads(self) -> int:

@@ -68,10 +68,16 @@ def _calibrated_digits(tmp_path_factory, **options):
     root = tmp_path_factory.mktemp("calibrated")
     np.save(root / "train.npy", x[:1300])
     out = root / "model"
-    train(TrainConfig(
-        data=str(root / "train.npy"), out=str(out), calibration_fraction=0.3, fpr=0.1, **options,
-        **dict(FAST, epochs=25),
-    ))
+    train(
+        TrainConfig(
+            data=str(root / "train.npy"),
+            out=str(out),
+            calibration_fraction=0.3,
+            fpr=0.1,
+            **options,
+            **dict(FAST, epochs=25),
+        )
+    )
     return out, x[1300:].reshape(-1, 64).astype(np.float64)
 
 
@@ -124,8 +130,14 @@ def conv_png_model_dir(tmp_path_factory, png_folder) -> Path:
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "conv-png"
-    train(TrainConfig(
-        data=str(png_folder), out=str(out), arch="conv", fpr=0.1, calibration_fraction=0.2,
-        **dict(FAST, hidden=[8, 16], epochs=40, batch_size=16),  # 60 images: small batches to learn anything
-    ))
+    train(
+        TrainConfig(
+            data=str(png_folder),
+            out=str(out),
+            arch="conv",
+            fpr=0.1,
+            calibration_fraction=0.2,
+            **dict(FAST, hidden=[8, 16], epochs=40, batch_size=16),  # 60 images: small batches to learn anything
+        )
+    )
     return out

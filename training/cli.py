@@ -64,60 +64,138 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="train a VAE and write a model directory",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", default=defaults["data"],
-                   help="'digits', a .npy, .npz or .csv file, or a folder of PNG/JPEG images")
+    p.add_argument(
+        "--data", default=defaults["data"], help="'digits', a .npy, .npz or .csv file, or a folder of PNG/JPEG images"
+    )
     p.add_argument("--out", default=defaults["out"], help="model directory to write (replaced atomically)")
-    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=argparse.SUPPRESS,
-                   help="p(x|z) (default: bernoulli for digits, gaussian for files)")
-    p.add_argument("--noise", choices=["shared", "feature"], default=argparse.SUPPRESS,
-                   help="gaussian p(x|z): one variance shared by all features (probabilistic PCA's form), or one "
-                        "per feature (default: shared)")
-    p.add_argument("--scaling", choices=["range", "standard"], default=argparse.SUPPRESS,
-                   help="range: one offset and scale for all features; standard: per-feature mean and std "
-                        "(default: range for pixels, C x H x W, standard for tables)")
-    p.add_argument("--latent-dim", type=_positive_int, default=argparse.SUPPRESS,
-                   help="size of z (default: chosen from 1, 2, 4, ... 32 by held-out L_K)")
-    p.add_argument("--arch", choices=["mlp", "conv"], default=defaults["arch"],
-                   help="mlp, or conv for data shaped C x H x W (digits, image folders)")
-    p.add_argument("--hidden", type=_hidden, default=argparse.SUPPRESS,
-                   help="mlp layer widths, 'linear' for none, or conv channels per stride-2 block; the decoder "
-                        "mirrors them (default: a linear model and an MLP sized from the features are both "
-                        "fitted and the better by held-out L_K kept; 32,64 for conv)")
-    p.add_argument("--channels", type=int, choices=[1, 3], default=argparse.SUPPRESS,
-                   help="image folders: 1 (grayscale) or 3 (RGB) (default: 3 if any image has colour)")
-    p.add_argument("--image-size", type=_image_size, default=argparse.SUPPRESS,
-                   help="image folders: resize every image to H[,W] (default: images must share one size)")
-    p.add_argument("--epochs", type=_positive_int, default=argparse.SUPPRESS,
-                   help="maximum epochs (default: about 8000 gradient steps' worth, 50 to 3000)")
-    p.add_argument("--batch-size", type=_positive_int, default=argparse.SUPPRESS,
-                   help="rows per gradient step (default: training rows / 8, within 16 to 128)")
+    p.add_argument(
+        "--likelihood",
+        choices=["bernoulli", "gaussian"],
+        default=argparse.SUPPRESS,
+        help="p(x|z) (default: bernoulli for digits, gaussian for files)",
+    )
+    p.add_argument(
+        "--noise",
+        choices=["shared", "feature"],
+        default=argparse.SUPPRESS,
+        help="gaussian p(x|z): one variance shared by all features (probabilistic PCA's form), or one "
+        "per feature (default: shared)",
+    )
+    p.add_argument(
+        "--scaling",
+        choices=["range", "standard"],
+        default=argparse.SUPPRESS,
+        help="range: one offset and scale for all features; standard: per-feature mean and std "
+        "(default: range for pixels, C x H x W, standard for tables)",
+    )
+    p.add_argument(
+        "--latent-dim",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="size of z (default: chosen from 1, 2, 4, ... 32 by held-out L_K)",
+    )
+    p.add_argument(
+        "--arch",
+        choices=["mlp", "conv"],
+        default=defaults["arch"],
+        help="mlp, or conv for data shaped C x H x W (digits, image folders)",
+    )
+    p.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=argparse.SUPPRESS,
+        help="mlp layer widths, 'linear' for none, or conv channels per stride-2 block; the decoder "
+        "mirrors them (default: a linear model and an MLP sized from the features are both "
+        "fitted and the better by held-out L_K kept; 32,64 for conv)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=argparse.SUPPRESS,
+        help="image folders: 1 (grayscale) or 3 (RGB) (default: 3 if any image has colour)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=argparse.SUPPRESS,
+        help="image folders: resize every image to H[,W] (default: images must share one size)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="maximum epochs (default: about 8000 gradient steps' worth, 50 to 3000)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="rows per gradient step (default: training rows / 8, within 16 to 128)",
+    )
     p.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate")
     p.add_argument("--beta", type=_non_negative_float, default=defaults["beta"], help="KL weight in the loss")
     p.add_argument("--seed", type=int, default=defaults["seed"], help="same seed, same weights and numbers")
-    p.add_argument("--val-fraction", type=_fraction, default=defaults["val_fraction"],
-                   help="share of rows held out for early stopping")
-    p.add_argument("--calibration-fraction", type=_fraction, default=argparse.SUPPRESS,
-                   help="share of rows held out from training and early stopping to calibrate the threshold "
-                        "(default: 0.1, grown up to 0.25 when that is too few rows for the false-alarm rate)")
-    p.add_argument("--score-iw-samples", type=_positive_int, default=argparse.SUPPRESS,
-                   help="K of the importance-weighted log-likelihood used to calibrate, and served by default "
-                        "(default: the smallest K in 1, 2, 4, ... 256 whose Monte Carlo noise is at most 10%% of "
-                        "the calibration scores' interquartile range)")
-    p.add_argument("--fpr", type=_fraction, default=argparse.SUPPRESS,
-                   help="target false-alarm rate of the default threshold (default: 0.01, or the smallest rate "
-                        "the calibration split supports when it is too small; an explicit rate it cannot "
-                        "support is an error)")
-    p.add_argument("--patience", type=_positive_int, default=argparse.SUPPRESS,
-                   help="epochs without a better validation ELBO before stopping (default: about 300 steps' worth)")
-    p.add_argument("--kl-warmup", type=_non_negative_int, default=defaults["kl_warmup"],
-                   help="epochs over which beta ramps linearly from 0 (0: off)")
-    p.add_argument("--free-bits", type=_non_negative_float, default=defaults["free_bits"],
-                   help="per-dimension KL floor in nats against posterior collapse (0: off)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults["device"],
-                   help="auto uses CUDA when present; exported graphs always load on the CPU")
-    p.add_argument("--threads", type=_non_negative_int, default=defaults["threads"],
-                   help="torch's CPU threads per process; 0: torch's default (one per core, one under torchrun). "
-                        "On small VMs 1 can be much faster: see docs/benchmark-distributed.md")
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=defaults["val_fraction"],
+        help="share of rows held out for early stopping",
+    )
+    p.add_argument(
+        "--calibration-fraction",
+        type=_fraction,
+        default=argparse.SUPPRESS,
+        help="share of rows held out from training and early stopping to calibrate the threshold "
+        "(default: 0.1, grown up to 0.25 when that is too few rows for the false-alarm rate)",
+    )
+    p.add_argument(
+        "--score-iw-samples",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="K of the importance-weighted log-likelihood used to calibrate, and served by default "
+        "(default: the smallest K in 1, 2, 4, ... 256 whose Monte Carlo noise is at most 10%% of "
+        "the calibration scores' interquartile range)",
+    )
+    p.add_argument(
+        "--fpr",
+        type=_fraction,
+        default=argparse.SUPPRESS,
+        help="target false-alarm rate of the default threshold (default: 0.01, or the smallest rate "
+        "the calibration split supports when it is too small; an explicit rate it cannot "
+        "support is an error)",
+    )
+    p.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="epochs without a better validation ELBO before stopping (default: about 300 steps' worth)",
+    )
+    p.add_argument(
+        "--kl-warmup",
+        type=_non_negative_int,
+        default=defaults["kl_warmup"],
+        help="epochs over which beta ramps linearly from 0 (0: off)",
+    )
+    p.add_argument(
+        "--free-bits",
+        type=_non_negative_float,
+        default=defaults["free_bits"],
+        help="per-dimension KL floor in nats against posterior collapse (0: off)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=defaults["device"],
+        help="auto uses CUDA when present; exported graphs always load on the CPU",
+    )
+    p.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=defaults["threads"],
+        help="torch's CPU threads per process; 0: torch's default (one per core, one under torchrun). "
+        "On small VMs 1 can be much faster: see docs/benchmark-distributed.md",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
@@ -136,17 +214,37 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", nargs="?", default=None, help="model directory (default: $VAE_MODEL_DIR)")
     p.add_argument("--host", default=None, help="bind address (default: $VAE_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: $VAE_PORT or 8000)")
-    p.add_argument("--runtime", choices=["onnx", "torchscript"], default=None,
-                   help="network runtime (default: $VAE_RUNTIME or onnx)")
-    p.add_argument("--workers", type=_positive_int, default=None,
-                   help="server processes (default: $VAE_WORKERS or 1); threads per worker default to cores / workers")
-    p.add_argument("--keep-alive-s", type=float, default=None,
-                   help="close a keep-alive connection idle this long (default: $VAE_KEEP_ALIVE_S or 5)")
-    p.add_argument("--limit-concurrency", type=int, default=None,
-                   help="connections and requests at once per worker; more get 503 at once "
-                        "(default: $VAE_LIMIT_CONCURRENCY or 1024)")
-    p.add_argument("--backlog", type=int, default=None,
-                   help="connections queued before they are accepted (default: $VAE_BACKLOG or 2048)")
+    p.add_argument(
+        "--runtime",
+        choices=["onnx", "torchscript"],
+        default=None,
+        help="network runtime (default: $VAE_RUNTIME or onnx)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="server processes (default: $VAE_WORKERS or 1); threads per worker default to cores / workers",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=None,
+        help="close a keep-alive connection idle this long (default: $VAE_KEEP_ALIVE_S or 5)",
+    )
+    p.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        help="connections and requests at once per worker; more get 503 at once "
+        "(default: $VAE_LIMIT_CONCURRENCY or 1024)",
+    )
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=None,
+        help="connections queued before they are accepted (default: $VAE_BACKLOG or 2048)",
+    )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -157,8 +255,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model_dir", help="a model directory")
     p.add_argument("--data", required=True, help="'digits', or a .npy, .npz or .csv file")
-    p.add_argument("--iw-samples", type=_positive_int, default=None,
-                   help="K of L_K (default: the K the threshold was calibrated with)")
+    p.add_argument(
+        "--iw-samples",
+        type=_positive_int,
+        default=None,
+        help="K of L_K (default: the K the threshold was calibrated with)",
+    )
     p.add_argument("--label-column", default=None, help="CSV column holding labels (name or 0-based index)")
     p.add_argument("--normal-label", default=None, help="the label value that means normal; others are anomalies")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
@@ -176,8 +278,12 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", help="a model directory")
     p.add_argument("--data", required=True, help="a .npy (memory-mapped) or .csv file of raw rows")
     p.add_argument("--out", required=True, help="the CSV to write")
-    p.add_argument("--iw-samples", type=_positive_int, default=None,
-                   help="K of L_K (default: the K the threshold was calibrated with)")
+    p.add_argument(
+        "--iw-samples",
+        type=_positive_int,
+        default=None,
+        help="K of L_K (default: the K the threshold was calibrated with)",
+    )
     p.add_argument("--n-samples", type=_positive_int, default=1, help="draws of the ELBO")
     p.add_argument("--seed", type=int, default=0, help="chunk i uses seed + i, as an /elbo request would")
     p.add_argument("--chunk-rows", type=_positive_int, default=1024, help="rows scored at a time (bounds memory)")
@@ -256,9 +362,16 @@ def _serve(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"vae serve: {exc}", file=sys.stderr)
         return 2
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                  timeout_graceful_shutdown=settings.request_timeout_s + 5, timeout_keep_alive=settings.keep_alive_s,
-                  limit_concurrency=settings.limit_concurrency, backlog=settings.backlog)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.request_timeout_s + 5,
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.limit_concurrency,
+        backlog=settings.backlog,
+    )
     if settings.workers == 1:
         uvicorn.run(app, **common)
     else:  # each worker process imports service.main, which reads the same settings from the environment
@@ -315,7 +428,12 @@ def _score(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
-        "train": _train, "export": _export, "serve": _serve, "evaluate": _evaluate, "report": _report, "score": _score,
+        "train": _train,
+        "export": _export,
+        "serve": _serve,
+        "evaluate": _evaluate,
+        "report": _report,
+        "score": _score,
     }
     handler = handlers[args.command]
     return handler(args)

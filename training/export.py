@@ -259,7 +259,10 @@ def export_model_dir(
         _export_torchscript(model.decoder, staged / graphs.decoder.torchscript)
         manifest = _manifest(checkpoint, out.name, graphs, files={})
         if calibration is not None:
-            checkpoint = {**checkpoint, "scoring": calibrate(Artifact(staged, manifest), calibration, progress).model_dump()}
+            checkpoint = {
+                **checkpoint,
+                "scoring": calibrate(Artifact(staged, manifest), calibration, progress).model_dump(),
+            }
         torch.save(checkpoint, staged / CHECKPOINT_NAME)
         with (staged / METRICS_NAME).open("w") as f:
             for row in checkpoint["history"]:

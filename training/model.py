@@ -147,7 +147,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.logvar_min, self.logvar_max = ENCODER_LOGVAR_RANGE
         # No hidden layers: a linear encoder, which is exact for a linear-gaussian decoder's posterior.
-        self.body = nn.Sequential(mlp([config.n_features, *config.hidden]), nn.SiLU()) if config.hidden else nn.Identity()
+        self.body = (
+            nn.Sequential(mlp([config.n_features, *config.hidden]), nn.SiLU()) if config.hidden else nn.Identity()
+        )
         self.head = nn.Linear(config.hidden[-1] if config.hidden else config.n_features, 2 * config.latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -216,7 +218,9 @@ class VAE(nn.Module):
             if not config.hidden:
                 raise ValueError("--arch conv needs at least one block of channels in hidden")
             self.encoder = ConvEncoder(config)
-            self.decoder = ConvBernoulliDecoder(config) if config.likelihood == "bernoulli" else ConvGaussianDecoder(config)
+            self.decoder = (
+                ConvBernoulliDecoder(config) if config.likelihood == "bernoulli" else ConvGaussianDecoder(config)
+            )
         else:
             self.encoder = Encoder(config)
             self.decoder = BernoulliDecoder(config) if config.likelihood == "bernoulli" else GaussianDecoder(config)

@@ -129,8 +129,12 @@ def plot_calibration(artifact: Artifact, path: Path) -> None:
     calibration = scoring.calibration
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.hist(calibration.scores, bins=min(50, max(10, len(calibration.scores) // 5)), alpha=0.8)
-    ax.axvline(calibration.threshold, color="black", linestyle="--",
-               label=f"threshold {calibration.threshold:.2f} (fpr {calibration.fpr:g})")
+    ax.axvline(
+        calibration.threshold,
+        color="black",
+        linestyle="--",
+        label=f"threshold {calibration.threshold:.2f} (fpr {calibration.fpr:g})",
+    )
     ax.set_xlabel(f"anomaly score −L_K, K = {scoring.iw_samples} (nats)")
     ax.set_ylabel(f"calibration rows (n = {calibration.n})")
     ax.legend()
@@ -141,7 +145,9 @@ def plot_calibration(artifact: Artifact, path: Path) -> None:
 
 def _html(artifact: Artifact, history: list[dict]) -> str:
     manifest = artifact.manifest.public()
-    manifest["scoring"]["calibration"]["scores"] = f"[{len(manifest['scoring']['calibration']['scores'])} sorted scores]"
+    manifest["scoring"]["calibration"]["scores"] = (
+        f"[{len(manifest['scoring']['calibration']['scores'])} sorted scores]"
+    )
     summary = {
         "name": manifest["name"],
         "architecture": manifest["architecture"],
@@ -159,7 +165,12 @@ def _html(artifact: Artifact, history: list[dict]) -> str:
     )
     columns = ["epoch", "train_elbo", "val_elbo", "val_reconstruction", "val_kl", "active_units"]
     metric_rows = "".join(
-        "<tr>" + "".join(f"<td>{row.get(c, ''):.3f}</td>" if isinstance(row.get(c), float) else f"<td>{row.get(c, '')}</td>" for c in columns) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{row.get(c, ''):.3f}</td>" if isinstance(row.get(c), float) else f"<td>{row.get(c, '')}</td>"
+            for c in columns
+        )
+        + "</tr>"
         for row in history
     )
     return f"""<!doctype html>

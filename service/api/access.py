@@ -29,7 +29,7 @@ def _is_oip(path: str) -> bool:
 
 
 def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or (path.startswith(PAGE_FILES) and "/" not in path[len(PAGE_FILES):])
+    return path in PUBLIC_PATHS or (path.startswith(PAGE_FILES) and "/" not in path[len(PAGE_FILES) :])
 
 
 def has_key(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:

@@ -108,8 +108,9 @@ async def read_body(
     if kind == NPY:
         body = _npy_options(request, model)
         raw = await read_raw(request)
-        return body, await _off_the_loop(executor, deadline, len(raw), read_npy, raw, engine.manifest.input_shape,
-                                         engine.limits.max_instances)
+        return body, await _off_the_loop(
+            executor, deadline, len(raw), read_npy, raw, engine.manifest.input_shape, engine.limits.max_instances
+        )
     raw = await read_raw(request)
     return await _off_the_loop(executor, deadline, len(raw), parse_json_body, raw, model, engine)
 
@@ -170,7 +171,9 @@ def _npy_options(request: Request, model: type[Body]) -> Body:
     return _validated(model, {key: _form_value(key, value) for key, value in fields} | {"instances": []})
 
 
-async def _read_form(request: Request, model: type[Body], executor: Executor, deadline: Deadline) -> tuple[Body, np.ndarray]:
+async def _read_form(
+    request: Request, model: type[Body], executor: Executor, deadline: Deadline
+) -> tuple[Body, np.ndarray]:
     engine = executor.engine
     spec = engine.manifest.image
     if spec is None:
@@ -206,16 +209,24 @@ def request_body_doc(model: type[BaseModel], images: bool) -> dict:
     """OpenAPI text for a body read by read_body: the JSON model, and the multipart form when images are allowed."""
     content = {JSON: {"schema": model.model_json_schema()}}
     if "instances" in model.model_fields:
-        content[NPY] = {"schema": {"type": "string", "format": "binary",
-                                   "description": "one .npy array of instances; options in the query string"}}
+        content[NPY] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "one .npy array of instances; options in the query string",
+            }
+        }
     if images:
         options = {k: v for k, v in model.model_json_schema()["properties"].items() if k != "instances"}
         content[MULTIPART] = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
-                                  "description": "PNG or JPEG images, for models that take images"},
+                    FILES_FIELD: {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "PNG or JPEG images, for models that take images",
+                    },
                     **options,
                 },
                 "required": [FILES_FIELD],

@@ -115,8 +115,12 @@ async def sample(request: Request, executor: ExecutorDep) -> Response:
     return json_answer(content, size)
 
 
-@router.post("/decode", response_model=DecodeResponse, responses={200: PNG},
-             openapi_extra=request_body_doc(DecodeRequest, images=False))
+@router.post(
+    "/decode",
+    response_model=DecodeResponse,
+    responses={200: PNG},
+    openapi_extra=request_body_doc(DecodeRequest, images=False),
+)
 async def decode(request: Request, executor: ExecutorDep) -> Response:
     """The mean of p(x|z) in raw units for each latent vector."""
     engine, deadline = executor.engine, executor.deadline()
@@ -151,7 +155,9 @@ async def elbo(request: Request, executor: ExecutorDep) -> Response:
     )
     shapes = [(len(x_raw),)] * 7 + ([(len(x_raw), *engine.manifest.input_shape)] if body.feature_scores else [])
     size = json_bytes(*shapes)
-    check_answer(engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else ""))
+    check_answer(
+        engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
+    )
     scored = await executor.elbo(prepared, state_of(request), deadline)
     decisions = scored.decisions
     content = {
@@ -175,8 +181,9 @@ async def elbo(request: Request, executor: ExecutorDep) -> Response:
 def heatmap_png(engine: VaeEngine, x_raw: np.ndarray, body: HeatmapRequest, deadline: Deadline) -> bytes:
     """Score the inputs with per-feature scores and draw each input with its scores overlaid (worker pool)."""
     spec = engine.manifest.image
-    scored = engine.elbo(x_raw, n_samples=body.n_samples, seed=body.seed, iw_samples=1, feature_scores=True,
-                         deadline=deadline)
+    scored = engine.elbo(
+        x_raw, n_samples=body.n_samples, seed=body.seed, iw_samples=1, feature_scores=True, deadline=deadline
+    )
     shape = (len(x_raw), spec.channels, spec.height, spec.width)
     pixels = to_pixels(x_raw.reshape(shape), spec.max_value)
     per_pixel = scored.feature_scores.reshape(shape).sum(axis=1)  # (B, H, W): channels add up

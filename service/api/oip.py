@@ -34,7 +34,14 @@ from service.executor import Executor
 from service.live_model import LiveModel
 from service.inputs import check_array, check_latents
 from service.oip_tensors import (
-    BINARY, HEADER_LENGTH, InferenceRequest, encode_response, read_inputs, response_bound, response_parts, split_body,
+    BINARY,
+    HEADER_LENGTH,
+    InferenceRequest,
+    encode_response,
+    read_inputs,
+    response_bound,
+    response_parts,
+    split_body,
 )
 from service.schemas import ElboRequest, SampleRequest
 
@@ -84,8 +91,7 @@ router = APIRouter(tags=["open inference protocol v2"], route_class=ProtocolRout
 
 
 # --- the operations as models -------------------------------------------------------------------------------
-Run = Callable[[Executor, dict[str, np.ndarray], BaseModel | None, bool, dict, Deadline],
-               Awaitable[tuple[dict, dict]]]
+Run = Callable[[Executor, dict[str, np.ndarray], BaseModel | None, bool, dict, Deadline], Awaitable[tuple[dict, dict]]]
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,9 @@ async def _encode(executor, inputs, options, wants_x, state, deadline):
 async def _sample(executor, inputs, options, wants_x, state, deadline):
     x_raw = _instances(executor, inputs) if "instances" in inputs else None
     decode = options.decode or wants_x
-    sampled = await executor.call(executor.engine.sample, x_raw, options.n_samples, options.seed, decode, deadline,
-                                  deadline=deadline)
+    sampled = await executor.call(
+        executor.engine.sample, x_raw, options.n_samples, options.seed, decode, deadline, deadline=deadline
+    )
     outputs = {"z": sampled.z} if sampled.x is None else {"z": sampled.z, "x": sampled.x}
     return outputs, {"seed": sampled.seed}
 
@@ -127,18 +134,28 @@ async def _decode(executor, inputs, options, wants_x, state, deadline):
 
 async def _elbo(executor, inputs, options, wants_x, state, deadline):
     prepared = executor.engine.prepare_elbo(
-        _instances(executor, inputs), n_samples=options.n_samples, seed=options.seed, iw_samples=options.iw_samples,
-        threshold=options.threshold, fpr=options.fpr,
+        _instances(executor, inputs),
+        n_samples=options.n_samples,
+        seed=options.seed,
+        iw_samples=options.iw_samples,
+        threshold=options.threshold,
+        fpr=options.fpr,
     )
     scored = await executor.elbo(prepared, state, deadline)
     decisions = scored.decisions
     outputs = {
-        "elbo": scored.elbo, "reconstruction": scored.reconstruction, "kl": scored.kl,
-        "log_likelihood": scored.log_likelihood, "anomaly_score": decisions.anomaly_score,
-        "is_anomaly": decisions.is_anomaly, "p_value": decisions.p_value,
+        "elbo": scored.elbo,
+        "reconstruction": scored.reconstruction,
+        "kl": scored.kl,
+        "log_likelihood": scored.log_likelihood,
+        "anomaly_score": decisions.anomaly_score,
+        "is_anomaly": decisions.is_anomaly,
+        "p_value": decisions.p_value,
     }
     parameters = {
-        "threshold": decisions.threshold, "n_samples": scored.n_samples, "iw_samples": scored.iw_samples,
+        "threshold": decisions.threshold,
+        "n_samples": scored.n_samples,
+        "iw_samples": scored.iw_samples,
         "seed": scored.seed,
     }
     return outputs, parameters
@@ -153,7 +170,9 @@ OPERATIONS = {
     "sample": Operation(
         inputs=lambda m: {"instances": [-1, *m.input_shape]},
         outputs=lambda m: {"z": [-1, -1, m.latent_dim], "x": [-1, -1, *m.input_shape]},
-        run=_sample, options=SampleRequest, parameters=("n_samples", "seed", "decode"),
+        run=_sample,
+        options=SampleRequest,
+        parameters=("n_samples", "seed", "decode"),
         optional_inputs=("instances",),
     ),
     "decode": Operation(
@@ -164,7 +183,9 @@ OPERATIONS = {
     "elbo": Operation(
         inputs=lambda m: {"instances": [-1, *m.input_shape]},
         outputs=lambda m: {name: [-1] for name in ELBO_OUTPUTS},
-        run=_elbo, options=ElboRequest, parameters=("n_samples", "iw_samples", "seed", "threshold", "fpr"),
+        run=_elbo,
+        options=ElboRequest,
+        parameters=("n_samples", "iw_samples", "seed", "threshold", "fpr"),
     ),
 }
 
@@ -211,8 +232,9 @@ def _check_input_names(model_name: str, op: Operation, body: InferenceRequest, m
         raise InvalidInput(f"inputs: missing input '{missing[0]}' of {model_name}")
 
 
-def _wanted(model_name: str, op: Operation, body: InferenceRequest, manifest: Manifest,
-            binary_default: bool) -> list[tuple[str, bool]] | None:
+def _wanted(
+    model_name: str, op: Operation, body: InferenceRequest, manifest: Manifest, binary_default: bool
+) -> list[tuple[str, bool]] | None:
     """The requested outputs with whether each goes binary, in the request's order; None for all of them
     (no `outputs`, or an empty list, as gRPC cannot tell the two apart)."""
     if not body.outputs:
@@ -306,10 +328,13 @@ INFER_BODY = {
         "required": True,
         "content": {
             "application/json": {"schema": {"type": "object", "description": "an inference request (docs/oip-v2.md)"}},
-            "application/octet-stream": {"schema": {
-                "type": "string", "format": "binary",
-                "description": "the JSON request (Inference-Header-Content-Length bytes), then the binary input data",
-            }},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "the JSON request (Inference-Header-Content-Length bytes), then the binary input data",
+                }
+            },
         },
     }
 }
@@ -321,7 +346,9 @@ async def infer(model_name: str, request: Request, live: LiveDep) -> Response:
     return await _infer(model_name, None, request, live)
 
 
-@router.post("/v2/models/{model_name}/versions/{model_version}/infer", response_class=Response, openapi_extra=INFER_BODY)
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/infer", response_class=Response, openapi_extra=INFER_BODY
+)
 async def infer_version(model_name: str, model_version: str, request: Request, live: LiveDep) -> Response:
     """Infer at this version, the one being served (404 for any other)."""
     return await _infer(model_name, model_version, request, live)
@@ -336,7 +363,9 @@ class Parsed:
     inputs: dict[str, np.ndarray]
 
 
-def _parse(raw: bytes | memoryview, header_length: str | None, model_name: str, op: Operation, live: LiveModel) -> Parsed:
+def _parse(
+    raw: bytes | memoryview, header_length: str | None, model_name: str, op: Operation, live: LiveModel
+) -> Parsed:
     """Everything about a request's body that can fail before the model runs (in the worker pool when large)."""
     manifest = live.artifact.manifest
     header, binary = split_body(raw, header_length, max_json_values(live.engine))
@@ -349,7 +378,9 @@ def _parse(raw: bytes | memoryview, header_length: str | None, model_name: str, 
 
 def _chosen(op: Operation, manifest: Manifest, parsed: Parsed, decodes: bool) -> list[tuple[str, bool]]:
     """The outputs the answer holds, each with whether it goes binary."""
-    produced = [name for name in op.outputs(manifest) if not (op is OPERATIONS["sample"] and name == "x" and not decodes)]
+    produced = [
+        name for name in op.outputs(manifest) if not (op is OPERATIONS["sample"] and name == "x" and not decodes)
+    ]
     return parsed.wanted or [(name, parsed.binary_default) for name in produced]
 
 

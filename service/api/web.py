@@ -24,7 +24,9 @@ STATIC = {
     "style.css": "text/css; charset=utf-8",
 }
 # Same-origin scripts and styles only; pictures may also be blob: URLs (fetched with the API key).
-PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 REPORT_DIR = "report"  # written by `vae train` and `vae report` (training/report.py)
 # Pictures only: a plain file name (no separators, no leading dot) with one of these extensions.
 REPORT_PICTURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(png|jpg|jpeg)")
@@ -48,8 +50,13 @@ def _static(name: str) -> bytes:
 
 def _page_file(name: str) -> Response:
     return Response(
-        _static(name), media_type=STATIC[name],
-        headers={"content-security-policy": PAGE_POLICY, "x-content-type-options": "nosniff", "cache-control": "no-cache"},
+        _static(name),
+        media_type=STATIC[name],
+        headers={
+            "content-security-policy": PAGE_POLICY,
+            "x-content-type-options": "nosniff",
+            "cache-control": "no-cache",
+        },
     )
 
 
@@ -108,6 +115,7 @@ def report_picture(name: str, request: Request) -> Response:
     if path is None:
         raise NotFound(f"{name!r}: no such picture in the model's report/ (see GET /v1/model/report)")
     return Response(
-        path.read_bytes(), media_type=PICTURE_TYPES[name.rsplit(".", 1)[1]],
+        path.read_bytes(),
+        media_type=PICTURE_TYPES[name.rsplit(".", 1)[1]],
         headers={"x-content-type-options": "nosniff", "cache-control": "no-cache"},
     )

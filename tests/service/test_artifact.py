@@ -83,14 +83,17 @@ def test_manifest_with_a_bad_field(model_copy):
     assert str(err.value) == f"{model_copy / 'manifest.json'} is invalid: latent_dim: Input should be greater than 0"
 
 
-@pytest.mark.parametrize("name, problem", [
-    ("../encoder.onnx", "a path, not a plain name"),
-    ("/tmp/encoder.onnx", "a path, not a plain name"),
-    ("graphs/encoder.onnx", "a path, not a plain name"),
-    ("graphs\\encoder.onnx", "a path, not a plain name"),
-    ("..", "not a file name"),
-    ("encoder\n.onnx", "a name with control characters"),
-])
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("../encoder.onnx", "a path, not a plain name"),
+        ("/tmp/encoder.onnx", "a path, not a plain name"),
+        ("graphs/encoder.onnx", "a path, not a plain name"),
+        ("graphs\\encoder.onnx", "a path, not a plain name"),
+        ("..", "not a file name"),
+        ("encoder\n.onnx", "a name with control characters"),
+    ],
+)
 def test_file_names_must_be_plain_names_in_the_directory(model_copy, name, problem):
     """A manifest naming a file outside its directory, listed with the right sha256, used to be loaded."""
     outside = model_copy.parent / "encoder.onnx"

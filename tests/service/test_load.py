@@ -35,7 +35,10 @@ def start_server(model_dir, *args, env=None):
     log = tempfile.NamedTemporaryFile("w+", prefix="vae-serve-", suffix=".log", delete=False)
     process = subprocess.Popen(
         [VAE, "serve", str(model_dir), "--port", str(port), *args],
-        stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ | (env or {}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | (env or {}),
     )
     process.log_path = log.name
     base = f"http://127.0.0.1:{port}"
@@ -70,10 +73,14 @@ def test_thousands_of_concurrent_requests_match_their_solo_answers(digits_model_
     requests = []
     for i in range(2000):
         rows = rng.integers(0, len(digits_rows), size=int(rng.integers(1, 4)))
-        requests.append({
-            "instances": digits_rows[rows].tolist(), "n_samples": int(rng.integers(1, 4)),
-            "iw_samples": int(rng.integers(1, 10)), "seed": i,
-        })
+        requests.append(
+            {
+                "instances": digits_rows[rows].tolist(),
+                "n_samples": int(rng.integers(1, 4)),
+                "iw_samples": int(rng.integers(1, 10)),
+                "seed": i,
+            }
+        )
 
     async def run():
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -94,8 +101,12 @@ def test_thousands_of_concurrent_requests_match_their_solo_answers(digits_model_
         np.testing.assert_allclose(got["elbo"], alone.elbo, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(got["log_likelihood"], alone.log_likelihood, rtol=1e-5, atol=1e-4)
         assert got["is_anomaly"] == alone.decisions.is_anomaly.tolist()
-    count = float(next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_count{endpoint="/elbo"}')).split()[-1])
-    total = float(next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_sum{endpoint="/elbo"}')).split()[-1])
+    count = float(
+        next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_count{endpoint="/elbo"}')).split()[-1]
+    )
+    total = float(
+        next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_sum{endpoint="/elbo"}')).split()[-1]
+    )
     assert total == 2000 and count < total  # some runtime calls served several requests
 
 

@@ -98,7 +98,11 @@ def test_p_values_and_thresholds_on_a_known_calibration():
     assert threshold == 95.0
     flagged = np.array([95.0, 95.5]) > threshold
     assert flagged.tolist() == [False, True]
-    assert scoring.p_values(np.array([95.5]), calibration, 99)[0] <= 0.05 < scoring.p_values(np.array([95.0]), calibration, 99)[0]
+    assert (
+        scoring.p_values(np.array([95.5]), calibration, 99)[0]
+        <= 0.05
+        < scoring.p_values(np.array([95.0]), calibration, 99)[0]
+    )
     with pytest.raises(ValueError, match="below 1/\\(n\\+1\\)"):
         scoring.threshold_for_fpr(calibration, 99, 0.005)
 
@@ -159,8 +163,12 @@ def test_decisions_follow_the_p_values_at_the_calibrated_fpr(calibration_setup):
 def test_feature_scores_sum_to_minus_reconstruction(clients):
     for model in ("digits", "tabular"):
         client = clients[model, "onnx"]
-        body = client.post("/elbo", json={"instances": instances_for(client, 3), "n_samples": 5, "seed": 2, "feature_scores": True}).json()
+        body = client.post(
+            "/elbo", json={"instances": instances_for(client, 3), "n_samples": 5, "seed": 2, "feature_scores": True}
+        ).json()
         card = client.get("/v1/model").json()
         features = np.asarray(body["feature_scores"])
         assert features.shape == (3, *card["input_shape"])
-        np.testing.assert_allclose(features.reshape(3, -1).sum(axis=1), -np.asarray(body["reconstruction"]), rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(
+            features.reshape(3, -1).sum(axis=1), -np.asarray(body["reconstruction"]), rtol=1e-9, atol=1e-6
+        )

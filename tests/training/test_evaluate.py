@@ -64,9 +64,25 @@ def test_cli_prints_json_and_writes_the_plot(calibration_setup, labelled, tmp_pa
     path, _, _ = labelled
     plot = tmp_path / "scores.png"
     result = subprocess.run(
-        [VAE, "evaluate", str(model_dir), "--data", str(path), "--label-column", "kind", "--normal-label", "normal",
-         "--iw-samples", "5", "--plot", str(plot), "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        [
+            VAE,
+            "evaluate",
+            str(model_dir),
+            "--data",
+            str(path),
+            "--label-column",
+            "kind",
+            "--normal-label",
+            "normal",
+            "--iw-samples",
+            "5",
+            "--plot",
+            str(plot),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -92,6 +108,8 @@ def test_data_of_the_wrong_shape(calibration_setup, tabular_csv):
 
 
 def test_cli_names_a_missing_model_directory(tmp_path):
-    result = subprocess.run([VAE, "evaluate", str(tmp_path / "none"), "--data", "digits"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [VAE, "evaluate", str(tmp_path / "none"), "--data", "digits"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"vae evaluate: model directory {tmp_path / 'none'} does not exist"

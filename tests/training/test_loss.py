@@ -29,7 +29,9 @@ def test_kl_matches_a_monte_carlo_estimate():
     mu = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
     logvar = torch.tensor([[0.2, -0.7, 0.0]], dtype=torch.float64)
     q = Normal(mu, torch.exp(0.5 * logvar))
-    z = q.sample((400_000,), )  # (N, 1, 3)
+    z = q.sample(
+        (400_000,),
+    )  # (N, 1, 3)
     log_ratio = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum(-1)  # ln q(z|x) - ln p(z)
     estimate, stderr = log_ratio.mean().item(), log_ratio.std().item() / math.sqrt(len(z))
     exact = kl_to_standard_normal(mu, logvar).item()
@@ -85,8 +87,11 @@ def _engine(model: VAE, scale: float) -> VaeEngine:
     """A VaeEngine over the eager model; a gaussian model's scale gives the engine a log-Jacobian of -ln scale per feature."""
     config = model.config
     manifest = Manifest.model_construct(
-        input_shape=list(config.input_shape), latent_dim=config.latent_dim, likelihood=config.likelihood,
-        preprocessing=Preprocessing(offset=0.0, scale=scale), scoring=None,
+        input_shape=list(config.input_shape),
+        latent_dim=config.latent_dim,
+        likelihood=config.likelihood,
+        preprocessing=Preprocessing(offset=0.0, scale=scale),
+        scoring=None,
     )
     return VaeEngine(manifest, _EagerRuntime(model))
 
@@ -142,13 +147,16 @@ def test_free_bits_floor_each_dimensions_mean_kl():
     assert terms.loss(free_bits=0.1).item() == 18.0
 
 
-@pytest.mark.parametrize("likelihood, noise", [("bernoulli", "feature"), ("gaussian", "feature"), ("gaussian", "shared")])
+@pytest.mark.parametrize(
+    "likelihood, noise", [("bernoulli", "feature"), ("gaussian", "feature"), ("gaussian", "shared")]
+)
 def test_importance_weighted_bound_matches_the_engine_the_service_runs(likelihood, noise):
     from training.loss import importance_weighted_bound
 
     torch.manual_seed(1)
-    config = ModelConfig(input_shape=[6], latent_dim=3, hidden=[] if noise == "shared" else [16],
-                         likelihood=likelihood, noise=noise)
+    config = ModelConfig(
+        input_shape=[6], latent_dim=3, hidden=[] if noise == "shared" else [16], likelihood=likelihood, noise=noise
+    )
     model = VAE(config).eval()
     x = torch.rand(5, 6)
     scale, log_jacobian = (math.exp(0.125), -0.75) if likelihood == "gaussian" else (1.0, 0.0)
