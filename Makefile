@@ -10,7 +10,7 @@ MODEL_DIR ?= models/digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install system run train test clean
+.PHONY: install system run train lint test clean
 
 install: $(STAMP)
 
@@ -39,7 +39,13 @@ system:
 	bash scripts/browser_setup.sh || echo "make system: browser_setup.sh failed; the browser tests will say so"
 	bash scripts/proxy_setup.sh || echo "make system: proxy_setup.sh failed; the proxy tests will say so"
 
-test: $(STAMP) system
+# ruff (lint and format check) and mypy, strict on the torch-free core; settings in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP) system lint
 	$(BIN)/python -m pytest
 
 clean:

@@ -14,7 +14,7 @@ import os
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +123,7 @@ def render(rows: list[dict], args: argparse.Namespace, total_seconds: float) -> 
         [
             "# Benchmark: one-vs-rest anomaly detection on digits",
             "",
-            f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; "
+            f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; "
             f"{total_seconds:.0f} s in all. Command: `.venv/bin/python benchmarks/anomaly_digits.py"
             f" --seed {args.seed} --epochs {args.epochs} --latent-dim {args.latent_dim}"
             f" --hidden {','.join(map(str, args.hidden))} --likelihood {args.likelihood}`.",

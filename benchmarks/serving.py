@@ -23,7 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -162,7 +162,8 @@ def wrk(url: str, body: bytes, content_type: str, connections: int, duration: fl
             wrk.method = "POST"
             wrk.headers["Content-Type"] = "{content_type}"
             done = function(summary, latency, requests)
-              io.write(string.format("JSON {{\\"p50\\": %f, \\"p99\\": %f, \\"requests\\": %d, \\"errors\\": %d, \\"non2xx\\": %d, \\"seconds\\": %f}}\\n",
+              io.write(string.format("JSON {{\\"p50\\": %f, \\"p99\\": %f, \\"requests\\": %d, " ..
+                "\\"errors\\": %d, \\"non2xx\\": %d, \\"seconds\\": %f}}\\n",
                 latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests,
                 summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
                 summary.errors.status, summary.duration / 1e6))
@@ -321,7 +322,7 @@ def render(results: list[dict], duration: float) -> str:
     lines = [
         "# Benchmark: serving /elbo",
         "",
-        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.platform()}, "
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.platform()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}; "
         f"wrk {duration:g} s per cell, server and wrk on the same machine. Command: "
         "`.venv/bin/python benchmarks/serving.py`.",
@@ -348,12 +349,15 @@ def render(results: list[dict], duration: float) -> str:
         naive64, ceiling64 = runs["naive FastAPI", 64]["rps"], runs["ceiling", 64]["rps"]
         lines += [
             "",
-            f"- Raw ONNX Runtime, in process: {r['raw'][1]:.0f} instances/s at batch 1, {r['raw'][256]:.0f} at batch 256.",
+            f"- Raw ONNX Runtime, in process: {r['raw'][1]:.0f} instances/s at batch 1, "
+            f"{r['raw'][256]:.0f} at batch 256.",
             f"- Batching gain at c=64: {on64 / off64:.2f}x (on {on64:.0f} vs off {off64:.0f} req/s); at c=16: "
             f"{runs['batching on', 16]['rps'] / runs['batching off', 16]['rps']:.2f}x; at c=1: "
             f"{runs['batching on', 1]['rps'] / runs['batching off', 1]['rps']:.2f}x.",
-            f"- Against the naive baseline at c=64: {on64 / naive64:.2f}x; share of the ceiling: {on64 / ceiling64:.0%}.",
-            f"- Added latency of the batcher at c=1: p50 {runs['batching on', 1]['p50'] - runs['batching off', 1]['p50']:+.2f} ms.",
+            f"- Against the naive baseline at c=64: {on64 / naive64:.2f}x; "
+            f"share of the ceiling: {on64 / ceiling64:.0%}.",
+            "- Added latency of the batcher at c=1: p50 "
+            f"{runs['batching on', 1]['p50'] - runs['batching off', 1]['p50']:+.2f} ms.",
             f"- 256-instance requests: JSON {r['bulk']['json']:.0f} instances/s, binary .npy {r['bulk']['binary']:.0f} "
             f"instances/s = {r['bulk']['binary'] / r['raw'][256]:.0%} of raw ONNX Runtime at batch 256.",
             f"- Start to ready: {r['ready_seconds']:.2f} s; RSS {r['rss_mb']:.0f} MB after start, "

@@ -11,7 +11,7 @@ import json
 import math
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,11 +52,13 @@ class Preprocessing(BaseModel):
 
     def to_model(self, x_raw: np.ndarray) -> np.ndarray:
         """(B, D) raw values -> (B, D) model-space float64."""
-        return (x_raw - self._offset) / self._scale
+        x_model: np.ndarray = (x_raw - self._offset) / self._scale
+        return x_model
 
     def to_raw(self, x_model: np.ndarray) -> np.ndarray:
         """(B, D) model-space values -> (B, D) raw units, float64."""
-        return x_model * self._scale + self._offset
+        x_raw: np.ndarray = x_model * self._scale + self._offset
+        return x_raw
 
     def log_scale(self, n_features: int) -> np.ndarray:
         """ln scale_j per feature, (D,): the change of variables between model-space and raw-unit densities."""
@@ -98,8 +100,10 @@ class TrainingSummary(BaseModel):
     epochs: int = Field(description="epochs run, early stopping included")
     best_epoch: int
     best_val_elbo: float = Field(description="mean validation ELBO (nats per input, beta = 1)")
-    config: dict = Field(description="the full training configuration, with the values chosen for unset flags")
-    selection: list[dict] = Field(
+    config: dict[str, Any] = Field(
+        description="the full training configuration, with the values chosen for unset flags"
+    )
+    selection: list[dict[str, Any]] = Field(
         default_factory=list, description="capacities compared by held-out L_K when flags left them unset"
     )
     notes: list[str] = Field(default_factory=list, description="one line per choice made from the data's size")
@@ -124,7 +128,7 @@ class Calibration(BaseModel):
     @field_validator("scores")
     @classmethod
     def _sorted(cls, scores: list[float]) -> list[float]:
-        if not scores or any(b < a for a, b in zip(scores, scores[1:])):
+        if not scores or any(b < a for a, b in zip(scores, scores[1:], strict=False)):
             raise ValueError("must be a non-empty ascending list")
         return scores
 
@@ -210,7 +214,7 @@ class Manifest(BaseModel):
             return np.zeros(self.n_features)
         return -self.preprocessing.log_scale(self.n_features)
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         """The fields served at GET /v1/model: all of them, but the paths where the server keeps its files
         (the data file and the output directory training was given) are cut to their last part."""
         card = self.model_dump(mode="json")
@@ -251,7 +255,8 @@ class Artifact:
         self.manifest = manifest
 
     def path(self, graph: Literal["encoder", "decoder"], runtime: str) -> Path:
-        return self.dir / getattr(self.manifest.graphs, graph).file(runtime)
+        graph_spec: Graph = getattr(self.manifest.graphs, graph)
+        return self.dir / graph_spec.file(runtime)
 
 
 def _not_a_plain_name(name: str) -> str | None:

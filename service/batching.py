@@ -73,7 +73,7 @@ class MicroBatcher:
                     break
                 try:
                     nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             if total + nxt.size > self._max:
                 self._carry = nxt
@@ -95,7 +95,7 @@ class MicroBatcher:
             if self._on_batch is not None:
                 self._on_batch(len(batch), instances, [started - p.queued_at for p in batch])
             results = await run_in_threadpool(self._run_isolated, [p.item for p in batch])
-            for pending, result in zip(batch, results):
+            for pending, result in zip(batch, results, strict=False):
                 if pending.future.done():
                     continue
                 if isinstance(result, BaseException):

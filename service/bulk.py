@@ -134,6 +134,7 @@ def score_file(
                     *(c.tolist() for c in columns),  # Python floats: csv writes them with repr, losslessly
                     np.where(d.is_anomaly, "true", "false").tolist(),
                     d.p_value.tolist(),
+                    strict=False,
                 )
             )
             scored_rows += len(chunk)

@@ -8,8 +8,8 @@ so request building, batching, retries and parsing exist once.
 - **Batching.** A batch is sent in requests no larger than the server's limits (`GET /v1/model`:
   `max_instances`, and `max_draws` over the draws per row) nor than `max_body_bytes`, and whose answers stay
   within `max_response_bytes` (bounded with the server's own arithmetic, service/json_writer.py), and the
-  answers are concatenated in order. Each request's instances travel as one `.npy` body (`application/x-npy`, options in the
-  query string): 8 bytes a number against ~20 in JSON, and no JSON parsing on the server.
+  answers are concatenated in order. Each request's instances travel as one `.npy` body (`application/x-npy`,
+  options in the query string): 8 bytes a number against ~20 in JSON, and no JSON parsing on the server.
 - **Seeds.** /sample and /elbo always send a seed; the client draws one when the call gives none. Request i
   of a split call carries `seed + i`, as `vae score` scores chunk i. A split call therefore equals the
   chunked native calls exactly, but not one request holding every row (that would draw other noise). The

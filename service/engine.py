@@ -8,14 +8,15 @@ back to raw units.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from service import scoring
-from service.artifact import Manifest
-from service.errors import InvalidInput, LimitExceeded, Timeout
+from service.artifact import Calibration, Manifest
+from service.errors import InvalidInput, LimitExceeded, ModelNotReady, Timeout
 from service.runtime import Runtime
 
 # Raw values may sit this far outside a bernoulli model's data range and still count as inside it
@@ -48,7 +49,9 @@ class Deadline:
     def latest(deadlines: Iterable[Deadline | None]) -> Deadline | None:
         """The deadline of work shared by several requests: it may stop only once all of them have given up."""
         known = list(deadlines)
-        return None if not known or None in known else max(known, key=lambda d: d.at)
+        if not known or any(d is None for d in known):
+            return None
+        return max((d for d in known if d is not None), key=lambda d: d.at)
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
@@ -61,7 +64,7 @@ class Deadline:
             raise self.error()
 
 
-def checker(deadline: Deadline | None):
+def checker(deadline: Deadline | None) -> Callable[[], None] | None:
     """What the chunked loops call between chunks: deadline.check, or nothing without a deadline."""
     return deadline.check if deadline is not None else None
 
@@ -223,13 +226,13 @@ class VaeEngine:
             deadline.check()
         mu, logvar = self.runtime.encode(np.concatenate(xs))
         bounds = np.cumsum([0] + [len(x) for x in xs])
-        return [Encoded(mu[a:b], logvar[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [Encoded(mu[a:b], logvar[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
 
     def decode_batch(self, zs: list[np.ndarray], deadline: Deadline | None = None) -> list[np.ndarray]:
         """Latent vectors of many requests -> shared decoder calls -> raw-unit means, one array each."""
         x = self.decode(np.concatenate(zs), deadline)
         bounds = np.cumsum([0] + [len(z) for z in zs])
-        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
 
     def sample(
         self, x_raw: np.ndarray | None, n_samples: int, seed: int | None, decode: bool, deadline: Deadline | None = None
@@ -249,9 +252,21 @@ class VaeEngine:
             x = self.decode(z.reshape(batch * n_samples, d), deadline).reshape([batch, n_samples, *self._shape])
         return Sampled(z, x, seed)
 
-    def elbo(self, *args, deadline: Deadline | None = None, **kwargs) -> Scored:
+    def elbo(
+        self,
+        x_raw: np.ndarray,
+        n_samples: int = 1,
+        seed: int | None = None,
+        iw_samples: int | None = None,
+        feature_scores: bool = False,
+        threshold: float | None = None,
+        fpr: float | None = None,
+        *,
+        deadline: Deadline | None = None,
+    ) -> Scored:
         """One /elbo request, alone: prepare_elbo(...) then elbo_batch. Takes prepare_elbo's arguments."""
-        return self.elbo_batch([self.prepare_elbo(*args, **kwargs)], deadline)[0]
+        prepared = self.prepare_elbo(x_raw, n_samples, seed, iw_samples, feature_scores, threshold, fpr)
+        return self.elbo_batch([prepared], deadline)[0]
 
     def prepare_elbo(
         self,
@@ -321,7 +336,7 @@ class VaeEngine:
             check=checker(deadline),
         )
         results = []
-        for r, (rows, start, z_iw, eps_iw) in zip(requests, plans):
+        for r, (rows, start, z_iw, eps_iw) in zip(requests, plans, strict=False):
             n_elbo = len(r.x) * r.n_samples
             elbo_px = log_px[start : start + n_elbo].reshape(len(r.x), r.n_samples)
             iw_px = log_px[start + n_elbo : start + n_elbo + len(r.x) * r.iw_samples].reshape(len(r.x), r.iw_samples)
@@ -329,7 +344,7 @@ class VaeEngine:
             kl = scoring.kl_to_standard_normal(mu[rows], logvar[rows])
             log_likelihood = scoring.bound_from_draws(iw_px, z_iw, eps_iw, logvar[rows], jacobian)
             feature_scores = None
-            if r.feature_scores:
+            if r.feature_scores and features is not None:  # features are summed whenever a request asks
                 feature_scores = -(features[rows] / r.n_samples + jacobian).reshape([len(r.x), *self._shape])
             decisions = self.decide(-log_likelihood, r.threshold) if r.threshold is not None else None
             results.append(
@@ -347,9 +362,14 @@ class VaeEngine:
             )
         return results
 
+    def _calibration(self) -> Calibration:
+        if self.manifest.scoring is None:
+            raise ModelNotReady(f"model {self.manifest.name} has no calibration (manifest.scoring is unset)")
+        return self.manifest.scoring.calibration
+
     def resolve_threshold(self, threshold: float | None = None, fpr: float | None = None) -> float:
         """The request's threshold, or the one at the request's fpr, or the default."""
-        calibration = self.manifest.scoring.calibration
+        calibration = self._calibration()
         if threshold is not None and fpr is not None:
             raise InvalidInput(f"give threshold or fpr, not both (got threshold {threshold:g} and fpr {fpr:g})")
         if fpr is not None:
@@ -360,11 +380,13 @@ class VaeEngine:
                     f"{calibration.n} calibration scores — got {fpr:g}"
                 )
             return scoring.threshold_for_fpr(calibration.sorted_scores, calibration.n, fpr)
-        return self.default_threshold if threshold is None else threshold
+        chosen = self.default_threshold if threshold is None else threshold
+        assert chosen is not None  # a calibrated model always has a default threshold
+        return chosen
 
     def decide(self, anomaly_score: np.ndarray, threshold: float) -> Decisions:
         """Decisions against a threshold, with conformal p-values against the calibration scores."""
-        calibration = self.manifest.scoring.calibration
+        calibration = self._calibration()
         p_value = scoring.p_values(anomaly_score, calibration.sorted_scores, calibration.n)
         return Decisions(anomaly_score, float(threshold), anomaly_score > threshold, p_value)
 
@@ -377,8 +399,14 @@ class VaeEngine:
 
 
 def score_in_chunks(
-    engine: VaeEngine, x_raw: np.ndarray, *, seed: int, chunk_rows: int = 256, progress: bool = False, **options
-):
+    engine: VaeEngine,
+    x_raw: np.ndarray,
+    *,
+    seed: int,
+    chunk_rows: int = 256,
+    progress: bool = False,
+    **options: Any,
+) -> Iterator[Scored]:
     """engine.elbo over many rows (N, D), `chunk_rows` at a time; chunk i uses seed + i. Yields Scored.
 
     Calibration, `vae evaluate` and bulk scoring all go through here, so they score exactly as /elbo does.

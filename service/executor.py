@@ -17,7 +17,7 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 from service.batching import MicroBatcher
-from service.engine import Deadline, PreparedElbo, Encoded, Scored, VaeEngine
+from service.engine import Deadline, Encoded, PreparedElbo, Scored, VaeEngine
 from service.observability import Metrics
 from service.settings import Settings
 

@@ -7,11 +7,16 @@ the training images were.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import InvalidInput, LimitExceeded
+
+if TYPE_CHECKING:  # the manifest's image spec, for the annotations only
+    from service.artifact import ImageSpec
 
 # Pillow's modes that hold one channel; anything else is converted to RGB when 3 channels are wanted.
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}
@@ -31,7 +36,7 @@ def image_to_array(image: Image.Image, channels: int, size: tuple[int, int] | No
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def open_image(data: bytes, name: str, check_size=None) -> Image.Image:
+def open_image(data: bytes, name: str, check_size: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """Decode PNG or JPEG bytes fully (so a truncated file fails here, not later). `check_size(image)` runs
     on the header alone (Image.open is lazy), before any pixel is decoded, and raises to refuse the image."""
     try:
@@ -51,13 +56,13 @@ def open_image(data: bytes, name: str, check_size=None) -> Image.Image:
     return image
 
 
-def max_pixels(spec) -> int:
+def max_pixels(spec: ImageSpec) -> int:
     """The largest upload, in pixels, a model takes: its own size when it does not resize, else the bomb limit."""
     own = spec.height * spec.width
     return max(MAX_PIXELS_PER_INPUT_PIXEL * own, MIN_MAX_PIXELS) if spec.resize else own
 
 
-def decode_upload(data: bytes, name: str, spec) -> np.ndarray:
+def decode_upload(data: bytes, name: str, spec: ImageSpec) -> np.ndarray:
     """An uploaded image -> (C*H*W,) raw model units, converted as training did. spec: the manifest's ImageSpec.
 
     Its size is checked from the header before any pixel is decoded."""
@@ -134,7 +139,8 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
     position = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
     low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
     frac = (position - low)[..., None]
-    return _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
+    colours: np.ndarray = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
+    return colours
 
 
 def heatmap_overlay(pixels: np.ndarray, scores: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -147,4 +153,5 @@ def heatmap_overlay(pixels: np.ndarray, scores: np.ndarray, alpha: float = 0.6) 
     top = scores.max()
     heat = heat_colours(np.where(scores > 0, scores, 0.0) / top if top > 0 else np.zeros_like(scores))
     blend = (1 - alpha) * grey[..., None] + alpha * heat
-    return np.clip(np.rint(blend), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    overlay: np.ndarray = np.clip(np.rint(blend), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    return overlay

@@ -88,7 +88,9 @@ class TorchScriptRuntime(_TwoGraphs):
         for graph in ("encoder", "decoder"):
             path = artifact.path(graph, "torchscript")
             try:
-                self._modules[graph] = torch.jit.load(str(path), map_location="cpu").eval()
+                self._modules[graph] = torch.jit.load(  # type: ignore[no-untyped-call]  # torch.jit.load is unannotated
+                    str(path), map_location="cpu"
+                ).eval()
             except Exception as exc:  # torch.jit raises RuntimeError subclasses with long texts
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ArtifactError(f"{path} cannot be loaded by TorchScript: {first_line}") from None

@@ -20,7 +20,8 @@ Decode = Callable[[np.ndarray], tuple[np.ndarray, ...]]  # z (N, d) float32 -> p
 def kl_to_standard_normal(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """KL(N(mu, diag e^logvar) || N(0, I)) per row, (B, d) -> (B,); 1/2 sum(mu^2 + sigma^2 - 1 - ln sigma^2)."""
     mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
-    return 0.5 * np.sum(mu**2 + np.exp(logvar) - 1.0 - logvar, axis=1)
+    kl: np.ndarray = 0.5 * np.sum(mu**2 + np.exp(logvar) - 1.0 - logvar, axis=1)
+    return kl
 
 
 def log_prob_per_feature(x: np.ndarray, params: tuple[np.ndarray, ...], likelihood: str) -> np.ndarray:
@@ -42,7 +43,8 @@ def distribution_mean(params: tuple[np.ndarray, ...], likelihood: str) -> np.nda
 
 def reparameterize(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
     """z = mu + sigma * eps: mu, logvar (B, d), eps (B, L, d) -> z (B, L, d) float32."""
-    return (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32)
+    z: np.ndarray = (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32)
+    return z
 
 
 def log_likelihood_rows(
@@ -71,7 +73,7 @@ def log_likelihood_rows(
         params = tuple(p.reshape(stop - start, -1) for p in decode(z[start:stop]))
         logp = log_prob_per_feature(x[owner[start:stop]], params, likelihood)  # (rows, D)
         out[start:stop] = logp.sum(axis=1)
-        if features is not None:
+        if features is not None and feature_rows is not None:  # both given, or neither
             marked = feature_rows[start:stop]
             np.add.at(features, owner[start:stop][marked], logp[marked])
     return out, features
@@ -82,7 +84,8 @@ def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     peak = np.max(a, axis=axis, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
     with np.errstate(divide="ignore"):
-        return np.squeeze(peak, axis=axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+        out: np.ndarray = np.squeeze(peak, axis=axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+    return out
 
 
 def bound_from_draws(
@@ -133,4 +136,5 @@ def keep_calibration_scores(scores: np.ndarray, limit: int) -> np.ndarray:
     ordered = np.sort(np.asarray(scores, dtype=np.float64))
     if len(ordered) <= limit:
         return ordered
-    return ordered[np.round(np.linspace(0, len(ordered) - 1, limit)).astype(int)]
+    kept: np.ndarray = ordered[np.round(np.linspace(0, len(ordered) - 1, limit)).astype(int)]
+    return kept

@@ -127,7 +127,7 @@ def images(podman, tmp_path_factory) -> dict[str, str]:
         if line.startswith("container_build: built"):
             print(line)
     print(f"container_build: all images in {time.monotonic() - started:.0f} s (log: {log})")
-    for target, image in IMAGES.items():
+    for _target, image in IMAGES.items():
         size = run(["podman", "image", "inspect", "--format", "{{.Size}}", image]).stdout.strip()
         print(f"image {image}: {int(size) / 1e6:.0f} MB")
     return IMAGES

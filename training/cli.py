@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from training.data import DataError
-    from training.export import ExportError
     from training.distributed import DeviceError
+    from training.export import ExportError
     from training.train import ConfigError, TrainConfig, train
 
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})

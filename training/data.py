@@ -124,7 +124,7 @@ def _read_images(
         channels = 1 if all(image.mode in GRAY_MODES for image in images) else 3
     if size is None:
         first = images[0]
-        for file, image in zip(files, images):
+        for file, image in zip(files, images, strict=False):
             if image.size != first.size:
                 raise DataError(
                     file,

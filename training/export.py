@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 import shutil
 import uuid
 import warnings
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +193,7 @@ def _export_torchscript(module: torch.nn.Module, path: Path) -> None:
 
 
 def _max_abs_diff(expected: tuple[torch.Tensor, ...], actual: tuple[np.ndarray, ...]) -> float:
-    return max(float(np.max(np.abs(e.numpy() - a))) for e, a in zip(expected, actual))
+    return max(float(np.max(np.abs(e.numpy() - a))) for e, a in zip(expected, actual, strict=False))
 
 
 def _parity(model: VAE, staged: Artifact) -> dict[str, dict[str, float]]:
@@ -302,7 +302,7 @@ def _manifest(checkpoint: dict, name: str, graphs: Graphs, files: dict[str, str]
     return Manifest(
         format_version=FORMAT_VERSION,
         name=name,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         architecture=config.architecture,
         input_shape=config.input_shape,
         latent_dim=config.latent_dim,

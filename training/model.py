@@ -45,7 +45,7 @@ class ModelConfig:
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with SiLU between them (not after the last)."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(nn.SiLU())
@@ -69,7 +69,7 @@ class ConvEncoder(nn.Module):
         channels, height, width = config.input_shape
         self.logvar_min, self.logvar_max = ENCODER_LOGVAR_RANGE
         layers: list[nn.Module] = []
-        for n_in, n_out in zip([channels, *config.hidden[:-1]], config.hidden):
+        for n_in, n_out in zip([channels, *config.hidden[:-1]], config.hidden, strict=False):
             layers += [nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1), nn.SiLU()]
         self.body = nn.Sequential(*layers)
         h, w = conv_sizes(height, width, len(config.hidden))[-1]
@@ -99,7 +99,7 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = [nn.SiLU()]
         targets = list(reversed(sizes[:-1]))  # the sizes to grow back to, smallest first
         smaller = list(reversed(sizes[1:]))
-        for i, (n_in, (target, small)) in enumerate(zip(widths, zip(targets, smaller))):
+        for i, (n_in, (target, small)) in enumerate(zip(widths, zip(targets, smaller, strict=False), strict=False)):
             n_out = widths[i + 1] if i + 1 < len(widths) else widths[-1]
             padding = (target[0] - (2 * small[0] - 1), target[1] - (2 * small[1] - 1))
             layers += [

@@ -52,7 +52,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
-    for ax, term in zip(axes, ("elbo", "reconstruction", "kl")):
+    for ax, term in zip(axes, ("elbo", "reconstruction", "kl"), strict=False):
         ax.plot(epochs, [row[f"train_{term}"] for row in history], label="train")
         ax.plot(epochs, [row[f"val_{term}"] for row in history], label="validation")
         ax.set_title(term)
@@ -148,6 +148,7 @@ def _html(artifact: Artifact, history: list[dict]) -> str:
     manifest["scoring"]["calibration"]["scores"] = (
         f"[{len(manifest['scoring']['calibration']['scores'])} sorted scores]"
     )
+    training, calibration = manifest["training"], manifest["scoring"]["calibration"]
     summary = {
         "name": manifest["name"],
         "architecture": manifest["architecture"],
@@ -155,12 +156,13 @@ def _html(artifact: Artifact, history: list[dict]) -> str:
         "latent dim": manifest["latent_dim"],
         "likelihood": manifest["likelihood"],
         "data": manifest["training"]["data_source"],
-        "best validation ELBO": f"{manifest['training']['best_val_elbo']:.3f} nats (epoch {manifest['training']['best_epoch']})",
-        "threshold": f"{manifest['scoring']['calibration']['threshold']:.3f} at fpr {manifest['scoring']['calibration']['fpr']:g}",
+        "best validation ELBO": f"{training['best_val_elbo']:.3f} nats (epoch {training['best_epoch']})",
+        "threshold": f"{calibration['threshold']:.3f} at fpr {calibration['fpr']:g}",
     }
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
     figures = "".join(
-        f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        f'<figure><img src="{name}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, caption in PICTURES.items()
     )
     columns = ["epoch", "train_elbo", "val_elbo", "val_reconstruction", "val_kl", "active_units"]
@@ -177,7 +179,8 @@ def _html(artifact: Artifact, history: list[dict]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>VAE model {html.escape(manifest["name"])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
-figure{{margin:1.5em 0}}img{{max-width:100%;border:1px solid #eee}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>
+figure{{margin:1.5em 0}}img{{max-width:100%;border:1px solid #eee}}
+pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>
 </head><body>
 <h1>VAE model <code>{html.escape(manifest["name"])}</code></h1>
 <table>{rows}</table>

@@ -279,7 +279,7 @@ def select_candidate(
             scores, started = [], time.perf_counter()
             for x_train, x_held in data:
                 budget = schedule(config, len(x_train), SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
-                sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget)))
+                sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget, strict=False)))
                 fitted = fit_vae(cfg, x_train, x_held, config, sub_plan, local, log_jacobian, progress=False)
                 scores.append(heldout_bound(fitted.model, x_held, config.seed + 3, log_jacobian))
             score = float(np.mean(scores))

@@ -10,9 +10,9 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.engine import VaeEngine
+from service.errors import ModelNotReady
 from service.executor import Executor
 from service.live_model import LiveModel
-from service.errors import ModelNotReady
 
 
 def _live_model(request: Request) -> LiveModel:

@@ -9,7 +9,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api.deps import LiveDep
 from service.errors import UnsupportedMediaType
 
-
 router = APIRouter(tags=["health"])  # public (service/api/access.py): probes must reach these
 protected = APIRouter(tags=["model"])  # behind the API key when one is set
 

@@ -187,7 +187,7 @@ def heatmap_png(engine: VaeEngine, x_raw: np.ndarray, body: HeatmapRequest, dead
     shape = (len(x_raw), spec.channels, spec.height, spec.width)
     pixels = to_pixels(x_raw.reshape(shape), spec.max_value)
     per_pixel = scored.feature_scores.reshape(shape).sum(axis=1)  # (B, H, W): channels add up
-    overlays = [heatmap_overlay(p, s) for p, s in zip(pixels, per_pixel)]
+    overlays = [heatmap_overlay(p, s) for p, s in zip(pixels, per_pixel, strict=False)]
     return png_bytes(grid(np.stack(overlays), 1, len(overlays)))
 
 

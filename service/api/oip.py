@@ -31,8 +31,8 @@ from service.artifact import Manifest
 from service.engine import Deadline
 from service.errors import InvalidInput, ServiceError
 from service.executor import Executor
-from service.live_model import LiveModel
 from service.inputs import check_array, check_latents
+from service.live_model import LiveModel
 from service.oip_tensors import (
     BINARY,
     HEADER_LENGTH,
@@ -332,7 +332,9 @@ INFER_BODY = {
                 "schema": {
                     "type": "string",
                     "format": "binary",
-                    "description": "the JSON request (Inference-Header-Content-Length bytes), then the binary input data",
+                    "description": (
+                        "the JSON request (Inference-Header-Content-Length bytes), then the binary input data"
+                    ),
                 }
             },
         },

@@ -95,17 +95,21 @@ def test_thousands_of_concurrent_requests_match_their_solo_answers(digits_model_
     assert [r.status_code for r in responses] == [200] * len(requests)
     artifact = load_artifact(digits_model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
-    for body, response in zip(requests, responses):
+    for body, response in zip(requests, responses, strict=False):
         alone = engine.elbo(np.asarray(body["instances"]), body["n_samples"], body["seed"], body["iw_samples"])
         got = response.json()
         np.testing.assert_allclose(got["elbo"], alone.elbo, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(got["log_likelihood"], alone.log_likelihood, rtol=1e-5, atol=1e-4)
         assert got["is_anomaly"] == alone.decisions.is_anomaly.tolist()
     count = float(
-        next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_count{endpoint="/elbo"}')).split()[-1]
+        next(
+            line for line in metrics.splitlines() if line.startswith('vae_batch_requests_count{endpoint="/elbo"}')
+        ).split()[-1]
     )
     total = float(
-        next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_sum{endpoint="/elbo"}')).split()[-1]
+        next(
+            line for line in metrics.splitlines() if line.startswith('vae_batch_requests_sum{endpoint="/elbo"}')
+        ).split()[-1]
     )
     assert total == 2000 and count < total  # some runtime calls served several requests
 

@@ -5,7 +5,6 @@ limits raises peak RSS by less than 512 MB over idle, and throughout, a concurre
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 
@@ -169,7 +168,7 @@ def server(digits_model_dir):
 def test_the_worst_request_stays_within_memory_and_healthz_stays_fast(server, name):
     process, base = server
     path, arguments, status = WORST[name]
-    for attempt in range(ATTEMPTS):
+    for _attempt in range(ATTEMPTS):
         idle = psutil.Process(process.pid).memory_info().rss
         with Watch(process.pid, base) as watch, httpx.Client(base_url=base, timeout=120) as http:
             time.sleep(0.05)
@@ -220,7 +219,7 @@ def largest_photo() -> bytes:
 def test_images_at_the_pixel_limit_stay_within_memory_and_healthz_stays_fast(resizing_server, largest_photo):
     process, base = resizing_server
     files = [("files", (f"{i}.png", largest_photo, "image/png")) for i in range(8)]  # 8 x 50 MB of pixels
-    for attempt in range(ATTEMPTS):
+    for _attempt in range(ATTEMPTS):
         idle = psutil.Process(process.pid).memory_info().rss
         with Watch(process.pid, base) as watch, httpx.Client(base_url=base, timeout=120) as http:
             response = http.post("/elbo", files=files, data={"seed": "0"})

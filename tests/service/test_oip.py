@@ -118,7 +118,10 @@ def test_model_ready(client, op):
 
 def test_model_metadata_of_every_operation(digits_client):
     x, d = [-1, 1, 8, 8], 4
-    fp64 = lambda name, shape: {"name": name, "datatype": "FP64", "shape": shape}
+
+    def fp64(name, shape):
+        return {"name": name, "datatype": "FP64", "shape": shape}
+
     expected = {
         "digits-encode": (
             [fp64("instances", x)],
@@ -176,7 +179,8 @@ def test_model_metadata_names_the_platform_and_shapes(clients):
 @pytest.mark.parametrize("path", ["/v2/models/digits/ready", "/v2/models/digits", "/v2/models/tabular-elbo"])
 def test_unknown_model_metadata_and_readiness(digits_client, path):
     assert error(digits_client.get(path), 404) == (
-        f"unknown model '{path.split('/')[3]}'; this server serves digits-encode, digits-sample, digits-decode, digits-elbo"
+        f"unknown model '{path.split('/')[3]}'; "
+        "this server serves digits-encode, digits-sample, digits-decode, digits-elbo"
     )
 
 
@@ -401,7 +405,8 @@ DIGIT = np.zeros((1, 64))
         (
             [{"name": "instances", "shape": [2, 32], "datatype": "FP64", "data": [[0.0] * 64]}],
             {},
-            "instances: data nested as [1, 64] does not match shape [2, 32]; send it flat in row-major order or nested as the shape",
+            "instances: data nested as [1, 64] does not match shape [2, 32]; "
+            "send it flat in row-major order or nested as the shape",
         ),
         (
             [{"name": "instances", "shape": [1, 64], "datatype": "FP64"}],
@@ -537,7 +542,8 @@ def binary_digit_request(
         ),
         (
             dict(size=1024),
-            "instances: parameters.binary_data_size is 1024 bytes, but only 512 bytes of binary data remain after the JSON header",
+            "instances: parameters.binary_data_size is 1024 bytes, "
+            "but only 512 bytes of binary data remain after the JSON header",
         ),
         (
             dict(size=256, extra=b""),
@@ -545,7 +551,8 @@ def binary_digit_request(
         ),
         (
             dict(extra=b"\x00" * 8),
-            "the body has 8 bytes of binary data after the JSON header that no input claims (each binary input gives its parameters.binary_data_size)",
+            "the body has 8 bytes of binary data after the JSON header that no input claims "
+            "(each binary input gives its parameters.binary_data_size)",
         ),
         (dict(size=-1), "instances: parameters.binary_data_size: expected a number of bytes, got -1"),
         (dict(data=True), "instances: give data or parameters.binary_data_size, not both"),

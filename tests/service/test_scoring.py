@@ -59,7 +59,10 @@ def test_k1_is_exactly_the_single_draw_ratio():
     x = np.array([[1.0, 0.0]])
     mu, logvar = np.array([[0.3]]), np.array([[-0.4]])
     eps = np.array([[[0.7]]], dtype=np.float32)
-    decode = lambda z: (np.repeat(z, 2, axis=1) * np.array([2.0, -1.0], dtype=np.float32),)  # logits
+
+    def decode(z):
+        return (np.repeat(z, 2, axis=1) * np.array([2.0, -1.0], dtype=np.float32),)  # logits
+
     z = 0.3 + math.exp(-0.2) * 0.7
     l1, l2 = 2 * z, -z
     log_px = (l1 - math.log1p(math.exp(l1))) + (0.0 - math.log1p(math.exp(l2)))
@@ -80,7 +83,10 @@ def test_logsumexp_is_finite_on_extreme_inputs():
 
 def test_bound_is_finite_with_extreme_decoder_outputs():
     x = np.array([[1.0, 0.0, 1.0]])
-    decode = lambda z: (np.full((len(z), 3), 1e4, dtype=np.float32) * np.sign(z[:, :1] + 1e-9),)
+
+    def decode(z):
+        return (np.full((len(z), 3), 1e4, dtype=np.float32) * np.sign(z[:, :1] + 1e-9),)
+
     eps = np.random.default_rng(0).standard_normal((1, 50, 2)).astype(np.float32)
     bound = iw_bound(x, np.zeros((1, 2)), np.full((1, 2), -12.0), eps, decode, "bernoulli")
     assert np.isfinite(bound[0])

@@ -62,8 +62,8 @@ def test_missing_file(tmp_path):
 
 def test_unsupported_source():
     assert (
-        error_of("data.parquet")
-        == "data.parquet: unsupported data source; expected 'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
+        error_of("data.parquet") == "data.parquet: unsupported data source; "
+        "expected 'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
     )
 
 

@@ -98,7 +98,7 @@ def test_two_processes_match_one_within_tolerance(two_process_run, one_process_r
 def test_validation_metrics_are_identical_on_every_process(two_process_run):
     # Both processes stop at the same epoch only if they saw the same all-reduced metrics; the history
     # is the main process's, and it covers every validation row.
-    history = [json.loads(l) for l in (two_process_run[0] / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (two_process_run[0] / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 8 and all("val_elbo" in row for row in history)
 
 

@@ -31,7 +31,7 @@ def labelled(tmp_path_factory, calibration_setup):
     path = tmp_path_factory.mktemp("eval") / "labelled.csv"
     with path.open("w") as f:
         f.write(",".join(f"p{i}" for i in range(64)) + ",kind\n")
-        for row, label in zip(rows, labels):
+        for row, label in zip(rows, labels, strict=False):
             f.write(",".join(f"{v:g}" for v in row) + f",{label}\n")
     return path, rows, np.array([0] * len(fresh) + [1] * len(noise))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -86,7 +85,7 @@ def test_both_formats_match_the_eager_model_at_any_batch_size(model_dirs, model)
                 (eager.encode(x), encoder_ts(x), encoder_onnx.run(None, {"x": x.numpy()})),
                 (eager.decode(z), decoder_ts(z), decoder_onnx.run(None, {"z": z.numpy()})),
             ]:
-                for e, t, o in zip(expected, ts, ox):
+                for e, t, o in zip(expected, ts, ox, strict=False):
                     torch.testing.assert_close(t, e, rtol=0, atol=1e-5)
                     np.testing.assert_allclose(o, e.numpy(), rtol=0, atol=1e-4)
 

@@ -84,7 +84,7 @@ class _EagerRuntime:
 
 
 def _engine(model: VAE, scale: float) -> VaeEngine:
-    """A VaeEngine over the eager model; a gaussian model's scale gives the engine a log-Jacobian of -ln scale per feature."""
+    """A VaeEngine over the eager model; a gaussian model's scale gives a log-Jacobian of -ln scale per feature."""
     config = model.config
     manifest = Manifest.model_construct(
         input_shape=list(config.input_shape),

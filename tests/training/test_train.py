@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import FAST
 from training.export import load_checkpoint
 from training.train import TrainConfig, split_indices, train
-from tests.conftest import FAST
 
 VAE = str(Path(sys.executable).with_name("vae"))
 
@@ -55,10 +55,13 @@ def test_same_seed_same_weights_and_numbers(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert (a.dir / "metrics.jsonl").read_text().replace("seconds", "") != ""
-    strip = lambda d: [
-        {k: v for k, v in json.loads(l).items() if k != "seconds"}
-        for l in (d / "metrics.jsonl").read_text().splitlines()
-    ]
+
+    def strip(d):
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (d / "metrics.jsonl").read_text().splitlines()
+        ]
+
     assert strip(a.dir) == strip(b.dir)
 
 
@@ -159,7 +162,7 @@ def test_kl_warmup_ramps_beta_from_zero(tmp_path):
     assert [beta_at(e, 2.0, 4) for e in (1, 2, 3, 5, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
     assert beta_at(1, 1.0, 0) == 1.0
     artifact = train(TrainConfig(data="digits", out=str(tmp_path / "m"), kl_warmup=2, **dict(FAST, epochs=3)))
-    history = [json.loads(l) for l in (artifact.dir / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (artifact.dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["train_beta"] for row in history] == [0.0, 0.5, 1.0]
 
 
@@ -167,7 +170,10 @@ def test_free_bits_keep_latent_units_active(tmp_path):
     common = dict(FAST, epochs=8, latent_dim=8, beta=4.0)  # a heavy KL weight collapses units
     plain = train(TrainConfig(data="digits", out=str(tmp_path / "plain"), **common))
     guarded = train(TrainConfig(data="digits", out=str(tmp_path / "guarded"), free_bits=2.0, **common))
-    last = lambda a: json.loads((a.dir / "metrics.jsonl").read_text().splitlines()[-1])["active_units"]
+
+    def last(a):
+        return json.loads((a.dir / "metrics.jsonl").read_text().splitlines()[-1])["active_units"]
+
     assert last(plain) == 0 and last(guarded) >= 3  # measured: 0 and 6
 
 
