@@ -10,7 +10,7 @@ MODEL_DIR ?= models/digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install system run train lint test clean
+.PHONY: install system run train lint test test-fast clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ lint: $(STAMP)
 
 test: $(STAMP) system lint
 	$(BIN)/python -m pytest
+
+# The edit loop: no container images, no browser, no proxy (markers set in tests/conftest.py), no system step.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not container and not browser and not proxy"
 
 clean:
 	rm -rf $(VENV) models .pytest_cache

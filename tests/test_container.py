@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.service.test_load import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.container
 
@@ -198,7 +198,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(images, tmp_path_factory) -> Stack:
     """`podman-compose up -d` on docker-compose.yml with two serve replicas; `down -v` afterwards, checked."""
-    from tests.conftest import write_tabular_csv
+    from tests.helpers import write_tabular_csv
 
     root = tmp_path_factory.mktemp("stack")
     data_dir = root / "data"

@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.test_load import free_port, start_server, stop
+from tests.helpers import free_port, start_server, stop
+
+pytestmark = pytest.mark.proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.service.conftest import instances_for
+from tests.helpers import instances_for
 
 
 def test_healthz(client):

@@ -28,7 +28,7 @@ from service.client import (
 )
 from service.schemas import ElboResponse, EncodeResponse, SampleResponse
 from service.settings import Settings
-from tests.service.test_load import free_port, start_server, stop
+from tests.helpers import free_port, start_server, stop
 
 BASE = "http://testserver"
 CARD = {"limits": {"max_instances": 4096, "max_samples": 10_000, "max_iw_samples": 10_000, "max_draws": 1_000_000}}

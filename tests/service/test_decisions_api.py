@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.conftest import instances_for
+from tests.helpers import instances_for
 
 ZERO_DIGIT = [0.0] * 64
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.conftest import instances_for
+from tests.helpers import instances_for
 
 ZERO_DIGIT = [0.0] * 64
 

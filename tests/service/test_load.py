@@ -5,12 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,45 +13,7 @@ import pytest
 from service.artifact import load_artifact
 from service.engine import VaeEngine
 from service.runtime import OnnxRuntime
-
-VAE = str(Path(sys.executable).with_name("vae"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_dir, *args, env=None):
-    """`vae serve` on a free port; its log goes to a file (a pipe nobody reads would fill and stall it)."""
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="vae-serve-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [VAE, "serve", str(model_dir), "--port", str(port), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=os.environ | (env or {}),
-    )
-    process.log_path = log.name
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, Path(log.name).read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.2)
-
-
-def stop(process):
-    if process.poll() is None:
-        process.terminate()
-    process.wait(timeout=60)
+from tests.helpers import start_server, stop
 
 
 @pytest.fixture(scope="module")

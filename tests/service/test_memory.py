@@ -14,7 +14,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.service.test_load import start_server, stop
+from tests.helpers import start_server, stop
 
 MB = 1024 * 1024
 RSS_BUDGET = 512 * MB
@@ -189,7 +189,7 @@ def test_the_worst_request_stays_within_memory_and_healthz_stays_fast(server, na
 # --- a model that resizes its uploads: images up to its decompression-bomb limit ------------------------------
 @pytest.fixture(scope="module")
 def resizing_server(tmp_path_factory, png_folder):
-    from tests.conftest import FAST
+    from tests.helpers import FAST
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "resizing"

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.conftest import instances_for
+from tests.helpers import instances_for
 
 HEADER_LENGTH = "inference-header-content-length"
 NUMPY_TYPES = {"FP64": "<f8", "FP32": "<f4"}

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.artifact import MANIFEST_NAME, load_artifact
 from service.live_model import model_version
-from tests.service.test_load import start_server, stop
+from tests.helpers import start_server, stop
 
 DIGITS = np.arange(128, dtype=np.float64).reshape(2, 64) % 17
 BODY = {"instances": DIGITS.tolist(), "n_samples": 4, "iw_samples": 8, "seed": 5}
@@ -25,7 +25,7 @@ BODY = {"instances": DIGITS.tolist(), "n_samples": 4, "iw_samples": 8, "seed": 5
 @pytest.fixture(scope="module")
 def second_model_dir(tmp_path_factory) -> Path:
     """Another digits model (another seed): what a new training run writes."""
-    from tests.conftest import FAST
+    from tests.helpers import FAST
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "digits-seed-7"

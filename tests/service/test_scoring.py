@@ -12,7 +12,7 @@ from service import scoring
 from service.artifact import load_artifact
 from service.engine import VaeEngine
 from service.runtime import OnnxRuntime
-from tests.service.conftest import instances_for
+from tests.helpers import instances_for
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.test_load import VAE, start_server, stop
+from tests.helpers import VAE, start_server, stop
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "torchscript"])

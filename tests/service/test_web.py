@@ -22,7 +22,7 @@ from PIL import Image
 from service.api import web
 from service.app import create_app
 from service.settings import Settings
-from tests.service.test_load import start_server, stop
+from tests.helpers import start_server, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -374,7 +374,7 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
 
 def test_page_says_why_the_false_alarm_rate_is_not_the_default(browser, tmp_path):
     """A 50-row table: the calibration split supports no rate below 1/13, and K is chosen from the data."""
-    from tests.conftest import write_tabular_csv
+    from tests.helpers import write_tabular_csv
     from training.train import TrainConfig, train
 
     data = write_tabular_csv(tmp_path / "small.csv", n=50)

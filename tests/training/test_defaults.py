@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_png_folder, write_tabular_csv
+from tests.helpers import write_png_folder, write_tabular_csv
 from training.data import Dataset
 from training.plan import ConfigError, latent_ladder, plan_training, schedule
 from training.train_config import TrainConfig

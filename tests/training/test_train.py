@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST
+from tests.helpers import FAST
 from training.export import load_checkpoint
 from training.train import TrainConfig, split_indices, train
 
