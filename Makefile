@@ -39,11 +39,13 @@ system:
 	bash scripts/browser_setup.sh || echo "make system: browser_setup.sh failed; the browser tests will say so"
 	bash scripts/proxy_setup.sh || echo "make system: proxy_setup.sh failed; the proxy tests will say so"
 
-# ruff (lint and format check) and mypy, strict on the torch-free core; settings in pyproject.toml.
+# ruff (lint and format check), mypy (strict on the torch-free core) and the import contracts
+# (lint-imports: which layer may import which); settings in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(STAMP) system lint
 	$(BIN)/python -m pytest

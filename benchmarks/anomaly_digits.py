@@ -27,9 +27,9 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from service.artifact import load_artifact
-from service.engine import VaeEngine
-from service.runtime import OnnxRuntime
+from service.core.artifact import load_artifact
+from service.core.engine import VaeEngine
+from service.core.runtime import OnnxRuntime
 from training.train import TrainConfig, train
 
 GAP_KS = (1, 10, 100, 1000)

@@ -62,10 +62,10 @@ def train(cmd: list[str], out: Path, env: dict) -> dict:
 
 
 def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Path) -> dict[str, float]:
-    from service.artifact import load_artifact
-    from service.bulk import score_file
-    from service.engine import VaeEngine
-    from service.runtime import load_runtime
+    from service.core.artifact import load_artifact
+    from service.core.bulk import score_file
+    from service.core.engine import VaeEngine
+    from service.core.runtime import load_runtime
 
     chunk = 1024
     source = np.load(data, mmap_mode="r")

@@ -31,8 +31,8 @@ import numpy as np
 import onnxruntime
 import psutil
 
-from service.artifact import load_artifact
-from service.runtime import OnnxRuntime
+from service.core.artifact import load_artifact
+from service.core.runtime import OnnxRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 VAE = str(Path(sys.executable).with_name("vae"))

@@ -107,7 +107,7 @@ def _read_images(
     """Every PNG or JPEG below `folder` -> (N, C, H, W) pixels 0..255; labels from sub-folder names."""
     from PIL import Image, UnidentifiedImageError
 
-    from service.images import GRAY_MODES, image_to_array
+    from service.core.images import GRAY_MODES, image_to_array
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service import scoring
-from service.artifact import (
+from service.core import scoring
+from service.core.artifact import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     MAX_CALIBRATION_SCORES,
@@ -39,8 +39,8 @@ from service.artifact import (
     sha256_file,
     write_manifest,
 )
-from service.engine import VaeEngine, score_in_chunks
-from service.runtime import OnnxRuntime, TorchScriptRuntime
+from service.core.engine import VaeEngine, score_in_chunks
+from service.core.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.scoring import min_fpr
+from service.core.scoring import min_fpr
 from training.data import Dataset
 from training.train_config import TrainConfig
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.artifact import Artifact, load_artifact
-from service.engine import VaeEngine
-from service.runtime import OnnxRuntime
+from service.core.artifact import Artifact, load_artifact
+from service.core.engine import VaeEngine
+from service.core.runtime import OnnxRuntime
 
 REPORT_DIR = "report"
 PICTURES = {

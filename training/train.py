@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -15,10 +16,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from service.artifact import Artifact, ImageSpec, Preprocessing, TrainingSummary
-from training.data import Dataset, fit_preprocessing, load_dataset
-from training.distributed import World, join_world
-from training.export import CalibrationPlan, export_model_dir, make_checkpoint
+from service.core.artifact import Artifact, ImageSpec, Preprocessing, TrainingSummary
+from training.data import DataError, Dataset, fit_preprocessing, load_dataset
+from training.distributed import DeviceError, World, join_world
+from training.export import CalibrationPlan, ExportError, export_model_dir, make_checkpoint
 from training.loop import FitResult, fit
 from training.loss import elbo_terms, importance_weighted_bound
 from training.model import VAE, ModelConfig
@@ -33,6 +34,7 @@ from training.plan import (
     split_indices,
 )
 from training.report import write_report
+from training.train_args import train_parser
 from training.train_config import TrainConfig
 
 __all__ = ["ConfigError", "TrainConfig", "split_indices", "train"]
@@ -365,7 +367,25 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     return artifact
 
 
-if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.train [vae train's flags]
-    from training.cli import main
+def run(args: argparse.Namespace) -> int:
+    """`vae train` from parsed flags: train, print a summary, and return the exit status."""
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    try:
+        artifact = train(config)
+    except (DataError, ExportError, ConfigError, DeviceError) as exc:
+        print(f"vae train: {exc}", file=sys.stderr)
+        return 2
+    if artifact is None:  # a torchrun process other than the main one
+        return 0
+    summary, scoring = artifact.manifest.training, artifact.manifest.scoring
+    calibration = scoring.calibration
+    print(
+        f"wrote {artifact.dir}: best validation ELBO {summary.best_val_elbo:.3f} nats "
+        f"at epoch {summary.best_epoch} of {summary.epochs}; threshold {calibration.threshold:.3f} "
+        f"at fpr {calibration.fpr:.4g} from {calibration.n} calibration rows, K = {scoring.iw_samples}"
+    )
+    return 0
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.train [vae train's flags]
+    sys.exit(run(train_parser().parse_args()))

@@ -8,10 +8,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.access import NEEDS_KEY
-from service.app import create_app
-from service.observability import flat_routes
-from service.settings import Settings
+from service.http.api.access import NEEDS_KEY
+from service.http.app import create_app
+from service.http.observability import flat_routes
+from service.http.settings import Settings
 
 KEY = {"authorization": "Bearer s3cret"}
 # Public with a key set, exactly these (README.md, "Running it in production", lists the same).

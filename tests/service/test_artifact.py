@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.artifact import load_artifact
-from service.errors import ArtifactError
+from service.core.artifact import load_artifact
+from service.core.errors import ArtifactError
 
 VAE = str(Path(sys.executable).with_name("vae"))
 
@@ -140,7 +140,7 @@ def test_asgi_app_stops_with_one_line(model_copy):
     (model_copy / "checkpoint.pt").unlink()
     env = os.environ | {"VAE_MODEL_DIR": str(model_copy)}
     result = subprocess.run(
-        [sys.executable, "-c", "import service.main"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", "import service.http.main"], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
@@ -151,7 +151,7 @@ def test_asgi_app_stops_with_one_line(model_copy):
 def test_asgi_app_refuses_a_bad_setting(digits_model_dir):
     env = os.environ | {"VAE_MODEL_DIR": str(digits_model_dir), "VAE_RUNTIME": "tensorflow"}
     result = subprocess.run(
-        [sys.executable, "-c", "import service.main"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", "import service.http.main"], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (

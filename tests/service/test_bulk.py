@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from service.bulk import BulkError, score_file
+from service.core.bulk import BulkError, score_file
 
 VAE = str(Path(sys.executable).with_name("vae"))
 

@@ -1,4 +1,4 @@
-"""service/client.py against the real app (in process, and as a `vae serve` process) and scripted transports."""
+"""The client (client/vae_client) against the real app, in process and as a `vae serve` process; scripted transports."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from service.app import create_app
-from service.client import (
+from vae_client.client import (
     AsyncVaeClient,
     ElboResult,
     Encoded,
@@ -26,8 +24,10 @@ from service.client import (
     VaeInputError,
     VaeModelChanged,
 )
-from service.schemas import ElboResponse, EncodeResponse, SampleResponse
-from service.settings import Settings
+
+from service.http.app import create_app
+from service.http.schemas import ElboResponse, EncodeResponse, SampleResponse
+from service.http.settings import Settings
 from tests.helpers import free_port, start_server, stop
 
 BASE = "http://testserver"
@@ -236,7 +236,7 @@ def test_requests_stay_within_max_body_bytes(digits_model_dir, rows):
 
 
 def test_vae_score_and_a_split_elbo_agree(digits_model_dir, app_client, rows, tmp_path):
-    from service.bulk import score_file
+    from service.core.bulk import score_file
 
     np.save(tmp_path / "rows.npy", rows)
     score_file(
@@ -472,7 +472,7 @@ def test_a_server_that_is_not_there_raises_a_connection_error():
 
 def test_the_client_imports_neither_torch_nor_the_server():
     code = (
-        "import sys, service.client; "
+        "import sys, vae_client.client; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'fastapi', 'onnxruntime'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.fast_path import ROUTES, FastPath
-from service.app import create_app
-from service.settings import Settings
+from service.http.api.fast_path import ROUTES, FastPath
+from service.http.app import create_app
+from service.http.settings import Settings
 
 DIGIT = [float(v) for v in np.arange(64) % 17]
 KEY = {"authorization": "Bearer s3cret"}

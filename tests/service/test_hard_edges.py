@@ -15,17 +15,17 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from vae_client.client import VaeClient, VaeHTTPError, answer_bytes
 
-from service import inputs, scoring
-from service.api import body as body_module
-from service.artifact import load_artifact
-from service.client import VaeClient, VaeHTTPError, answer_bytes
-from service.engine import Deadline, VaeEngine
-from service.errors import InvalidInput, LimitExceeded, Timeout
-from service.images import decode_upload
-from service.json_writer import json_bytes, write_json
-from service.runtime import OnnxRuntime
-from service.settings import Settings
+from service.core import inputs, scoring
+from service.core.artifact import load_artifact
+from service.core.engine import Deadline, VaeEngine
+from service.core.errors import InvalidInput, LimitExceeded, Timeout
+from service.core.images import decode_upload
+from service.core.runtime import OnnxRuntime
+from service.http.api import body as body_module
+from service.http.json_writer import json_bytes, write_json
+from service.http.settings import Settings
 
 DIGIT = [0.0] * 64
 JSON_HEADERS = {"content-type": "application/json"}

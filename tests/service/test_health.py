@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.artifact import load_artifact
+from service.core.artifact import load_artifact
 
 
 def test_the_model_card_shows_no_server_paths(start_app, tabular_model_dir, tabular_csv):

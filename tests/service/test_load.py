@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.artifact import load_artifact
-from service.engine import VaeEngine
-from service.runtime import OnnxRuntime
+from service.core.artifact import load_artifact
+from service.core.engine import VaeEngine
+from service.core.runtime import OnnxRuntime
 from tests.helpers import start_server, stop
 
 

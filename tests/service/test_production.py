@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from service.artifact import load_artifact
-from service.batching import MicroBatcher
-from service.observability import JsonFormatter
-from service.runtime import OnnxRuntime
-from service.settings import Settings
+from service.core.artifact import load_artifact
+from service.core.runtime import OnnxRuntime
+from service.http.batching import MicroBatcher
+from service.http.observability import JsonFormatter
+from service.http.settings import Settings
 
 DIGIT = [0.0] * 64
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.artifact import MANIFEST_NAME, load_artifact
-from service.live_model import model_version
+from service.core.artifact import MANIFEST_NAME, load_artifact
+from service.http.live_model import model_version
 from tests.helpers import start_server, stop
 
 DIGITS = np.arange(128, dtype=np.float64).reshape(2, 64) % 17

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from service import scoring
-from service.artifact import load_artifact
-from service.engine import VaeEngine
-from service.runtime import OnnxRuntime
+from service.core import scoring
+from service.core.artifact import load_artifact
+from service.core.engine import VaeEngine
+from service.core.runtime import OnnxRuntime
 from tests.helpers import instances_for
 
 

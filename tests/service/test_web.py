@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.api import web
-from service.app import create_app
-from service.settings import Settings
+from service.http.api import web
+from service.http.app import create_app
+from service.http.settings import Settings
 from tests.helpers import start_server, stop
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.artifact import load_artifact
+from service.core.artifact import load_artifact
 from training.distributed import DeviceError, World, resolve_device
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

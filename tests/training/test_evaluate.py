@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from service.artifact import load_artifact
-from service.engine import VaeEngine, score_in_chunks
-from service.runtime import OnnxRuntime
+from service.core.artifact import load_artifact
+from service.core.engine import VaeEngine, score_in_chunks
+from service.core.runtime import OnnxRuntime
 from training.data import DataError
 from training.evaluate import evaluate
 

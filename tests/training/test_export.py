@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.artifact import PARITY_TOLERANCE, load_artifact, sha256_file
+from service.core.artifact import PARITY_TOLERANCE, load_artifact, sha256_file
 from training import export
 from training.export import ExportError, export_model_dir, load_checkpoint, model_from_checkpoint
 
@@ -170,7 +170,7 @@ def test_load_checkpoint_names_the_bad_file(tmp_path):
     ],
 )
 def test_every_model_form_exports_with_parity_and_a_chosen_k(tmp_path, architecture, hidden, likelihood, noise):
-    from service.artifact import Preprocessing, TrainingSummary
+    from service.core.artifact import Preprocessing, TrainingSummary
     from training.model import VAE, ModelConfig
 
     torch.manual_seed(0)

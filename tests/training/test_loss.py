@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from service.artifact import Manifest, Preprocessing
-from service.engine import VaeEngine
+from service.core.artifact import Manifest, Preprocessing
+from service.core.engine import VaeEngine
 from training.loss import (
     bernoulli_log_prob,
     elbo_terms,

@@ -1,5 +1,5 @@
 """The Open Inference Protocol v2 (KServe / Triton / MLServer REST) beside the native API: request ->
-tensors -> the same engine and executor calls as service/api/inference.py -> tensors. Nothing else.
+tensors -> the same engine and executor calls as service/http/api/inference.py -> tensors. Nothing else.
 
 Each operation is a model of its own: `<name>-encode`, `<name>-sample`, `<name>-decode` and `<name>-elbo`,
 where <name> is the manifest's name. Tensor names are the native API's field names (`instances`, `z`; `mu`,
@@ -23,17 +23,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from service.api.answers import INLINE_BYTES, check_answer
-from service.api.body import JSON, check_media_type, max_json_values, read_raw
-from service.api.deps import EngineDep, LiveDep, render_error
-from service.api.inference import state_of
-from service.artifact import Manifest
-from service.engine import Deadline
-from service.errors import InvalidInput, ServiceError
-from service.executor import Executor
-from service.inputs import check_array, check_latents
-from service.live_model import LiveModel
-from service.oip_tensors import (
+from service.core.artifact import Manifest
+from service.core.engine import Deadline
+from service.core.errors import InvalidInput, ServiceError
+from service.core.inputs import check_array, check_latents
+from service.http.api.answers import INLINE_BYTES, check_answer
+from service.http.api.body import JSON, check_media_type, max_json_values, read_raw
+from service.http.api.deps import EngineDep, LiveDep, render_error
+from service.http.api.inference import state_of
+from service.http.executor import Executor
+from service.http.live_model import LiveModel
+from service.http.oip_tensors import (
     BINARY,
     HEADER_LENGTH,
     InferenceRequest,
@@ -43,7 +43,7 @@ from service.oip_tensors import (
     response_parts,
     split_body,
 )
-from service.schemas import ElboRequest, SampleRequest
+from service.http.schemas import ElboRequest, SampleRequest
 
 SERVER_NAME = "vae-service"
 EXTENSIONS = ["binary_tensor_data"]
@@ -85,7 +85,7 @@ async def protocol_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": orjson.loads(native.body)["error"]}, status_code=status, headers=kept)
 
 
-# Server liveness and readiness are public (probes); model readiness is behind the key: service/api/access.py.
+# Server liveness and readiness are public (probes); model readiness is behind the key: service/http/api/access.py.
 health = APIRouter(tags=["open inference protocol v2"], route_class=ProtocolRoute)
 router = APIRouter(tags=["open inference protocol v2"], route_class=ProtocolRoute)  # behind the API key
 

@@ -7,7 +7,7 @@ so request building, batching, retries and parsing exist once.
 
 - **Batching.** A batch is sent in requests no larger than the server's limits (`GET /v1/model`:
   `max_instances`, and `max_draws` over the draws per row) nor than `max_body_bytes`, and whose answers stay
-  within `max_response_bytes` (bounded with the server's own arithmetic, service/json_writer.py), and the
+  within `max_response_bytes` (bounded with the server's own arithmetic, service/http/json_writer.py), and the
   answers are concatenated in order. Each request's instances travel as one `.npy` body (`application/x-npy`,
   options in the query string): 8 bytes a number against ~20 in JSON, and no JSON parsing on the server.
 - **Seeds.** /sample and /elbo always send a seed; the client draws one when the call gives none. Request i
@@ -46,7 +46,7 @@ NPY = "application/x-npy"
 DEFAULT_MAX_BATCH = 1024  # rows per request when GET /v1/model does not state max_instances
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_BODY_BYTES (not in /v1/model)
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_RESPONSE_BYTES
-# The server's bound of a JSON answer (service/json_writer.py; a test pins the two together): 25 bytes per
+# The server's bound of a JSON answer (service/http/json_writer.py; a test pins the two together): 25 bytes per
 # number with its comma, 3 per list, and 1024 for the keys and scalars.
 ANSWER_NUMBER_BYTES = 25
 ANSWER_OVERHEAD_BYTES = 1024

@@ -1,7 +1,7 @@
 """The model being served, and replacing it without downtime (POST /v1/model/reload, SIGHUP).
 
 A LiveModel is one loaded version: its artifact, engine and executor, and a count of the requests it is
-answering. Each request takes the current LiveModel once (service/api/deps.py) and keeps it to the end,
+answering. Each request takes the current LiveModel once (service/http/api/deps.py) and keeps it to the end,
 so it is answered by exactly one version. A reload loads and verifies the new version beside the old,
 then swaps `ModelHost.current` in one assignment; the old version finishes its requests and then closes.
 Knows nothing of HTTP.
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 from fastapi.concurrency import run_in_threadpool
 
-from service.artifact import MANIFEST_NAME, PARITY_TOLERANCE, Artifact, ArtifactError, load_artifact
-from service.engine import VaeEngine
-from service.errors import ServiceError
-from service.executor import Executor
-from service.observability import Metrics
-from service.runtime import Runtime, load_runtime
-from service.settings import Settings
+from service.core.artifact import MANIFEST_NAME, PARITY_TOLERANCE, Artifact, ArtifactError, load_artifact
+from service.core.engine import VaeEngine
+from service.core.errors import ServiceError
+from service.core.runtime import Runtime, load_runtime
+from service.http.executor import Executor
+from service.http.observability import Metrics
+from service.http.settings import Settings
 
 log = logging.getLogger("vae.service")
 

@@ -1,6 +1,6 @@
 """GET /: a small web page over the API, and the training pictures of DIR/report/ that it shows.
 
-The page is static HTML, CSS and JavaScript shipped with the package (service/web/); it holds nothing
+The page is static HTML, CSS and JavaScript shipped with the package (service/http/web/); it holds nothing
 secret, so it is public. Everything it shows comes from the API, which keeps its API key: the page sends
 `Authorization: Bearer <key>` when the user types one in.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.errors import ServiceError
+from service.core.errors import ServiceError
 
 # The page's files: name -> media type. Nothing else under /ui is served.
 STATIC = {
@@ -32,7 +32,7 @@ REPORT_DIR = "report"  # written by `vae train` and `vae report` (training/repor
 REPORT_PICTURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(png|jpg|jpeg)")
 PICTURE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
 
-router = APIRouter(include_in_schema=False)  # public (service/api/access.py): the page and its own files
+router = APIRouter(include_in_schema=False)  # public (service/http/api/access.py): the page and its own files
 protected = APIRouter(tags=["model"])  # behind the API key when one is set, like GET /v1/model
 
 
@@ -45,7 +45,7 @@ class NotFound(ServiceError):
 
 @cache
 def _static(name: str) -> bytes:
-    return resources.files("service").joinpath("web", name).read_bytes()
+    return resources.files("service.http").joinpath("web", name).read_bytes()
 
 
 def _page_file(name: str) -> Response:

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import LiveDep
-from service.errors import UnsupportedMediaType
+from service.core.errors import UnsupportedMediaType
+from service.http.api.deps import LiveDep
 
-router = APIRouter(tags=["health"])  # public (service/api/access.py): probes must reach these
+router = APIRouter(tags=["health"])  # public (service/http/api/access.py): probes must reach these
 protected = APIRouter(tags=["model"])  # behind the API key when one is set
 
 

@@ -9,10 +9,10 @@ import orjson
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.engine import VaeEngine
-from service.errors import ModelNotReady
-from service.executor import Executor
-from service.live_model import LiveModel
+from service.core.engine import VaeEngine
+from service.core.errors import ModelNotReady
+from service.http.executor import Executor
+from service.http.live_model import LiveModel
 
 
 def _live_model(request: Request) -> LiveModel:

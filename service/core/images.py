@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidInput, LimitExceeded
+from service.core.errors import InvalidInput, LimitExceeded
 
 if TYPE_CHECKING:  # the manifest's image spec, for the annotations only
-    from service.artifact import ImageSpec
+    from service.core.artifact import ImageSpec
 
 # Pillow's modes that hold one channel; anything else is converted to RGB when 3 channels are wanted.
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}

@@ -2,7 +2,7 @@
 event loop's time per request on the digits model (a py-spy profile at c=64; docs/benchmark-serving.md).
 
 A pure ASGI middleware, inside the observability middleware (metrics, logs, request ids, the body limit
-and the model release still apply), CORS and the API key (service/api/access.py): a POST to one of
+and the model release still apply), CORS and the API key (service/http/api/access.py): a POST to one of
 `ROUTES` calls that route's own endpoint function with the same dependency (the model version), and an
 error goes through the app's own exception handlers. So the answers, errors included, are those of the
 FastAPI route, which stays registered for everything else (other methods, /docs, the OpenAPI schema).
@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.api import inference
-from service.api.deps import get_executor, render_error
-from service.executor import Executor
+from service.http.api import inference
+from service.http.api.deps import get_executor, render_error
+from service.http.executor import Executor
 
 Endpoint = Callable[[Request, Executor], Awaitable[Response]]
-# The routes that read their own body (service/api/body.py), so FastAPI's body handling adds nothing.
+# The routes that read their own body (service/http/api/body.py), so FastAPI's body handling adds nothing.
 ROUTES: dict[str, Endpoint] = {"/elbo": inference.elbo, "/encode": inference.encode, "/decode": inference.decode}
 
 

@@ -1,4 +1,4 @@
-"""The ASGI app configured from VAE_* environment variables: `uvicorn service.main:app`.
+"""The ASGI app configured from VAE_* environment variables: `uvicorn service.http.main:app`.
 
 A bad setting or model directory exits at import with a one-line reason.
 """
@@ -9,9 +9,9 @@ import sys
 
 from pydantic import ValidationError
 
-from service.app import create_app
-from service.errors import ArtifactError
-from service.settings import Settings, describe_settings_error
+from service.core.errors import ArtifactError
+from service.http.app import create_app
+from service.http.settings import Settings, describe_settings_error
 
 try:
     app = create_app(Settings())

@@ -12,14 +12,14 @@ import secrets
 
 from fastapi import Request
 
-from service.api.deps import render_error
-from service.api.oip import protocol_error
-from service.errors import Unauthorized
+from service.core.errors import Unauthorized
+from service.http.api.deps import render_error
+from service.http.api.oip import protocol_error
 
 # Public with a key set: probes must reach these, and the page holds nothing secret (it sends the key
 # the user types in to the API it calls). Exact paths; README.md lists the same set.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/"})
-PAGE_FILES = "/ui/"  # the page's script and style sheet, /ui/{name} (service/api/web.py)
+PAGE_FILES = "/ui/"  # the page's script and style sheet, /ui/{name} (service/http/api/web.py)
 NEEDS_KEY = "this service needs an API key: send the header `Authorization: Bearer <key>`"
 
 

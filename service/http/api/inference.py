@@ -1,6 +1,6 @@
 """POST /encode, /sample, /decode, /elbo and /heatmap: request -> arrays -> engine -> response. Nothing else.
 
-Each route bounds its answer's size from the request before any work (service/api/answers.py), and runs
+Each route bounds its answer's size from the request before any work (service/http/api/answers.py), and runs
 its inference, and any large parsing and serialisation, in the worker pool within the request's deadline.
 """
 
@@ -10,14 +10,14 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.answers import check_answer, json_answer
-from service.api.body import read_body, request_body_doc
-from service.api.deps import ExecutorDep, floats
-from service.engine import Deadline, VaeEngine
-from service.errors import NotAcceptable
-from service.images import grid, grid_canvas, heatmap_overlay, place, png_bytes, png_size_bound, to_pixels
-from service.json_writer import json_bytes
-from service.schemas import (
+from service.core.engine import Deadline, VaeEngine
+from service.core.errors import NotAcceptable
+from service.core.images import grid, grid_canvas, heatmap_overlay, place, png_bytes, png_size_bound, to_pixels
+from service.http.api.answers import check_answer, json_answer
+from service.http.api.body import read_body, request_body_doc
+from service.http.api.deps import ExecutorDep, floats
+from service.http.json_writer import json_bytes
+from service.http.schemas import (
     DecodeRequest,
     DecodeResponse,
     ElboRequest,

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
-from service.batching import MicroBatcher
-from service.engine import Deadline, Encoded, PreparedElbo, Scored, VaeEngine
-from service.observability import Metrics
-from service.settings import Settings
+from service.core.engine import Deadline, Encoded, PreparedElbo, Scored, VaeEngine
+from service.http.batching import MicroBatcher
+from service.http.observability import Metrics
+from service.http.settings import Settings
 
 
 def _sharing_deadline(run_batch: Callable[..., list[Any]]) -> Callable[[list[tuple[Any, Deadline | None]]], list[Any]]:

@@ -11,8 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
-from service.artifact import Artifact
-from service.errors import ArtifactError
+from service.core.artifact import Artifact
+from service.core.errors import ArtifactError
 
 
 class Runtime(Protocol):

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from service.artifact import load_artifact
-from service.engine import VaeEngine
-from service.errors import ServiceError
-from service.runtime import load_runtime
+from service.core.artifact import load_artifact
+from service.core.engine import VaeEngine
+from service.core.errors import ServiceError
+from service.core.runtime import load_runtime
 
 FIELDS = ["row", "elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "is_anomaly", "p_value"]
 

@@ -4,7 +4,7 @@ Every route computes an upper bound of its answer's bytes from the request alone
 model's shapes) and refuses it with 413 when the bound exceeds VAE_MAX_RESPONSE_BYTES, so no request can
 make the server build an answer of gigabytes. The bound is exact in form, not a guess (json_writer.json_bytes:
 every number orjson writes takes at most 25 bytes with its comma), and the bundled client splits its calls
-with the same arithmetic (service/client.py), so its requests are never refused.
+with the same arithmetic (client/vae_client/client.py), so its requests are never refused.
 
 A large answer is streamed: written a chunk at a time in the worker pool (Starlette iterates a plain iterator
 there) and sent as it is written, so it is never whole in memory and never holds the GIL for long.
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from fastapi.responses import Response, StreamingResponse
 
-from service.api.deps import ArrayJSONResponse
-from service.engine import VaeEngine
-from service.errors import LimitExceeded
-from service.json_writer import chunks, json_parts
+from service.core.engine import VaeEngine
+from service.core.errors import LimitExceeded
+from service.http.api.deps import ArrayJSONResponse
+from service.http.json_writer import chunks, json_parts
 
 INLINE_BYTES = 1 << 20  # answers bounded by this are serialised on the event loop: a thread hop costs more
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput, LimitExceeded, MalformedRequest
+from service.core.errors import InvalidInput, LimitExceeded, MalformedRequest
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # numpy iterates over at most this many dimensions (`.flat` raises RuntimeError beyond it).

@@ -20,15 +20,15 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api import health, inference, oip, web
-from service.api.access import ApiKeyMiddleware
-from service.api.fast_path import FastPath
-from service.artifact import Artifact, Manifest, load_artifact
-from service.errors import ServiceError
-from service.live_model import ModelHost
-from service.observability import Metrics, ObservabilityMiddleware, RouteLabels, configure_logging
-from service.runtime import Runtime
-from service.settings import Settings
+from service.core.artifact import Artifact, Manifest, load_artifact
+from service.core.errors import ServiceError
+from service.core.runtime import Runtime
+from service.http.api import health, inference, oip, web
+from service.http.api.access import ApiKeyMiddleware
+from service.http.api.fast_path import FastPath
+from service.http.live_model import ModelHost
+from service.http.observability import Metrics, ObservabilityMiddleware, RouteLabels, configure_logging
+from service.http.settings import Settings
 
 log = logging.getLogger("vae.service")
 
@@ -170,7 +170,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     app.state.not_ready_reason = "loading"
     app.state.settings = settings
     app.state.metrics = metrics
-    # Which routes need the API key is decided in one place, by path: ApiKeyMiddleware (service/api/access.py)
+    # Which routes need the API key is decided in one place, by path: ApiKeyMiddleware (service/http/api/access.py)
     for router in (
         health.router,
         health.protected,

@@ -19,9 +19,9 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from service.errors import InvalidInput, LimitExceeded, MalformedRequest
-from service.inputs import FLOAT32_MAX, as_float_array, json_value_bound
-from service.json_writer import CHUNK_BYTES, JSON_NUMBER_BYTES, JSON_OVERHEAD_BYTES, chunks, json_parts, write_json
+from service.core.errors import InvalidInput, LimitExceeded, MalformedRequest
+from service.core.inputs import FLOAT32_MAX, as_float_array, json_value_bound
+from service.http.json_writer import CHUNK_BYTES, JSON_NUMBER_BYTES, JSON_OVERHEAD_BYTES, chunks, json_parts, write_json
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY = "application/octet-stream"  # the media type of a body, or an answer, with binary tensor data

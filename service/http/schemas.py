@@ -1,5 +1,5 @@
 """Request and response bodies. Instances stay plain JSON lists: numpy validates them in one pass
-(service/inputs.py) instead of a pydantic model per number."""
+(service/core/inputs.py) instead of a pydantic model per number."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from service import scoring
-from service.artifact import Calibration, Manifest
-from service.errors import InvalidInput, LimitExceeded, ModelNotReady, Timeout
-from service.runtime import Runtime
+from service.core import scoring
+from service.core.artifact import Calibration, Manifest
+from service.core.errors import InvalidInput, LimitExceeded, ModelNotReady, Timeout
+from service.core.runtime import Runtime
 
 # Raw values may sit this far outside a bernoulli model's data range and still count as inside it
 # (rounding in clients' float formatting).

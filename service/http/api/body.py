@@ -23,11 +23,11 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from service.engine import Deadline, VaeEngine
-from service.errors import InvalidInput, LimitExceeded, MalformedRequest, UnsupportedMediaType
-from service.executor import Executor
-from service.images import decode_upload
-from service.inputs import json_value_bound, parse_instances, parse_latents, read_npy
+from service.core.engine import Deadline, VaeEngine
+from service.core.errors import InvalidInput, LimitExceeded, MalformedRequest, UnsupportedMediaType
+from service.core.images import decode_upload
+from service.core.inputs import json_value_bound, parse_instances, parse_latents, read_npy
+from service.http.executor import Executor
 
 Body = TypeVar("Body", bound=BaseModel)
 FILES_FIELD = "files"

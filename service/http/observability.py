@@ -140,7 +140,7 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 extra = [(b"x-request-id", request_id.encode("latin-1"))]
-                live = state.get("live_model")  # the model version the request used (service/api/deps.py)
+                live = state.get("live_model")  # the model version the request used (service/http/api/deps.py)
                 if live is not None:
                     extra.append((b"x-model-version", live.version.encode("latin-1")))
                 message["headers"] = [*message.get("headers", []), *extra]
