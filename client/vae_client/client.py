@@ -87,10 +87,10 @@ class ElboResult:
     threshold: float
     is_anomaly: np.ndarray  # (B,) bool
     p_value: np.ndarray  # (B,)
-    feature_scores: np.ndarray | None  # (B, *input_shape), with feature_scores=True
     n_samples: int
     iw_samples: int
     seed: int  # the first request's seed; request i of a split call used seed + i
+    feature_scores: np.ndarray | None  # (B, *input_shape), with feature_scores=True
 
 
 # --- errors -----------------------------------------------------------------------------------------------

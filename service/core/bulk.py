@@ -11,16 +11,23 @@ import mmap
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from service.core.artifact import load_artifact
-from service.core.engine import VaeEngine
+from service.core.engine import PER_INPUT_OUTPUTS, VaeEngine
 from service.core.errors import ServiceError
 from service.core.runtime import load_runtime
 
-FIELDS = ["row", "elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "is_anomaly", "p_value"]
+# The CSV's columns: the row, then /elbo's per-input fields.
+FIELDS = ["row", *(o.name for o in PER_INPUT_OUTPUTS)]
+
+
+def _column(values: np.ndarray, dtype: type) -> list[Any]:
+    """One CSV column: booleans as true/false, numbers as Python floats (csv writes them with repr, losslessly)."""
+    return np.where(values, "true", "false").tolist() if dtype is bool else values.tolist()
 
 
 class BulkError(ValueError):
@@ -126,17 +133,8 @@ def score_file(
                 scored = engine.elbo(chunk, n_samples, seed + i, iw_samples)
             except ServiceError as exc:
                 raise BulkError(f"{data}: rows {scored_rows}–{scored_rows + len(chunk) - 1}: {exc.message}") from None
-            d = scored.decisions
-            columns = [scored.elbo, scored.reconstruction, scored.kl, scored.log_likelihood, d.anomaly_score]
-            writer.writerows(
-                zip(
-                    range(scored_rows, scored_rows + len(chunk)),
-                    *(c.tolist() for c in columns),  # Python floats: csv writes them with repr, losslessly
-                    np.where(d.is_anomaly, "true", "false").tolist(),
-                    d.p_value.tolist(),
-                    strict=False,
-                )
-            )
+            columns = [_column(scored.value(o.name), o.dtype) for o in PER_INPUT_OUTPUTS]
+            writer.writerows(zip(range(scored_rows, scored_rows + len(chunk)), *columns, strict=False))
             scored_rows += len(chunk)
             bar.update(len(chunk))
     return scored_rows

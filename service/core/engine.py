@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 
@@ -122,6 +122,49 @@ class Scored:
     seed: int
     decisions: Decisions | None = None  # None only while the model is being calibrated
     feature_scores: np.ndarray | None = None  # (B, *input_shape), sums to -reconstruction
+
+    def value(self, name: str) -> Any:
+        """One field of ELBO_OUTPUTS by name: the scores' own, or the decisions'."""
+        return getattr(self, name) if name in _SCORED_FIELDS else getattr(self.decisions, name)
+
+
+_SCORED_FIELDS = frozenset(f.name for f in fields(Scored))
+
+
+@dataclass(frozen=True)
+class Output:
+    """One field of an /elbo answer."""
+
+    name: str
+    kind: Literal["per_input", "per_request", "per_feature"]  # (B,) | one value | (B, *input_shape), optional
+    dtype: type  # float, bool or int
+    description: str | None = None
+
+
+# The fields of an /elbo answer, in the order every encoder writes them: the native JSON and its response
+# model (service/http/api/inference.py, service/http/schemas.py), the OIP v2 outputs and parameters
+# (service/http/api/oip.py) and the CSV columns of `vae score` (service/core/bulk.py). A new field is
+# declared here once, and computed in VaeEngine.elbo_batch; the web page and the client show what they choose.
+ELBO_OUTPUTS: tuple[Output, ...] = (
+    Output("elbo", "per_input", float, "reconstruction - kl, nats per input"),
+    Output("reconstruction", "per_input", float, "(1/L) sum_l ln p(x|z_l), nats per input"),
+    Output("kl", "per_input", float, "KL(q(z|x) || N(0, I)) in closed form, nats per input"),
+    Output("log_likelihood", "per_input", float, "L_K, the importance-weighted bound on ln p(x), nats"),
+    Output("anomaly_score", "per_input", float, "-log_likelihood: higher is more anomalous"),
+    Output("threshold", "per_request", float, "the anomaly score above which an input is flagged"),
+    Output("is_anomaly", "per_input", bool, "anomaly_score > threshold"),
+    Output("p_value", "per_input", float, "conformal: (1 + #{calibration scores >= score}) / (n_cal + 1)"),
+    Output("n_samples", "per_request", int),
+    Output("iw_samples", "per_request", int),
+    Output("seed", "per_request", int, "the seed used; send it back to repeat the numbers"),
+    Output(
+        "feature_scores",
+        "per_feature",
+        float,
+        "[B] + input_shape: each feature's share of -reconstruction (with feature_scores)",
+    ),
+)
+PER_INPUT_OUTPUTS: tuple[Output, ...] = tuple(o for o in ELBO_OUTPUTS if o.kind == "per_input")
 
 
 class VaeEngine:

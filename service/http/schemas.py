@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictBool, StrictInt, create_model
+
+from service.core.engine import ELBO_OUTPUTS, Output
 
 Seed = StrictInt
 INSTANCES_DOC = (
@@ -69,21 +71,16 @@ class DecodeResponse(BaseModel):
     x: list[Any] = Field(description="[B] + input_shape: mean of p(x|z) in raw units")
 
 
-class ElboResponse(BaseModel):
-    elbo: list[float] = Field(description="reconstruction - kl, nats per input")
-    reconstruction: list[float] = Field(description="(1/L) sum_l ln p(x|z_l), nats per input")
-    kl: list[float] = Field(description="KL(q(z|x) || N(0, I)) in closed form, nats per input")
-    log_likelihood: list[float] = Field(description="L_K, the importance-weighted bound on ln p(x), nats")
-    anomaly_score: list[float] = Field(description="-log_likelihood: higher is more anomalous")
-    threshold: float = Field(description="the anomaly score above which an input is flagged")
-    is_anomaly: list[bool] = Field(description="anomaly_score > threshold")
-    p_value: list[float] = Field(description="conformal: (1 + #{calibration scores >= score}) / (n_cal + 1)")
-    feature_scores: list[Any] | None = Field(
-        None, description="[B] + input_shape: each feature's share of -reconstruction (with feature_scores)"
-    )
-    n_samples: int
-    iw_samples: int
-    seed: int = Field(description="the seed used; send it back to repeat the numbers")
+def _response_field(output: Output) -> tuple[Any, Any]:
+    if output.kind == "per_input":
+        return list[output.dtype], Field(description=output.description)
+    if output.kind == "per_feature":
+        return list[Any] | None, Field(None, description=output.description)
+    return output.dtype, Field(description=output.description)
+
+
+# /elbo's answer, derived from the one declaration of its fields (service/core/engine.py's ELBO_OUTPUTS).
+ElboResponse = create_model("ElboResponse", **{o.name: _response_field(o) for o in ELBO_OUTPUTS})
 
 
 class ErrorResponse(BaseModel):

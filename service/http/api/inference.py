@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.core.engine import Deadline, VaeEngine
+from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, Scored, VaeEngine
 from service.core.errors import NotAcceptable
 from service.core.images import grid, grid_canvas, heatmap_overlay, place, png_bytes, png_size_bound, to_pixels
 from service.http.api.answers import check_answer, json_answer
@@ -153,29 +153,25 @@ async def elbo(request: Request, executor: ExecutorDep) -> Response:
         threshold=body.threshold,
         fpr=body.fpr,
     )
-    shapes = [(len(x_raw),)] * 7 + ([(len(x_raw), *engine.manifest.input_shape)] if body.feature_scores else [])
+    shapes = [(len(x_raw),)] * len(PER_INPUT_OUTPUTS)
+    shapes += [(len(x_raw), *engine.manifest.input_shape)] if body.feature_scores else []
     size = json_bytes(*shapes)
     check_answer(
         engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
     )
     scored = await executor.elbo(prepared, state_of(request), deadline)
-    decisions = scored.decisions
-    content = {
-        "elbo": floats(scored.elbo),
-        "reconstruction": floats(scored.reconstruction),
-        "kl": floats(scored.kl),
-        "log_likelihood": floats(scored.log_likelihood),
-        "anomaly_score": floats(decisions.anomaly_score),
-        "threshold": decisions.threshold,
-        "is_anomaly": decisions.is_anomaly,
-        "p_value": floats(decisions.p_value),
-        "n_samples": scored.n_samples,
-        "iw_samples": scored.iw_samples,
-        "seed": scored.seed,
-    }
-    if scored.feature_scores is not None:
-        content["feature_scores"] = floats(scored.feature_scores)
-    return json_answer(content, size)
+    return json_answer(elbo_content(scored), size)
+
+
+def elbo_content(scored: Scored) -> dict:
+    """The JSON answer of /elbo: every field of ELBO_OUTPUTS, float arrays as contiguous float64."""
+    content = {}
+    for output in ELBO_OUTPUTS:
+        value = scored.value(output.name)
+        if value is None:  # feature_scores, when not asked for
+            continue
+        content[output.name] = floats(value) if output.kind != "per_request" and output.dtype is float else value
+    return content
 
 
 def heatmap_png(engine: VaeEngine, x_raw: np.ndarray, body: HeatmapRequest, deadline: Deadline) -> bytes:

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from service.core.artifact import Manifest
-from service.core.engine import Deadline
+from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline
 from service.core.errors import InvalidInput, ServiceError
 from service.core.inputs import check_array, check_latents
 from service.http.api.answers import INLINE_BYTES, check_answer
@@ -49,8 +49,10 @@ SERVER_NAME = "vae-service"
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"onnx": "onnx_onnxv1", "torchscript": "pytorch_torchscript"}
 BINARY_OUTPUT = "binary_data_output"  # request parameter of the binary extension: every output as binary data
-ELBO_OUTPUTS = ("elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "is_anomaly", "p_value")
-BOOL_OUTPUTS = {"is_anomaly"}  # every other output is FP64
+# The elbo model's outputs are /elbo's per-input fields; its per-request fields are response parameters.
+ELBO_TENSORS = tuple(o.name for o in PER_INPUT_OUTPUTS)
+ELBO_PARAMETERS = tuple(o.name for o in ELBO_OUTPUTS if o.kind == "per_request")
+BOOL_OUTPUTS = {o.name for o in PER_INPUT_OUTPUTS if o.dtype is bool}  # every other output is FP64
 
 
 class ModelNotFound(ServiceError):
@@ -142,22 +144,8 @@ async def _elbo(executor, inputs, options, wants_x, state, deadline):
         fpr=options.fpr,
     )
     scored = await executor.elbo(prepared, state, deadline)
-    decisions = scored.decisions
-    outputs = {
-        "elbo": scored.elbo,
-        "reconstruction": scored.reconstruction,
-        "kl": scored.kl,
-        "log_likelihood": scored.log_likelihood,
-        "anomaly_score": decisions.anomaly_score,
-        "is_anomaly": decisions.is_anomaly,
-        "p_value": decisions.p_value,
-    }
-    parameters = {
-        "threshold": decisions.threshold,
-        "n_samples": scored.n_samples,
-        "iw_samples": scored.iw_samples,
-        "seed": scored.seed,
-    }
+    outputs = {name: scored.value(name) for name in ELBO_TENSORS}
+    parameters = {name: scored.value(name) for name in ELBO_PARAMETERS}
     return outputs, parameters
 
 
@@ -182,7 +170,7 @@ OPERATIONS = {
     ),
     "elbo": Operation(
         inputs=lambda m: {"instances": [-1, *m.input_shape]},
-        outputs=lambda m: {name: [-1] for name in ELBO_OUTPUTS},
+        outputs=lambda m: {name: [-1] for name in ELBO_TENSORS},
         run=_elbo,
         options=ElboRequest,
         parameters=("n_samples", "iw_samples", "seed", "threshold", "fpr"),
