@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from service.core.artifact import load_artifact
-from service.core.engine import VaeEngine
+from service.core.engine import ElboOptions, VaeEngine
 from service.core.runtime import OnnxRuntime
 from training.train import TrainConfig, train
 
@@ -65,7 +65,7 @@ def run_digit(digit: int, x_train, y_train, x_test, y_test, args, workdir: Path)
     artifact = train(vae_config(npy, workdir / f"model{digit}", args))
     seconds = time.perf_counter() - started
     engine = VaeEngine(artifact.manifest, OnnxRuntime(load_artifact(artifact.dir)))
-    scored = engine.elbo(x_test, n_samples=ELBO_SAMPLES, seed=args.seed, iw_samples=100)
+    scored = engine.elbo(x_test, ElboOptions(n_samples=ELBO_SAMPLES, seed=args.seed, iw_samples=100))
 
     forest = IsolationForest(random_state=args.seed).fit(normal_train / 16.0)
     pca = PCA(n_components=PCA_VARIANCE, random_state=args.seed).fit(normal_train / 16.0)
@@ -81,9 +81,9 @@ def run_digit(digit: int, x_train, y_train, x_test, y_test, args, workdir: Path)
     }
     # The gap between L_K and the ELBO on held-out normal rows, against a 1000-draw ELBO estimate.
     normal_test = x_test[labels == 0]
-    reference = engine.elbo(normal_test, n_samples=1000, seed=args.seed + 1, iw_samples=1).elbo
+    reference = engine.elbo(normal_test, ElboOptions(n_samples=1000, seed=args.seed + 1, iw_samples=1)).elbo
     for k in GAP_KS:
-        bound = engine.elbo(normal_test, n_samples=1, seed=args.seed + 2, iw_samples=k).log_likelihood
+        bound = engine.elbo(normal_test, ElboOptions(n_samples=1, seed=args.seed + 2, iw_samples=k)).log_likelihood
         row[f"gap_k{k}"] = float(np.mean(bound - reference))
     return row
 

@@ -64,7 +64,7 @@ def train(cmd: list[str], out: Path, env: dict) -> dict:
 def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Path) -> dict[str, float]:
     from service.core.artifact import load_artifact
     from service.core.bulk import score_file
-    from service.core.engine import VaeEngine
+    from service.core.engine import ElboOptions, VaeEngine
     from service.core.runtime import load_runtime
 
     chunk = 1024
@@ -83,7 +83,7 @@ def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Pa
     x = np.load(data)[:rows].astype(np.float64)
     started = time.perf_counter()
     for i, start in enumerate(range(0, rows, chunk)):
-        engine.elbo(x[start : start + chunk], 1, i, iw_samples)
+        engine.elbo(x[start : start + chunk], ElboOptions(n_samples=1, seed=i, iw_samples=iw_samples))
     in_memory = rows / (time.perf_counter() - started)
 
     # The bare graphs doing the same network work as the engine: encode each row, decode 1 + K draws of z

@@ -39,7 +39,7 @@ from service.core.artifact import (
     sha256_file,
     write_manifest,
 )
-from service.core.engine import VaeEngine, score_in_chunks
+from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
 from service.core.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 
@@ -73,7 +73,7 @@ IW_NOISE_REPEATS = 4  # independent seeds per row
 
 
 def _scores(engine: VaeEngine, x: np.ndarray, seed: int, iw_samples: int, progress: bool = False) -> np.ndarray:
-    chunks = score_in_chunks(engine, x, seed=seed, iw_samples=iw_samples, progress=progress)
+    chunks = score_in_chunks(engine, x, ElboOptions(seed=seed, iw_samples=iw_samples), progress=progress)
     return -np.concatenate([chunk.log_likelihood for chunk in chunks])
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from service.core.artifact import load_artifact
-from service.core.engine import PER_INPUT_OUTPUTS, VaeEngine
+from service.core.engine import PER_INPUT_OUTPUTS, ElboOptions, VaeEngine
 from service.core.errors import ServiceError
 from service.core.runtime import load_runtime
 
@@ -130,7 +130,7 @@ def score_file(
         writer.writerow(FIELDS)
         for i, chunk in enumerate(chunks):
             try:
-                scored = engine.elbo(chunk, n_samples, seed + i, iw_samples)
+                scored = engine.elbo(chunk, ElboOptions(n_samples=n_samples, seed=seed + i, iw_samples=iw_samples))
             except ServiceError as exc:
                 raise BulkError(f"{data}: rows {scored_rows}–{scored_rows + len(chunk) - 1}: {exc.message}") from None
             columns = [_column(scored.value(o.name), o.dtype) for o in PER_INPUT_OUTPUTS]

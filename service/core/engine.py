@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -89,6 +89,19 @@ class Sampled:
     z: np.ndarray  # (B, n, d)
     x: np.ndarray | None  # (B, n, *input_shape) in raw units, when decoded
     seed: int
+
+
+@dataclass(frozen=True)
+class ElboOptions:
+    """What one /elbo request asks for, however it arrives: the native routes (JSON, .npy, multipart, the fast
+    path), OIP v2, `vae score`, `vae evaluate` and calibration all build one and call prepare_elbo or elbo."""
+
+    n_samples: int = 1  # L: draws of the Monte Carlo ELBO
+    seed: int | None = None  # the request's noise; None: a fresh seed, returned in the answer
+    iw_samples: int | None = None  # K of L_K; None: the K the threshold was calibrated with
+    feature_scores: bool = False  # also each feature's share of -reconstruction
+    threshold: float | None = None  # flag scores above this; None: the model's default
+    fpr: float | None = None  # or the threshold at this false-alarm rate
 
 
 @dataclass(frozen=True)
@@ -296,31 +309,12 @@ class VaeEngine:
         return Sampled(z, x, seed)
 
     def elbo(
-        self,
-        x_raw: np.ndarray,
-        n_samples: int = 1,
-        seed: int | None = None,
-        iw_samples: int | None = None,
-        feature_scores: bool = False,
-        threshold: float | None = None,
-        fpr: float | None = None,
-        *,
-        deadline: Deadline | None = None,
+        self, x_raw: np.ndarray, options: ElboOptions = ElboOptions(), *, deadline: Deadline | None = None
     ) -> Scored:
-        """One /elbo request, alone: prepare_elbo(...) then elbo_batch. Takes prepare_elbo's arguments."""
-        prepared = self.prepare_elbo(x_raw, n_samples, seed, iw_samples, feature_scores, threshold, fpr)
-        return self.elbo_batch([prepared], deadline)[0]
+        """One /elbo request, alone: prepare_elbo then elbo_batch."""
+        return self.elbo_batch([self.prepare_elbo(x_raw, options)], deadline)[0]
 
-    def prepare_elbo(
-        self,
-        x_raw: np.ndarray,
-        n_samples: int = 1,
-        seed: int | None = None,
-        iw_samples: int | None = None,
-        feature_scores: bool = False,
-        threshold: float | None = None,
-        fpr: float | None = None,
-    ) -> PreparedElbo:
+    def prepare_elbo(self, x_raw: np.ndarray, options: ElboOptions = ElboOptions()) -> PreparedElbo:
         """Everything about one /elbo request that can fail, checked before it joins a batch.
 
         Per-input ELBO (L = n_samples draws), L_K (K = iw_samples draws) and the anomaly decisions, in nats
@@ -328,17 +322,19 @@ class VaeEngine:
         was calibrated with. The ELBO's draws come first from the seeded generator, then L_K's.
         """
         scoring_config = self.manifest.scoring
+        iw_samples = options.iw_samples
         if iw_samples is None:
             iw_samples = scoring_config.iw_samples if scoring_config else 1
-        self.check_draws(len(x_raw), n_samples, iw_samples)
+        self.check_draws(len(x_raw), options.n_samples, iw_samples)
+        threshold = options.threshold
         if scoring_config:
-            threshold = self.resolve_threshold(threshold, fpr)
+            threshold = self.resolve_threshold(options.threshold, options.fpr)
         return PreparedElbo(
             self.to_model(x_raw).reshape(len(x_raw), -1).astype(np.float64),
-            n_samples,
+            options.n_samples,
             iw_samples,
-            new_seed() if seed is None else seed,
-            feature_scores,
+            new_seed() if options.seed is None else options.seed,
+            options.feature_scores,
             threshold,
         )
 
@@ -436,7 +432,7 @@ class VaeEngine:
     def warm_up(self) -> None:
         """One real inference through both graphs; raises if the model cannot produce finite numbers."""
         example = self.manifest.preprocessing.to_raw(np.full((2, self.manifest.n_features), 0.5))
-        scored = self.elbo(example, n_samples=2, seed=0, iw_samples=2)
+        scored = self.elbo(example, ElboOptions(n_samples=2, seed=0, iw_samples=2))
         if not np.all(np.isfinite(scored.elbo)) or not np.all(np.isfinite(scored.log_likelihood)):
             raise RuntimeError(f"warm-up inference gave a non-finite score: {scored.elbo.tolist()}")
 
@@ -444,20 +440,23 @@ class VaeEngine:
 def score_in_chunks(
     engine: VaeEngine,
     x_raw: np.ndarray,
+    options: ElboOptions,
     *,
-    seed: int,
     chunk_rows: int = 256,
     progress: bool = False,
-    **options: Any,
 ) -> Iterator[Scored]:
-    """engine.elbo over many rows (N, D), `chunk_rows` at a time; chunk i uses seed + i. Yields Scored.
+    """engine.elbo over many rows (N, D), `chunk_rows` at a time; chunk i uses options.seed + i. Yields Scored.
 
     Calibration, `vae evaluate` and bulk scoring all go through here, so they score exactly as /elbo does.
     """
     from tqdm.auto import tqdm
 
+    if options.seed is None:
+        raise ValueError("score_in_chunks needs a seed: chunk i is scored with seed + i")
+    seed = options.seed
+
     with tqdm(total=len(x_raw), unit="row", disable=not progress, desc="score", dynamic_ncols=True) as bar:
         for i, start in enumerate(range(0, len(x_raw), chunk_rows)):
             chunk = x_raw[start : start + chunk_rows]
-            yield engine.elbo(chunk, seed=seed + i, **options)
+            yield engine.elbo(chunk, replace(options, seed=seed + i))
             bar.update(len(chunk))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.core.artifact import load_artifact
-from service.core.engine import VaeEngine
+from service.core.engine import ElboOptions, VaeEngine
 from service.core.runtime import OnnxRuntime
 from tests.helpers import start_server, stop
 
@@ -52,7 +52,10 @@ def test_thousands_of_concurrent_requests_match_their_solo_answers(digits_model_
     artifact = load_artifact(digits_model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
     for body, response in zip(requests, responses, strict=False):
-        alone = engine.elbo(np.asarray(body["instances"]), body["n_samples"], body["seed"], body["iw_samples"])
+        alone = engine.elbo(
+            np.asarray(body["instances"]),
+            ElboOptions(n_samples=body["n_samples"], seed=body["seed"], iw_samples=body["iw_samples"]),
+        )
         got = response.json()
         np.testing.assert_allclose(got["elbo"], alone.elbo, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(got["log_likelihood"], alone.log_likelihood, rtol=1e-5, atol=1e-4)

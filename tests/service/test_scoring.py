@@ -10,7 +10,7 @@ from scipy import stats
 
 from service.core import scoring
 from service.core.artifact import load_artifact
-from service.core.engine import VaeEngine
+from service.core.engine import ElboOptions, VaeEngine
 from service.core.runtime import OnnxRuntime
 from tests.helpers import instances_for
 
@@ -37,11 +37,13 @@ def iw_bound(x, mu, logvar, eps, decode, likelihood):
 
 
 def mean_bound(engine, rows, k, seeds=range(20)):
-    return np.mean([engine.elbo(rows, seed=s, iw_samples=k).log_likelihood.mean() for s in seeds])
+    return np.mean([engine.elbo(rows, ElboOptions(seed=s, iw_samples=k)).log_likelihood.mean() for s in seeds])
 
 
 def test_bound_is_above_the_elbo_and_grows_with_k(engine, digits_rows):
-    elbo = np.mean([engine.elbo(digits_rows, n_samples=1, seed=s, iw_samples=1).elbo.mean() for s in range(20)])
+    elbo = np.mean(
+        [engine.elbo(digits_rows, ElboOptions(n_samples=1, seed=s, iw_samples=1)).elbo.mean() for s in range(20)]
+    )
     bounds = [mean_bound(engine, digits_rows, k) for k in (1, 10, 100)]
     assert bounds[0] == pytest.approx(elbo, abs=0.1)  # L_1 is a single-sample ELBO
     assert bounds[0] < bounds[1] < bounds[2]
@@ -49,8 +51,10 @@ def test_bound_is_above_the_elbo_and_grows_with_k(engine, digits_rows):
 
 def test_k1_matches_the_elbo_estimator_in_expectation(engine, digits_rows):
     rows = digits_rows[:4]
-    l1 = np.array([engine.elbo(rows, seed=s, iw_samples=1).log_likelihood for s in range(400)])
-    elbo = np.array([engine.elbo(rows, n_samples=50, seed=s, iw_samples=1).elbo for s in range(20)]).mean(axis=0)
+    l1 = np.array([engine.elbo(rows, ElboOptions(seed=s, iw_samples=1)).log_likelihood for s in range(400)])
+    elbo = np.array([engine.elbo(rows, ElboOptions(n_samples=50, seed=s, iw_samples=1)).elbo for s in range(20)]).mean(
+        axis=0
+    )
     stderr = l1.std(axis=0) / math.sqrt(len(l1))
     assert np.all(np.abs(l1.mean(axis=0) - elbo) < 5 * stderr + 0.05)
 
@@ -93,7 +97,7 @@ def test_bound_is_finite_with_extreme_decoder_outputs():
 
 
 def test_memory_stays_bounded_for_large_k(engine, digits_rows):
-    scored = engine.elbo(digits_rows, seed=0, iw_samples=5000)  # 320,000 decoder rows, in chunks
+    scored = engine.elbo(digits_rows, ElboOptions(seed=0, iw_samples=5000))  # 320,000 decoder rows, in chunks
     assert scored.log_likelihood.shape == (64,) and np.all(np.isfinite(scored.log_likelihood))
 
 
@@ -128,7 +132,7 @@ def test_false_alarm_rate_on_fresh_normal_data_matches_the_target(calibration_se
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
     calibration = artifact.manifest.scoring.calibration
     assert (calibration.n, calibration.fpr, artifact.manifest.scoring.iw_samples) == (390, 0.1, 20)
-    scored = engine.elbo(fresh, seed=123)
+    scored = engine.elbo(fresh, ElboOptions(seed=123))
     rate = scored.decisions.is_anomaly.mean()
     # Binomial sd over 497 rows plus the threshold's own sampling sd over 390 calibration rows.
     sd = math.sqrt(0.1 * 0.9 / len(fresh) + 0.1 * 0.9 / (calibration.n + 1))
@@ -142,7 +146,7 @@ def test_the_false_alarm_rate_holds_with_the_k_chosen_from_the_data(chosen_k_cal
     scoring_ = artifact.manifest.scoring
     assert scoring_.iw_selection is not None and scoring_.iw_samples == scoring_.iw_selection.ladder[-1].k
     assert (scoring_.calibration.n, scoring_.calibration.fpr) == (390, 0.1)
-    scored = engine.elbo(fresh, seed=123)  # no iw_samples: the chosen K, as the threshold was set
+    scored = engine.elbo(fresh, ElboOptions(seed=123))  # no iw_samples: the chosen K, as the threshold was set
     assert scored.iw_samples == scoring_.iw_samples
     rate = scored.decisions.is_anomaly.mean()
     sd = math.sqrt(0.1 * 0.9 / len(fresh) + 0.1 * 0.9 / (scoring_.calibration.n + 1))
@@ -153,7 +157,7 @@ def test_p_values_on_fresh_normal_data_are_roughly_uniform(calibration_setup):
     model_dir, fresh = calibration_setup
     artifact = load_artifact(model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
-    p = engine.elbo(fresh, seed=7).decisions.p_value
+    p = engine.elbo(fresh, ElboOptions(seed=7)).decisions.p_value
     assert stats.kstest(p, "uniform").pvalue > 0.001
     assert 0.4 < p.mean() < 0.6
 
@@ -162,7 +166,7 @@ def test_decisions_follow_the_p_values_at_the_calibrated_fpr(calibration_setup):
     model_dir, fresh = calibration_setup
     artifact = load_artifact(model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
-    decisions = engine.elbo(fresh, seed=1).decisions
+    decisions = engine.elbo(fresh, ElboOptions(seed=1)).decisions
     assert np.array_equal(decisions.is_anomaly, decisions.p_value <= 0.1)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from service.core.artifact import load_artifact
-from service.core.engine import VaeEngine, score_in_chunks
+from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
 from service.core.runtime import OnnxRuntime
 from training.data import DataError
 from training.evaluate import evaluate
@@ -42,7 +42,7 @@ def test_auroc_equals_scikit_learns_on_the_same_scores(calibration_setup, labell
     report = evaluate(model_dir, str(path), label_column="kind", normal_label="normal", seed=3, progress=False)
     artifact = load_artifact(model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
-    scores = -np.concatenate([s.log_likelihood for s in score_in_chunks(engine, rows, seed=3)])
+    scores = -np.concatenate([s.log_likelihood for s in score_in_chunks(engine, rows, ElboOptions(seed=3))])
     assert report["auroc"] == roc_auc_score(labels, scores)
     assert report["auprc"] == average_precision_score(labels, scores)
     assert report["auroc"] > 0.95  # uniform noise is far from any digit

@@ -6,7 +6,7 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from service.core.artifact import Manifest, Preprocessing
-from service.core.engine import VaeEngine
+from service.core.engine import ElboOptions, VaeEngine
 from training.loss import (
     bernoulli_log_prob,
     elbo_terms,
@@ -117,7 +117,7 @@ def test_elbo_terms_match_the_engine_the_service_runs(likelihood):
         terms = elbo_terms(model, x, eps, log_jacobian=log_jacobian)
 
     x_raw = x.reshape(5, -1).double().numpy() * scale
-    result = _engine(model, scale).elbo(x_raw, n_samples=4, seed=7, iw_samples=1)
+    result = _engine(model, scale).elbo(x_raw, ElboOptions(n_samples=4, seed=7, iw_samples=1))
     np.testing.assert_allclose(result.reconstruction, terms.reconstruction.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(result.kl, terms.kl.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(result.elbo, terms.elbo.numpy(), rtol=0, atol=1e-4)
@@ -164,7 +164,7 @@ def test_importance_weighted_bound_matches_the_engine_the_service_runs(likelihoo
     with torch.no_grad():
         bound = importance_weighted_bound(model, x, eps, log_jacobian=log_jacobian)
 
-    expected = _engine(model, scale).elbo(x.double().numpy() * scale, n_samples=1, seed=11, iw_samples=7)
+    expected = _engine(model, scale).elbo(x.double().numpy() * scale, ElboOptions(n_samples=1, seed=11, iw_samples=7))
     np.testing.assert_allclose(bound.numpy(), expected.log_likelihood, rtol=0, atol=1e-4)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, Scored, VaeEngine
+from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, ElboOptions, Scored, VaeEngine
 from service.core.errors import NotAcceptable
 from service.core.images import grid, grid_canvas, heatmap_overlay, place, png_bytes, png_size_bound, to_pixels
 from service.http.api.answers import check_answer, json_answer
@@ -144,8 +144,7 @@ async def elbo(request: Request, executor: ExecutorDep) -> Response:
     """Per-input ELBO and importance-weighted log-likelihood in nats, with calibrated anomaly decisions."""
     engine, deadline = executor.engine, executor.deadline()
     body, x_raw = await read_body(request, ElboRequest, executor, deadline)
-    prepared = engine.prepare_elbo(
-        x_raw,
+    options = ElboOptions(
         n_samples=body.n_samples,
         seed=body.seed,
         iw_samples=body.iw_samples,
@@ -153,6 +152,7 @@ async def elbo(request: Request, executor: ExecutorDep) -> Response:
         threshold=body.threshold,
         fpr=body.fpr,
     )
+    prepared = engine.prepare_elbo(x_raw, options)
     shapes = [(len(x_raw),)] * len(PER_INPUT_OUTPUTS)
     shapes += [(len(x_raw), *engine.manifest.input_shape)] if body.feature_scores else []
     size = json_bytes(*shapes)
@@ -177,9 +177,8 @@ def elbo_content(scored: Scored) -> dict:
 def heatmap_png(engine: VaeEngine, x_raw: np.ndarray, body: HeatmapRequest, deadline: Deadline) -> bytes:
     """Score the inputs with per-feature scores and draw each input with its scores overlaid (worker pool)."""
     spec = engine.manifest.image
-    scored = engine.elbo(
-        x_raw, n_samples=body.n_samples, seed=body.seed, iw_samples=1, feature_scores=True, deadline=deadline
-    )
+    options = ElboOptions(n_samples=body.n_samples, seed=body.seed, iw_samples=1, feature_scores=True)
+    scored = engine.elbo(x_raw, options, deadline=deadline)
     shape = (len(x_raw), spec.channels, spec.height, spec.width)
     pixels = to_pixels(x_raw.reshape(shape), spec.max_value)
     per_pixel = scored.feature_scores.reshape(shape).sum(axis=1)  # (B, H, W): channels add up

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from service.core.artifact import Manifest
-from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline
+from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, ElboOptions
 from service.core.errors import InvalidInput, ServiceError
 from service.core.inputs import check_array, check_latents
 from service.http.api.answers import INLINE_BYTES, check_answer
@@ -135,14 +135,14 @@ async def _decode(executor, inputs, options, wants_x, state, deadline):
 
 
 async def _elbo(executor, inputs, options, wants_x, state, deadline):
-    prepared = executor.engine.prepare_elbo(
-        _instances(executor, inputs),
+    elbo_options = ElboOptions(
         n_samples=options.n_samples,
         seed=options.seed,
         iw_samples=options.iw_samples,
         threshold=options.threshold,
         fpr=options.fpr,
     )
+    prepared = executor.engine.prepare_elbo(_instances(executor, inputs), elbo_options)
     scored = await executor.elbo(prepared, state, deadline)
     outputs = {name: scored.value(name) for name in ELBO_TENSORS}
     parameters = {name: scored.value(name) for name in ELBO_PARAMETERS}
