@@ -73,6 +73,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY training ./training
 COPY service ./service
+COPY vae_cli ./vae_cli
+COPY client ./client
 RUN --mount=type=secret,id=ca \
     --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \

@@ -10,7 +10,7 @@ MODEL_DIR ?= models/digits
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install system run train test clean
+.PHONY: install system run train lint test test-fast clean
 
 install: $(STAMP)
 
@@ -39,8 +39,20 @@ system:
 	bash scripts/browser_setup.sh || echo "make system: browser_setup.sh failed; the browser tests will say so"
 	bash scripts/proxy_setup.sh || echo "make system: proxy_setup.sh failed; the proxy tests will say so"
 
-test: $(STAMP) system
+# ruff (lint and format check), mypy (strict on the torch-free core) and the import contracts
+# (lint-imports: which layer may import which); settings in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: $(STAMP) system lint
 	$(BIN)/python -m pytest
+
+# The edit loop: no container images, no browser, no proxy (markers set in tests/conftest.py), no system step.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not container and not browser and not proxy"
 
 clean:
 	rm -rf $(VENV) models .pytest_cache

@@ -22,6 +22,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
+from service.core.engine import ElboOptions
+
 KNN_K = 5  # kNN score: mean Euclidean distance to this many nearest normal training rows
 PCA_VARIANCE = 0.9  # PCA keeps the components explaining this share of the normal training rows' variance
 REFERENCE_K = 100  # the K the service used by default before issue 12; reported for comparison
@@ -105,9 +107,9 @@ def train_default_vae(x_normal: np.ndarray, workdir: Path, name: str, seed: int,
 
 
 def engine_for(artifact):
-    from service.artifact import load_artifact
-    from service.engine import VaeEngine
-    from service.runtime import OnnxRuntime
+    from service.core.artifact import load_artifact
+    from service.core.engine import VaeEngine
+    from service.core.runtime import OnnxRuntime
 
     return VaeEngine(artifact.manifest, OnnxRuntime(load_artifact(artifact.dir)))
 
@@ -118,7 +120,7 @@ def _score_pass(engine, flat_x: np.ndarray, seed: int, iw_samples: int | None) -
     scores = []
     started = time.perf_counter()
     for start in range(0, len(flat_x), REQUEST_ROWS):
-        scored = engine.elbo(flat_x[start : start + REQUEST_ROWS], seed=seed + start, iw_samples=iw_samples)
+        scored = engine.elbo(flat_x[start : start + REQUEST_ROWS], ElboOptions(seed=seed + start, iw_samples=iw_samples))
         scores.append(-scored.log_likelihood)
     return np.concatenate(scores), time.perf_counter() - started
 
@@ -132,7 +134,7 @@ def timed_scores(engine, x_test: np.ndarray, seed: int, ks: tuple) -> list[tuple
     """
     flat_x = x_test.reshape(len(x_test), -1).astype(np.float64)
     for k in ks:
-        engine.elbo(flat_x[:REQUEST_ROWS], seed=seed, iw_samples=k)
+        engine.elbo(flat_x[:REQUEST_ROWS], ElboOptions(seed=seed, iw_samples=k))
     scores, best = [None] * len(ks), [float("inf")] * len(ks)
     for round_ in range(TIMING_PASSES):
         order = list(enumerate(ks))

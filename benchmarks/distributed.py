@@ -62,10 +62,10 @@ def train(cmd: list[str], out: Path, env: dict) -> dict:
 
 
 def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Path) -> dict[str, float]:
-    from service.artifact import load_artifact
-    from service.bulk import score_file
-    from service.engine import VaeEngine
-    from service.runtime import load_runtime
+    from service.core.artifact import load_artifact
+    from service.core.bulk import score_file
+    from service.core.engine import ElboOptions, VaeEngine
+    from service.core.runtime import load_runtime
 
     chunk = 1024
     source = np.load(data, mmap_mode="r")
@@ -83,7 +83,7 @@ def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Pa
     x = np.load(data)[:rows].astype(np.float64)
     started = time.perf_counter()
     for i, start in enumerate(range(0, rows, chunk)):
-        engine.elbo(x[start : start + chunk], 1, i, iw_samples)
+        engine.elbo(x[start : start + chunk], ElboOptions(n_samples=1, seed=i, iw_samples=iw_samples))
     in_memory = rows / (time.perf_counter() - started)
 
     # The bare graphs doing the same network work as the engine: encode each row, decode 1 + K draws of z
@@ -112,28 +112,69 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vae-bench-dist-"))
     data = tmp / "synthetic.npy"
     synthetic(data, args.rows)
-    flags = ["--data", str(data), "--likelihood", "bernoulli", "--hidden", "512,256", "--latent-dim", "16",
-             "--epochs", str(args.epochs), "--patience", str(args.epochs), "--batch-size", str(args.batch_size),
-             "--score-iw-samples", "100", "--no-progress", "--device", "cpu"]
+    flags = [
+        "--data",
+        str(data),
+        "--likelihood",
+        "bernoulli",
+        "--hidden",
+        "512,256",
+        "--latent-dim",
+        "16",
+        "--epochs",
+        str(args.epochs),
+        "--patience",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--score-iw-samples",
+        "100",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     one = train([str(BIN / "vae"), "train", *flags, "--out", str(tmp / "one")], tmp / "one", env)
-    one_thread = train([str(BIN / "vae"), "train", *flags, "--out", str(tmp / "one-thread")], tmp / "one-thread",
-                       env | {"OMP_NUM_THREADS": "1"})
-    two = train([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "training.train",
-                 *flags, "--out", str(tmp / "two")], tmp / "two", env)
+    one_thread = train(
+        [str(BIN / "vae"), "train", *flags, "--out", str(tmp / "one-thread")],
+        tmp / "one-thread",
+        env | {"OMP_NUM_THREADS": "1"},
+    )
+    two = train(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "training.train",
+            *flags,
+            "--out",
+            str(tmp / "two"),
+        ],
+        tmp / "two",
+        env,
+    )
 
-    print(f"\n## Training: {args.rows:,} x 784, MLP 512,256, latent 16, {args.epochs} epochs, "
-          f"--batch-size {args.batch_size} per process, {os.cpu_count()} cores\n")
+    print(
+        f"\n## Training: {args.rows:,} x 784, MLP 512,256, latent 16, {args.epochs} epochs, "
+        f"--batch-size {args.batch_size} per process, {os.cpu_count()} cores\n"
+    )
     print("| processes | s / epoch | training s | whole command s | final val ELBO (nats) |")
     print("|---|---|---|---|---|")
-    runs = (("1, torch's default threads", one), ("1, OMP_NUM_THREADS=1", one_thread),
-            ("2 (torchrun, gloo, 1 thread each)", two))
+    runs = (
+        ("1, torch's default threads", one),
+        ("1, OMP_NUM_THREADS=1", one_thread),
+        ("2 (torchrun, gloo, 1 thread each)", two),
+    )
     for name, r in runs:
         print(f"| {name} | {r['epoch_mean']:.1f} | {r['train_total']:.1f} | {r['wall']:.1f} | {r['val_elbo']:.2f} |")
     for name, base in (("default threads", one), ("one thread", one_thread)):
-        print(f"\n2 processes against 1 process with {name}: per epoch {base['epoch_mean'] / two['epoch_mean']:.2f}x, "
-              f"whole command {base['wall'] / two['wall']:.2f}x")
+        print(
+            f"\n2 processes against 1 process with {name}: per epoch {base['epoch_mean'] / two['epoch_mean']:.2f}x, "
+            f"whole command {base['wall'] / two['wall']:.2f}x"
+        )
 
     manifest = json.loads((tmp / "one" / "manifest.json").read_text())
     calibrated_k = manifest["scoring"]["iw_samples"]

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -31,15 +31,15 @@ import numpy as np
 import onnxruntime
 import psutil
 
-from service.artifact import load_artifact
-from service.runtime import OnnxRuntime
+from service.core.artifact import load_artifact
+from service.core.runtime import OnnxRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 VAE = str(Path(sys.executable).with_name("vae"))
 UVICORN = str(Path(sys.executable).with_name("uvicorn"))
 CONCURRENCY = (1, 16, 64)
 
-CEILING_APP = '''
+CEILING_APP = """
 import orjson
 CONSTANT = orjson.dumps({"elbo": [0.0]})
 async def app(scope, receive, send):
@@ -54,9 +54,9 @@ async def app(scope, receive, send):
     orjson.loads(body)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": CONSTANT})
-'''
+"""
 
-NAIVE_APP = '''
+NAIVE_APP = """
 import json, os
 import numpy as np
 import onnxruntime as ort
@@ -94,7 +94,7 @@ def elbo(body: Body):
     kl = 0.5 * (mu**2 + np.exp(logvar) - 1 - logvar).sum(1)
     rec = logp.reshape(len(x), body.n_samples).mean(1)
     return {"elbo": (rec - kl).tolist(), "reconstruction": rec.tolist(), "kl": kl.tolist()}
-'''
+"""
 
 
 def free_port() -> int:
@@ -112,8 +112,11 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         started = time.perf_counter()
         self.process = subprocess.Popen(
-            [c.replace("{port}", str(self.port)) for c in command], stdout=self.log, stderr=subprocess.STDOUT,
-            env=os.environ | env, cwd=ROOT,
+            [c.replace("{port}", str(self.port)) for c in command],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | env,
+            cwd=ROOT,
         )
         while True:
             if self.process.poll() is not None:
@@ -122,8 +125,12 @@ class Server:
                 if ready_body is None:
                     ok = httpx.get(self.base + ready_path, timeout=1)
                 else:
-                    ok = httpx.post(self.base + ready_path, content=ready_body, timeout=5,
-                                    headers={"content-type": "application/json"})
+                    ok = httpx.post(
+                        self.base + ready_path,
+                        content=ready_body,
+                        timeout=5,
+                        headers={"content-type": "application/json"},
+                    )
                 if ok.status_code == 200:
                     break
             except httpx.TransportError:
@@ -149,21 +156,36 @@ def wrk(url: str, body: bytes, content_type: str, connections: int, duration: fl
         payload = Path(tmp) / "body"
         payload.write_bytes(body)
         script = Path(tmp) / "post.lua"
-        script.write_text(textwrap.dedent(f"""
+        script.write_text(
+            textwrap.dedent(f"""
             local f = io.open("{payload}", "rb"); wrk.body = f:read("*all"); f:close()
             wrk.method = "POST"
             wrk.headers["Content-Type"] = "{content_type}"
             done = function(summary, latency, requests)
-              io.write(string.format("JSON {{\\"p50\\": %f, \\"p99\\": %f, \\"requests\\": %d, \\"errors\\": %d, \\"non2xx\\": %d, \\"seconds\\": %f}}\\n",
+              io.write(string.format("JSON {{\\"p50\\": %f, \\"p99\\": %f, \\"requests\\": %d, " ..
+                "\\"errors\\": %d, \\"non2xx\\": %d, \\"seconds\\": %f}}\\n",
                 latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests,
                 summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
                 summary.errors.status, summary.duration / 1e6))
             end
-        """))
+        """)
+        )
         threads = min(2, connections)
         result = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(script), url],
-            capture_output=True, text=True, check=True,
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
     stats = json.loads(re.search(r"^JSON (.*)$", result.stdout, re.MULTILINE).group(1))
     stats["rps"] = stats["requests"] / stats["seconds"]
@@ -188,13 +210,34 @@ def raw_onnx(model_dir: Path, batch: int, n_samples: int, seconds: float = 3.0) 
 def train_models(workdir: Path) -> dict[str, tuple[Path, int]]:
     """The digits MLP, and a compute-heavy MLP (2048,1024) on 784-dimensional synthetic data."""
     digits = workdir / "digits"
-    subprocess.run([VAE, "train", "--out", str(digits), "--epochs", "30", "--no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        [VAE, "train", "--out", str(digits), "--epochs", "30", "--no-progress"], check=True, capture_output=True
+    )
     rng = np.random.default_rng(0)
     synthetic = workdir / "synthetic.npy"
     np.save(synthetic, (rng.random((3000, 784)) < 0.2).astype(np.float32))
     heavy = workdir / "heavy"
-    subprocess.run([VAE, "train", "--data", str(synthetic), "--likelihood", "bernoulli", "--hidden", "2048,1024",
-                    "--latent-dim", "16", "--epochs", "2", "--out", str(heavy), "--no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            VAE,
+            "train",
+            "--data",
+            str(synthetic),
+            "--likelihood",
+            "bernoulli",
+            "--hidden",
+            "2048,1024",
+            "--latent-dim",
+            "16",
+            "--epochs",
+            "2",
+            "--out",
+            str(heavy),
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return {"digits MLP": (digits, 1), "heavy MLP 784-2048-1024, n_samples=8": (heavy, 8)}
 
 
@@ -208,9 +251,13 @@ def bench_model(name: str, model_dir: Path, n_samples: int, duration: float) -> 
     artifact = load_artifact(model_dir)
     width = artifact.manifest.n_features
     low = artifact.manifest.preprocessing.to_raw(np.full((1, width), 0.3))[0]
-    one = json.dumps({"instances": [low.round(4).tolist()], "n_samples": n_samples, "iw_samples": 1, "seed": 1}).encode()
+    one = json.dumps(
+        {"instances": [low.round(4).tolist()], "n_samples": n_samples, "iw_samples": 1, "seed": 1}
+    ).encode()
     big = np.tile(low, (256, 1)).astype(np.float32)
-    big_json = json.dumps({"instances": big.round(4).tolist(), "n_samples": n_samples, "iw_samples": 1, "seed": 1}).encode()
+    big_json = json.dumps(
+        {"instances": big.round(4).tolist(), "n_samples": n_samples, "iw_samples": 1, "seed": 1}
+    ).encode()
     out = {"name": name, "raw": {b: raw_onnx(model_dir, b, n_samples) for b in (1, 256)}, "runs": {}}
 
     for batching in ("on", "off"):
@@ -218,13 +265,20 @@ def bench_model(name: str, model_dir: Path, n_samples: int, duration: float) -> 
         server = Server([VAE, "serve", str(model_dir), "--port", "{port}"], env, "/readyz")
         try:
             for c in CONCURRENCY:
-                out["runs"][f"batching {batching}", c] = wrk(server.base + "/elbo", one, "application/json", c, duration)
+                out["runs"][f"batching {batching}", c] = wrk(
+                    server.base + "/elbo", one, "application/json", c, duration
+                )
             if batching == "on":
                 out["ready_seconds"] = server.ready_seconds
                 out["rss_mb"] = server.rss_mb()
                 json_run = wrk(server.base + "/elbo", big_json, "application/json", 4, duration)
-                binary_run = wrk(server.base + f"/elbo?n_samples={n_samples}&iw_samples=1&seed=1", npy(big),
-                                 "application/x-npy", 4, duration)
+                binary_run = wrk(
+                    server.base + f"/elbo?n_samples={n_samples}&iw_samples=1&seed=1",
+                    npy(big),
+                    "application/x-npy",
+                    4,
+                    duration,
+                )
                 out["bulk"] = {"json": json_run["rps"] * 256, "binary": binary_run["rps"] * 256}
                 out["rss_after_mb"] = server.rss_mb()
         finally:
@@ -238,9 +292,23 @@ def bench_model(name: str, model_dir: Path, n_samples: int, duration: float) -> 
             ("naive FastAPI", "naive:app", {"NAIVE_MODEL_DIR": str(model_dir)}),
         ):
             server = Server(
-                [UVICORN, module, "--port", "{port}", "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
-                 "--app-dir", tmp],
-                env, "/elbo", ready_body=one,
+                [
+                    UVICORN,
+                    module,
+                    "--port",
+                    "{port}",
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--log-level",
+                    "warning",
+                    "--app-dir",
+                    tmp,
+                ],
+                env,
+                "/elbo",
+                ready_body=one,
             )
             try:
                 for c in CONCURRENCY:
@@ -254,7 +322,7 @@ def render(results: list[dict], duration: float) -> str:
     lines = [
         "# Benchmark: serving /elbo",
         "",
-        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.platform()}, "
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.platform()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}; "
         f"wrk {duration:g} s per cell, server and wrk on the same machine. Command: "
         "`.venv/bin/python benchmarks/serving.py`.",
@@ -267,19 +335,29 @@ def render(results: list[dict], duration: float) -> str:
     ]
     for r in results:
         runs = r["runs"]
-        lines += [f"## {r['name']}", "", "| server | c | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {r['name']}",
+            "",
+            "| server | c | req/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|",
+        ]
         for (label, c), s in runs.items():
-            lines.append(f"| {label} | {c} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors'] + s['non2xx']} |")
+            lines.append(
+                f"| {label} | {c} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors'] + s['non2xx']} |"
+            )
         on64, off64 = runs["batching on", 64]["rps"], runs["batching off", 64]["rps"]
         naive64, ceiling64 = runs["naive FastAPI", 64]["rps"], runs["ceiling", 64]["rps"]
         lines += [
             "",
-            f"- Raw ONNX Runtime, in process: {r['raw'][1]:.0f} instances/s at batch 1, {r['raw'][256]:.0f} at batch 256.",
+            f"- Raw ONNX Runtime, in process: {r['raw'][1]:.0f} instances/s at batch 1, "
+            f"{r['raw'][256]:.0f} at batch 256.",
             f"- Batching gain at c=64: {on64 / off64:.2f}x (on {on64:.0f} vs off {off64:.0f} req/s); at c=16: "
             f"{runs['batching on', 16]['rps'] / runs['batching off', 16]['rps']:.2f}x; at c=1: "
             f"{runs['batching on', 1]['rps'] / runs['batching off', 1]['rps']:.2f}x.",
-            f"- Against the naive baseline at c=64: {on64 / naive64:.2f}x; share of the ceiling: {on64 / ceiling64:.0%}.",
-            f"- Added latency of the batcher at c=1: p50 {runs['batching on', 1]['p50'] - runs['batching off', 1]['p50']:+.2f} ms.",
+            f"- Against the naive baseline at c=64: {on64 / naive64:.2f}x; "
+            f"share of the ceiling: {on64 / ceiling64:.0%}.",
+            "- Added latency of the batcher at c=1: p50 "
+            f"{runs['batching on', 1]['p50'] - runs['batching off', 1]['p50']:+.2f} ms.",
             f"- 256-instance requests: JSON {r['bulk']['json']:.0f} instances/s, binary .npy {r['bulk']['binary']:.0f} "
             f"instances/s = {r['bulk']['binary'] / r['raw'][256]:.0%} of raw ONNX Runtime at batch 256.",
             f"- Start to ready: {r['ready_seconds']:.2f} s; RSS {r['rss_mb']:.0f} MB after start, "

@@ -7,25 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import FAST, write_png_folder, write_tabular_csv
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "container: builds and runs the container images (needs podman)")
+    config.addinivalue_line("markers", "browser: drives the web page in a headless browser (needs chromium)")
+    config.addinivalue_line("markers", "proxy: runs the server behind nginx (needs nginx)")
 
 
-# Small enough to train in seconds, large enough to learn digits.
-FAST = dict(hidden=[64, 32], latent_dim=4, epochs=12, patience=50, progress=False)
-
-
-def write_tabular_csv(path: Path, n: int = 1000, seed: int = 0) -> Path:
-    """Correlated gaussian features, one constant column, and a header: what users' CSVs look like."""
-    rng = np.random.default_rng(seed)
-    latent = rng.standard_normal((n, 2))
-    features = latent @ rng.standard_normal((2, 5)) * [1.0, 10.0, 0.1, 3.0, 100.0] + [0, 50, -3, 7, 1000]
-    features += 0.05 * rng.standard_normal(features.shape)
-    table = np.column_stack([features, np.full(n, 4.0)])
-    header = "a,b,c,d,e,constant"
-    np.savetxt(path, table, delimiter=",", header=header, comments="", fmt="%.6f")
-    return path
+def pytest_collection_modifyitems(config, items):
+    """Every test that takes the `browser` fixture is a browser test, so `make test-fast` can leave it out."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +63,16 @@ def _calibrated_digits(tmp_path_factory, **options):
     root = tmp_path_factory.mktemp("calibrated")
     np.save(root / "train.npy", x[:1300])
     out = root / "model"
-    train(TrainConfig(
-        data=str(root / "train.npy"), out=str(out), calibration_fraction=0.3, fpr=0.1, **options,
-        **dict(FAST, epochs=25),
-    ))
+    train(
+        TrainConfig(
+            data=str(root / "train.npy"),
+            out=str(out),
+            calibration_fraction=0.3,
+            fpr=0.1,
+            **options,
+            **dict(FAST, epochs=25),
+        )
+    )
     return out, x[1300:].reshape(-1, 64).astype(np.float64)
 
 
@@ -84,25 +85,6 @@ def calibration_setup(tmp_path_factory):
 def chosen_k_calibration_setup(tmp_path_factory):
     """As calibration_setup, with the defaults' likelihood (gaussian, shared noise) and K chosen from the data."""
     return _calibrated_digits(tmp_path_factory)
-
-
-def write_png_folder(root: Path, n_per_class: int = 30, size: tuple[int, int] = (12, 10), seed: int = 0) -> Path:
-    """Two classes of RGB images (a bright square or a bright bar on a dark background) in sub-folders."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    height, width = size
-    for label in ("square", "bar"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            pixels = rng.integers(0, 40, size=(height, width, 3)).astype(np.uint8)
-            top, left = rng.integers(0, height - 4), rng.integers(0, width - 4)
-            if label == "square":
-                pixels[top : top + 4, left : left + 4] = [230, 200, 40]
-            else:
-                pixels[top : top + 2, :] = [40, 200, 230]
-            Image.fromarray(pixels).save(root / label / f"{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -124,8 +106,14 @@ def conv_png_model_dir(tmp_path_factory, png_folder) -> Path:
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "conv-png"
-    train(TrainConfig(
-        data=str(png_folder), out=str(out), arch="conv", fpr=0.1, calibration_fraction=0.2,
-        **dict(FAST, hidden=[8, 16], epochs=40, batch_size=16),  # 60 images: small batches to learn anything
-    ))
+    train(
+        TrainConfig(
+            data=str(png_folder),
+            out=str(out),
+            arch="conv",
+            fpr=0.1,
+            calibration_fraction=0.2,
+            **dict(FAST, hidden=[8, 16], epochs=40, batch_size=16),  # 60 images: small batches to learn anything
+        )
+    )
     return out

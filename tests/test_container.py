@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.service.test_load import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.container
 
@@ -49,11 +49,13 @@ def loud(config: pytest.Config, line: str) -> None:
         print(text, file=sys.stderr)
 
 
-def run(cmd: list[str], *, timeout: float = 600, env: dict | None = None, check: bool = True,
-        log: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], *, timeout: float = 600, env: dict | None = None, check: bool = True, log: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a command; on failure, fail the test with the command and the end of its output."""
-    result = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    result = subprocess.run(
+        cmd, cwd=ROOT, env=env, timeout=timeout, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     if log is not None:
         with log.open("a") as f:
             f.write(f"$ {' '.join(cmd)}\n{result.stdout}\n")
@@ -105,8 +107,11 @@ def podman(request, tmp_path_factory) -> Path:
     probe = run(["podman", "run", "--rm", "--network", "none", BASE_IMAGE, "true"], check=False, log=log)
     if probe.returncode != 0:
         first = (probe.stdout.strip().splitlines() or ["no output"])[-1]
-        loud(request.config, f"CONTAINER TESTS SKIPPED: this machine cannot run containers: "
-                             f"`podman run {BASE_IMAGE} true` failed: {first}")
+        loud(
+            request.config,
+            f"CONTAINER TESTS SKIPPED: this machine cannot run containers: "
+            f"`podman run {BASE_IMAGE} true` failed: {first}",
+        )
         pytest.skip(f"this machine cannot run containers: {first}")
     return log
 
@@ -122,7 +127,7 @@ def images(podman, tmp_path_factory) -> dict[str, str]:
         if line.startswith("container_build: built"):
             print(line)
     print(f"container_build: all images in {time.monotonic() - started:.0f} s (log: {log})")
-    for target, image in IMAGES.items():
+    for _target, image in IMAGES.items():
         size = run(["podman", "image", "inspect", "--format", "{{.Size}}", image]).stdout.strip()
         print(f"image {image}: {int(size) / 1e6:.0f} MB")
     return IMAGES
@@ -134,13 +139,25 @@ class Stack:
         self.url = f"http://127.0.0.1:{env['VAE_PUBLISH'].rsplit(':', 1)[1]}"
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        return run([*podman_compose(), "-p", self.project, "-f", "docker-compose.yml", *args],
-                   timeout=timeout, env=self.env, check=check, log=self.log)
+        return run(
+            [*podman_compose(), "-p", self.project, "-f", "docker-compose.yml", *args],
+            timeout=timeout,
+            env=self.env,
+            check=check,
+            log=self.log,
+        )
 
     def containers(self, service: str, all_states: bool = False) -> list[dict]:
-        cmd = ["podman", "ps", "--format", "json",
-               "--filter", f"label=com.docker.compose.project={self.project}",
-               "--filter", f"label=com.docker.compose.service={service}"]
+        cmd = [
+            "podman",
+            "ps",
+            "--format",
+            "json",
+            "--filter",
+            f"label=com.docker.compose.project={self.project}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+        ]
         out = run(cmd + (["--all"] if all_states else [])).stdout
         return sorted(json.loads(out or "[]"), key=lambda c: c["Names"][0])
 
@@ -181,7 +198,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(images, tmp_path_factory) -> Stack:
     """`podman-compose up -d` on docker-compose.yml with two serve replicas; `down -v` afterwards, checked."""
-    from tests.conftest import write_tabular_csv
+    from tests.helpers import write_tabular_csv
 
     root = tmp_path_factory.mktemp("stack")
     data_dir = root / "data"
@@ -201,12 +218,16 @@ def stack(images, tmp_path_factory) -> Stack:
         yield s
     finally:
         down = s.compose("down", "-v", "-t", "30", check=False)
-        leftovers = run(["podman", "ps", "--all", "--quiet",
-                         "--filter", f"label=com.docker.compose.project={s.project}"], check=False).stdout.split()
-        volumes = run(["podman", "volume", "ls", "--quiet", "--filter", f"name={s.project}_models"],
-                      check=False).stdout.split()
-        networks = run(["podman", "network", "ls", "--quiet", "--filter", f"name={s.project}_default"],
-                       check=False).stdout.split()
+        leftovers = run(
+            ["podman", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={s.project}"],
+            check=False,
+        ).stdout.split()
+        volumes = run(
+            ["podman", "volume", "ls", "--quiet", "--filter", f"name={s.project}_models"], check=False
+        ).stdout.split()
+        networks = run(
+            ["podman", "network", "ls", "--quiet", "--filter", f"name={s.project}_default"], check=False
+        ).stdout.split()
         assert down.returncode == 0, down.stdout[-3000:]
         assert not leftovers, f"containers left running after down -v: {leftovers}"
         assert not volumes, f"volumes left after down -v: {volumes}"
@@ -270,7 +291,7 @@ def test_encode_elbo_decode_through_the_proxy(ready):
     assert np.all(np.isfinite(elbo)) and np.all(kl >= 0)
     assert np.allclose(elbo, rec - kl, rtol=1e-4, atol=1e-3)
     # Even a few epochs tell real digits from uniform noise by a wide margin.
-    assert elbo[: len(rows)].min() > elbo[len(rows):].max()
+    assert elbo[: len(rows)].min() > elbo[len(rows) :].max()
     assert http(url + "/elbo", body)[1]["elbo"] == scores["elbo"]  # seeded: the same numbers again
 
     z = mu[:2].tolist()
@@ -292,8 +313,20 @@ def test_requests_are_spread_over_both_replicas(ready):
 
 def test_serve_image_has_no_torch_and_runs_unprivileged(ready):
     image = IMAGES["serve"]
-    probe = run(["podman", "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c",
-                 "import importlib.util; print(importlib.util.find_spec('torch'))"]).stdout
+    probe = run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python",
+            image,
+            "-c",
+            "import importlib.util; print(importlib.util.find_spec('torch'))",
+        ]
+    ).stdout
     assert probe.strip().splitlines()[-1] == "None"
     assert run(["podman", "image", "inspect", "--format", "{{.Config.User}}", image]).stdout.strip() == "10001:10001"
     serve = ready.containers("serve")[0]["Names"][0]
@@ -301,15 +334,37 @@ def test_serve_image_has_no_torch_and_runs_unprivileged(ready):
     # the model volume is mounted read-only
     assert run(["podman", "exec", serve, "touch", "/models/x"], check=False).returncode != 0
     # and the train image does have torch, a CPU build
-    cuda = run(["podman", "run", "--rm", "--network", "none", "--entrypoint", "python", IMAGES["train"], "-c",
-                "import torch; print(torch.version.cuda)"]).stdout
+    cuda = run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python",
+            IMAGES["train"],
+            "-c",
+            "import torch; print(torch.version.cuda)",
+        ]
+    ).stdout
     assert cuda.strip().splitlines()[-1] == "None"
 
 
 def test_train_on_a_mounted_data_set(ready):
     """VAE_TRAIN_DATA names a file in the mounted data folder; the model lands beside the default."""
-    ready.compose("run", "--rm", "-e", "VAE_TRAIN_DATA=table.csv", "-e", "VAE_MODEL_DIR=/models/table",
-                  "-e", "VAE_TRAIN_ARGS=--epochs 5 --score-iw-samples 20", "train", timeout=UP_TIMEOUT_S)
+    ready.compose(
+        "run",
+        "--rm",
+        "-e",
+        "VAE_TRAIN_DATA=table.csv",
+        "-e",
+        "VAE_MODEL_DIR=/models/table",
+        "-e",
+        "VAE_TRAIN_ARGS=--epochs 5 --score-iw-samples 20",
+        "train",
+        timeout=UP_TIMEOUT_S,
+    )
     serve = ready.containers("serve")[0]["Names"][0]
     manifest = json.loads(run(["podman", "exec", serve, "cat", "/models/table/manifest.json"]).stdout)
     assert manifest["input_shape"] == [6]
@@ -320,8 +375,16 @@ def test_train_on_a_mounted_data_set(ready):
 def test_new_model_goes_live_without_failed_requests(ready):
     """Retrain into the volume, then restart the replicas one at a time while a client keeps asking."""
     before = http(ready.url + "/v1/model")[1]
-    ready.compose("run", "--rm", "-e", "VAE_RETRAIN=1", "-e", "VAE_TRAIN_ARGS=--epochs 3 --seed 7 --score-iw-samples 20",
-                  "train", timeout=UP_TIMEOUT_S)
+    ready.compose(
+        "run",
+        "--rm",
+        "-e",
+        "VAE_RETRAIN=1",
+        "-e",
+        "VAE_TRAIN_ARGS=--epochs 3 --seed 7 --score-iw-samples 20",
+        "train",
+        timeout=UP_TIMEOUT_S,
+    )
 
     failures: list[str] = []
     answered = 0
@@ -344,8 +407,12 @@ def test_new_model_goes_live_without_failed_requests(ready):
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     try:
-        run(["bash", "scripts/rolling_restart.sh", "-p", ready.project, "serve"], timeout=UP_TIMEOUT_S,
-            env=ready.env, log=ready.log)
+        run(
+            ["bash", "scripts/rolling_restart.sh", "-p", ready.project, "serve"],
+            timeout=UP_TIMEOUT_S,
+            env=ready.env,
+            log=ready.log,
+        )
     finally:
         stop.set()
         thread.join(timeout=60)
@@ -359,8 +426,16 @@ def test_new_model_goes_live_without_failed_requests(ready):
 def test_sighup_reloads_every_replica_in_place(ready):
     """`docker compose kill -s SIGHUP serve`: each replica loads the retrained model without a restart."""
     before = {http(ready.url + "/v1/model")[1]["version"]}
-    ready.compose("run", "--rm", "-e", "VAE_RETRAIN=1", "-e", "VAE_TRAIN_ARGS=--epochs 3 --seed 11 --score-iw-samples 20",
-                  "train", timeout=UP_TIMEOUT_S)
+    ready.compose(
+        "run",
+        "--rm",
+        "-e",
+        "VAE_RETRAIN=1",
+        "-e",
+        "VAE_TRAIN_ARGS=--epochs 3 --seed 11 --score-iw-samples 20",
+        "train",
+        timeout=UP_TIMEOUT_S,
+    )
     replicas = ready.containers("serve")
     started = {c["Names"][0]: ready.inspect(c["Names"][0])["State"]["StartedAt"] for c in replicas}
     for name in started:

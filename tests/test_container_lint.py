@@ -48,7 +48,7 @@ def test_every_hadolint_ignore_is_justified():
             f"Dockerfile:{i + 1}: `{lines[i].strip()}` needs a comment above it saying why"
         )
         rules = re.findall(r"DL\d{4}|SC\d{4}", lines[i])
-        assert rules and all(r in "\n".join(lines[max(0, i - 4):i]) for r in rules), (
+        assert rules and all(r in "\n".join(lines[max(0, i - 4) : i]) for r in rules), (
             f"Dockerfile:{i + 1}: name the rule ({', '.join(rules)}) in the justification"
         )
 
@@ -67,11 +67,14 @@ def compose_config(request) -> dict:
             pytest.fail("docker-compose is missing: `make system` installs it")
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line("!!!!! docker-compose is missing: compose file not validated !!!!!", red=True, bold=True)
+            reporter.write_line(
+                "!!!!! docker-compose is missing: compose file not validated !!!!!", red=True, bold=True
+            )
         pytest.skip("docker-compose is missing (apt-get install docker-compose)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    result = subprocess.run([docker_compose, "-f", "docker-compose.yml", "config"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [docker_compose, "-f", "docker-compose.yml", "config"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -113,9 +116,18 @@ def test_compose_serve_waits_for_train_and_scales_without_port_clashes(compose_c
     assert [p["target"] for p in serve["ports"]] == [8000]
     assert all("published" not in p for p in serve["ports"])
     # The service's settings are passed through (set only when set in the caller's environment).
-    for name in ("VAE_RUNTIME", "VAE_MAX_BATCH_SIZE", "VAE_MAX_BATCH_DELAY_MS", "VAE_MAX_INSTANCES",
-                 "VAE_MAX_SAMPLES", "VAE_API_KEY", "VAE_WORKERS", "VAE_KEEP_ALIVE_S", "VAE_LIMIT_CONCURRENCY",
-                 "VAE_BACKLOG"):
+    for name in (
+        "VAE_RUNTIME",
+        "VAE_MAX_BATCH_SIZE",
+        "VAE_MAX_BATCH_DELAY_MS",
+        "VAE_MAX_INSTANCES",
+        "VAE_MAX_SAMPLES",
+        "VAE_API_KEY",
+        "VAE_WORKERS",
+        "VAE_KEEP_ALIVE_S",
+        "VAE_LIMIT_CONCURRENCY",
+        "VAE_BACKLOG",
+    ):
         assert name in serve["environment"], name
     # The fixed port is the proxy's.
     proxy = compose_config["services"]["proxy"]
@@ -124,8 +136,11 @@ def test_compose_serve_waits_for_train_and_scales_without_port_clashes(compose_c
 
 
 def test_dockerignore_keeps_out_the_bulk():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", "an allowlist: everything out first"
     for kept_out in (".venv", ".git", "models", "**/__pycache__"):
         assert kept_out in patterns

@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.test_load import free_port, start_server, stop
+from tests.helpers import free_port, start_server, stop
+
+pytestmark = pytest.mark.proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -53,11 +55,18 @@ def proxy(nginx, digits_model_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("proxy")
     port = free_port()
     log = (workdir / "proxy.log").open("w")
-    env = dict(os.environ, PATH=PATH, VAE_PROXY_UPSTREAM=base.removeprefix("http://"),
-               VAE_PROXY_RESOLVER="127.0.0.1", VAE_PROXY_LISTEN=str(port), VAE_PROXY_DIR=str(workdir),
-               VAE_PROXY_TEMPLATE=str(ROOT / "scripts" / "nginx.conf.template"))
-    process = subprocess.Popen(["sh", str(ROOT / "scripts" / "container_proxy.sh")], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+    env = dict(
+        os.environ,
+        PATH=PATH,
+        VAE_PROXY_UPSTREAM=base.removeprefix("http://"),
+        VAE_PROXY_RESOLVER="127.0.0.1",
+        VAE_PROXY_LISTEN=str(port),
+        VAE_PROXY_DIR=str(workdir),
+        VAE_PROXY_TEMPLATE=str(ROOT / "scripts" / "nginx.conf.template"),
+    )
+    process = subprocess.Popen(
+        ["sh", str(ROOT / "scripts" / "container_proxy.sh")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -106,7 +115,7 @@ def _lifetime(port: int, first: bytes, drip: bytes, every_s: float, cap_s: float
             except ConnectionResetError:  # reset_timedout_connection: closed with a RST
                 break
             try:
-                sock.sendall(drip[i % len(drip): i % len(drip) + 1])
+                sock.sendall(drip[i % len(drip) : i % len(drip) + 1])
             except OSError:
                 break
     return time.monotonic() - started, answer
@@ -164,10 +173,17 @@ def test_connections_per_client_are_limited(proxy):
 
 
 def test_the_entrypoint_refuses_a_bad_limit(nginx, tmp_path):
-    env = dict(os.environ, PATH=PATH, VAE_PROXY_RESOLVER="127.0.0.1", VAE_PROXY_PER_CLIENT="many",
-               VAE_PROXY_DIR=str(tmp_path), VAE_PROXY_TEMPLATE=str(ROOT / "scripts" / "nginx.conf.template"))
-    result = subprocess.run(["sh", str(ROOT / "scripts" / "container_proxy.sh")], env=env,
-                            capture_output=True, text=True, timeout=30)
+    env = dict(
+        os.environ,
+        PATH=PATH,
+        VAE_PROXY_RESOLVER="127.0.0.1",
+        VAE_PROXY_PER_CLIENT="many",
+        VAE_PROXY_DIR=str(tmp_path),
+        VAE_PROXY_TEMPLATE=str(ROOT / "scripts" / "nginx.conf.template"),
+    )
+    result = subprocess.run(
+        ["sh", str(ROOT / "scripts" / "container_proxy.sh")], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 1
     assert result.stderr == (
         "vae-proxy: VAE_PROXY_PER_CLIENT and VAE_PROXY_LISTEN must be positive integers, got 'many'\n"

@@ -107,7 +107,7 @@ def _read_images(
     """Every PNG or JPEG below `folder` -> (N, C, H, W) pixels 0..255; labels from sub-folder names."""
     from PIL import Image, UnidentifiedImageError
 
-    from service.images import GRAY_MODES, image_to_array
+    from service.core.images import GRAY_MODES, image_to_array
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -124,7 +124,7 @@ def _read_images(
         channels = 1 if all(image.mode in GRAY_MODES for image in images) else 3
     if size is None:
         first = images[0]
-        for file, image in zip(files, images):
+        for file, image in zip(files, images, strict=False):
             if image.size != first.size:
                 raise DataError(
                     file,

@@ -1,6 +1,6 @@
 """`vae evaluate`: score a data set through an exported model, exactly as the service does.
 
-No torch: the rows go through ONNX Runtime and service/engine.py, the code behind POST /elbo.
+No torch: the rows go through ONNX Runtime and service/core/engine.py, the code behind POST /elbo.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.artifact import load_artifact
-from service.engine import VaeEngine, score_in_chunks
-from service.runtime import load_runtime
+from service.core.artifact import load_artifact
+from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
+from service.core.runtime import load_runtime
 from training.data import DataError, Dataset, load_dataset
 
 
@@ -49,7 +49,7 @@ def evaluate(
     engine = VaeEngine(manifest, load_runtime(artifact, runtime))
     x = dataset.x.reshape(len(dataset.x), -1).astype(np.float64)
     elbo, log_likelihood, is_anomaly = [], [], []
-    for scored in score_in_chunks(engine, x, seed=seed, iw_samples=iw_samples, progress=progress):
+    for scored in score_in_chunks(engine, x, ElboOptions(seed=seed, iw_samples=iw_samples), progress=progress):
         elbo.append(scored.elbo)
         log_likelihood.append(scored.log_likelihood)
         is_anomaly.append(scored.decisions.is_anomaly)

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 import shutil
 import uuid
 import warnings
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from service import scoring
-from service.artifact import (
+from service.core import scoring
+from service.core.artifact import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     MAX_CALIBRATION_SCORES,
@@ -39,8 +39,8 @@ from service.artifact import (
     sha256_file,
     write_manifest,
 )
-from service.engine import VaeEngine, score_in_chunks
-from service.runtime import OnnxRuntime, TorchScriptRuntime
+from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
+from service.core.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -73,7 +73,7 @@ IW_NOISE_REPEATS = 4  # independent seeds per row
 
 
 def _scores(engine: VaeEngine, x: np.ndarray, seed: int, iw_samples: int, progress: bool = False) -> np.ndarray:
-    chunks = score_in_chunks(engine, x, seed=seed, iw_samples=iw_samples, progress=progress)
+    chunks = score_in_chunks(engine, x, ElboOptions(seed=seed, iw_samples=iw_samples), progress=progress)
     return -np.concatenate([chunk.log_likelihood for chunk in chunks])
 
 
@@ -193,7 +193,7 @@ def _export_torchscript(module: torch.nn.Module, path: Path) -> None:
 
 
 def _max_abs_diff(expected: tuple[torch.Tensor, ...], actual: tuple[np.ndarray, ...]) -> float:
-    return max(float(np.max(np.abs(e.numpy() - a))) for e, a in zip(expected, actual))
+    return max(float(np.max(np.abs(e.numpy() - a))) for e, a in zip(expected, actual, strict=False))
 
 
 def _parity(model: VAE, staged: Artifact) -> dict[str, dict[str, float]]:
@@ -259,7 +259,10 @@ def export_model_dir(
         _export_torchscript(model.decoder, staged / graphs.decoder.torchscript)
         manifest = _manifest(checkpoint, out.name, graphs, files={})
         if calibration is not None:
-            checkpoint = {**checkpoint, "scoring": calibrate(Artifact(staged, manifest), calibration, progress).model_dump()}
+            checkpoint = {
+                **checkpoint,
+                "scoring": calibrate(Artifact(staged, manifest), calibration, progress).model_dump(),
+            }
         torch.save(checkpoint, staged / CHECKPOINT_NAME)
         with (staged / METRICS_NAME).open("w") as f:
             for row in checkpoint["history"]:
@@ -299,7 +302,7 @@ def _manifest(checkpoint: dict, name: str, graphs: Graphs, files: dict[str, str]
     return Manifest(
         format_version=FORMAT_VERSION,
         name=name,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         architecture=config.architecture,
         input_shape=config.input_shape,
         latent_dim=config.latent_dim,

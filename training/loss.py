@@ -1,6 +1,6 @@
 """The ELBO's terms in torch, for gradients. Pure functions of tensors.
 
-service/scoring.py holds the same maths in numpy for serving; a test pins the two together.
+service/core/scoring.py holds the same maths in numpy for serving; a test pins the two together.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def elbo_terms(model, x: Tensor, eps: Tensor, log_jacobian: float = 0.0) -> Elbo
 def importance_weighted_bound(model, x: Tensor, eps: Tensor, log_jacobian: float = 0.0) -> Tensor:
     """L_K = ln (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) per input, x (B, *shape), eps (K, B, d) -> (B,).
 
-    The same estimator as service/scoring.py's bound_from_draws (a test pins them), used in training to
+    The same estimator as service/core/scoring.py's bound_from_draws (a test pins them), used in training to
     compare model capacities on held-out rows by the score the service will serve.
     """
     mu, logvar = model.encode(x)

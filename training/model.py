@@ -45,7 +45,7 @@ class ModelConfig:
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with SiLU between them (not after the last)."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(nn.SiLU())
@@ -69,7 +69,7 @@ class ConvEncoder(nn.Module):
         channels, height, width = config.input_shape
         self.logvar_min, self.logvar_max = ENCODER_LOGVAR_RANGE
         layers: list[nn.Module] = []
-        for n_in, n_out in zip([channels, *config.hidden[:-1]], config.hidden):
+        for n_in, n_out in zip([channels, *config.hidden[:-1]], config.hidden, strict=False):
             layers += [nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1), nn.SiLU()]
         self.body = nn.Sequential(*layers)
         h, w = conv_sizes(height, width, len(config.hidden))[-1]
@@ -99,7 +99,7 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = [nn.SiLU()]
         targets = list(reversed(sizes[:-1]))  # the sizes to grow back to, smallest first
         smaller = list(reversed(sizes[1:]))
-        for i, (n_in, (target, small)) in enumerate(zip(widths, zip(targets, smaller))):
+        for i, (n_in, (target, small)) in enumerate(zip(widths, zip(targets, smaller, strict=False), strict=False)):
             n_out = widths[i + 1] if i + 1 < len(widths) else widths[-1]
             padding = (target[0] - (2 * small[0] - 1), target[1] - (2 * small[1] - 1))
             layers += [
@@ -147,7 +147,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.logvar_min, self.logvar_max = ENCODER_LOGVAR_RANGE
         # No hidden layers: a linear encoder, which is exact for a linear-gaussian decoder's posterior.
-        self.body = nn.Sequential(mlp([config.n_features, *config.hidden]), nn.SiLU()) if config.hidden else nn.Identity()
+        self.body = (
+            nn.Sequential(mlp([config.n_features, *config.hidden]), nn.SiLU()) if config.hidden else nn.Identity()
+        )
         self.head = nn.Linear(config.hidden[-1] if config.hidden else config.n_features, 2 * config.latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -216,7 +218,9 @@ class VAE(nn.Module):
             if not config.hidden:
                 raise ValueError("--arch conv needs at least one block of channels in hidden")
             self.encoder = ConvEncoder(config)
-            self.decoder = ConvBernoulliDecoder(config) if config.likelihood == "bernoulli" else ConvGaussianDecoder(config)
+            self.decoder = (
+                ConvBernoulliDecoder(config) if config.likelihood == "bernoulli" else ConvGaussianDecoder(config)
+            )
         else:
             self.encoder = Encoder(config)
             self.decoder = BernoulliDecoder(config) if config.likelihood == "bernoulli" else GaussianDecoder(config)

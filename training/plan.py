@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.scoring import min_fpr
+from service.core.scoring import min_fpr
 from training.data import Dataset
 from training.train_config import TrainConfig
 
@@ -169,13 +169,24 @@ def plan_training(config: TrainConfig, dataset: Dataset) -> TrainingPlan:
         )
     notes = [
         f"{n} rows: {len(train_rows)} train, {len(val_rows)} validation, {len(cal_rows)} calibration",
-        f"likelihood {likelihood}" + (f", {noise} noise variance" if likelihood == "gaussian" else "")
+        f"likelihood {likelihood}"
+        + (f", {noise} noise variance" if likelihood == "gaussian" else "")
         + f", {scaling} scaling; batch {batch}, up to {epochs} epochs, patience {patience}",
     ]
     if fpr_note:
         notes.append(fpr_note)
     return TrainingPlan(
-        likelihood=likelihood, noise=noise, scaling=scaling, train_rows=train_rows, val_rows=val_rows,
-        cal_rows=cal_rows, fpr=fpr, fpr_note=fpr_note, batch_size=batch, epochs=epochs, patience=patience,
-        families=families, notes=notes,
+        likelihood=likelihood,
+        noise=noise,
+        scaling=scaling,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        cal_rows=cal_rows,
+        fpr=fpr,
+        fpr_note=fpr_note,
+        batch_size=batch,
+        epochs=epochs,
+        patience=patience,
+        families=families,
+        notes=notes,
     )

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.artifact import Artifact, load_artifact
-from service.engine import VaeEngine
-from service.runtime import OnnxRuntime
+from service.core.artifact import Artifact, load_artifact
+from service.core.engine import VaeEngine
+from service.core.runtime import OnnxRuntime
 
 REPORT_DIR = "report"
 PICTURES = {
@@ -52,7 +52,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
-    for ax, term in zip(axes, ("elbo", "reconstruction", "kl")):
+    for ax, term in zip(axes, ("elbo", "reconstruction", "kl"), strict=False):
         ax.plot(epochs, [row[f"train_{term}"] for row in history], label="train")
         ax.plot(epochs, [row[f"val_{term}"] for row in history], label="validation")
         ax.set_title(term)
@@ -129,8 +129,12 @@ def plot_calibration(artifact: Artifact, path: Path) -> None:
     calibration = scoring.calibration
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.hist(calibration.scores, bins=min(50, max(10, len(calibration.scores) // 5)), alpha=0.8)
-    ax.axvline(calibration.threshold, color="black", linestyle="--",
-               label=f"threshold {calibration.threshold:.2f} (fpr {calibration.fpr:g})")
+    ax.axvline(
+        calibration.threshold,
+        color="black",
+        linestyle="--",
+        label=f"threshold {calibration.threshold:.2f} (fpr {calibration.fpr:g})",
+    )
     ax.set_xlabel(f"anomaly score −L_K, K = {scoring.iw_samples} (nats)")
     ax.set_ylabel(f"calibration rows (n = {calibration.n})")
     ax.legend()
@@ -141,7 +145,10 @@ def plot_calibration(artifact: Artifact, path: Path) -> None:
 
 def _html(artifact: Artifact, history: list[dict]) -> str:
     manifest = artifact.manifest.public()
-    manifest["scoring"]["calibration"]["scores"] = f"[{len(manifest['scoring']['calibration']['scores'])} sorted scores]"
+    manifest["scoring"]["calibration"]["scores"] = (
+        f"[{len(manifest['scoring']['calibration']['scores'])} sorted scores]"
+    )
+    training, calibration = manifest["training"], manifest["scoring"]["calibration"]
     summary = {
         "name": manifest["name"],
         "architecture": manifest["architecture"],
@@ -149,24 +156,31 @@ def _html(artifact: Artifact, history: list[dict]) -> str:
         "latent dim": manifest["latent_dim"],
         "likelihood": manifest["likelihood"],
         "data": manifest["training"]["data_source"],
-        "best validation ELBO": f"{manifest['training']['best_val_elbo']:.3f} nats (epoch {manifest['training']['best_epoch']})",
-        "threshold": f"{manifest['scoring']['calibration']['threshold']:.3f} at fpr {manifest['scoring']['calibration']['fpr']:g}",
+        "best validation ELBO": f"{training['best_val_elbo']:.3f} nats (epoch {training['best_epoch']})",
+        "threshold": f"{calibration['threshold']:.3f} at fpr {calibration['fpr']:g}",
     }
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
     figures = "".join(
-        f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        f'<figure><img src="{name}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, caption in PICTURES.items()
     )
     columns = ["epoch", "train_elbo", "val_elbo", "val_reconstruction", "val_kl", "active_units"]
     metric_rows = "".join(
-        "<tr>" + "".join(f"<td>{row.get(c, ''):.3f}</td>" if isinstance(row.get(c), float) else f"<td>{row.get(c, '')}</td>" for c in columns) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{row.get(c, ''):.3f}</td>" if isinstance(row.get(c), float) else f"<td>{row.get(c, '')}</td>"
+            for c in columns
+        )
+        + "</tr>"
         for row in history
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>VAE model {html.escape(manifest["name"])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
-figure{{margin:1.5em 0}}img{{max-width:100%;border:1px solid #eee}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>
+figure{{margin:1.5em 0}}img{{max-width:100%;border:1px solid #eee}}
+pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>
 </head><body>
 <h1>VAE model <code>{html.escape(manifest["name"])}</code></h1>
 <table>{rows}</table>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -15,10 +16,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from service.artifact import Artifact, ImageSpec, Preprocessing, TrainingSummary
-from training.data import Dataset, fit_preprocessing, load_dataset
-from training.distributed import World, join_world
-from training.export import CalibrationPlan, export_model_dir, make_checkpoint
+from service.core.artifact import Artifact, ImageSpec, Preprocessing, TrainingSummary
+from training.data import DataError, Dataset, fit_preprocessing, load_dataset
+from training.distributed import DeviceError, World, join_world
+from training.export import CalibrationPlan, ExportError, export_model_dir, make_checkpoint
 from training.loop import FitResult, fit
 from training.loss import elbo_terms, importance_weighted_bound
 from training.model import VAE, ModelConfig
@@ -33,6 +34,7 @@ from training.plan import (
     split_indices,
 )
 from training.report import write_report
+from training.train_args import train_parser
 from training.train_config import TrainConfig
 
 __all__ = ["ConfigError", "TrainConfig", "split_indices", "train"]
@@ -177,10 +179,16 @@ def fit_vae(
         # The same noise every epoch, so that changes in val_elbo come from the weights alone.
         terms = elbo_terms(model, x_val_share, val_eps_share, log_jacobian)
         mu, _ = model.encode(x_val_share)
-        n, elbo, rec, kl, *moments = world.sum([
-            len(x_val_share), terms.elbo.sum().item(), terms.reconstruction.sum().item(), terms.kl.sum().item(),
-            *mu.sum(0).tolist(), *mu.pow(2).sum(0).tolist(),
-        ])
+        n, elbo, rec, kl, *moments = world.sum(
+            [
+                len(x_val_share),
+                terms.elbo.sum().item(),
+                terms.reconstruction.sum().item(),
+                terms.kl.sum().item(),
+                *mu.sum(0).tolist(),
+                *mu.pow(2).sum(0).tolist(),
+            ]
+        )
         mean, mean_sq = torch.tensor(moments[:latent_dim]) / n, torch.tensor(moments[latent_dim:]) / n
         variance = (mean_sq - mean.pow(2)) * n / max(n - 1, 1)  # unbiased, as torch.var
         return {
@@ -191,8 +199,14 @@ def fit_vae(
         }
 
     result = fit(
-        model, batches, step, validate,
-        epochs=plan.epochs, patience=plan.patience, monitor="val_elbo", progress=progress,
+        model,
+        batches,
+        step,
+        validate,
+        epochs=plan.epochs,
+        patience=plan.patience,
+        monitor="val_elbo",
+        progress=progress,
     )
     model.load_state_dict(result.best_state)
     return Fitted(model, result)
@@ -207,7 +221,9 @@ SELECTION_MAX_HOLDOUT_ROWS = 1024
 
 def heldout_bound(model: VAE, x: torch.Tensor, seed: int, log_jacobian: float) -> float:
     """Mean L_K over held-out rows, in raw-unit nats: the score the service serves, so higher is a better fit."""
-    eps = torch.randn(SELECTION_IW_SAMPLES, len(x), model.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    eps = torch.randn(
+        SELECTION_IW_SAMPLES, len(x), model.config.latent_dim, generator=torch.Generator().manual_seed(seed)
+    )
     model.eval()
     with torch.inference_mode():
         return float(importance_weighted_bound(model, x, eps.to(x.device), log_jacobian).mean())
@@ -234,8 +250,14 @@ def selection_folds(plan: TrainingPlan, seed: int) -> list[tuple[np.ndarray, np.
 
 
 def select_candidate(
-    config: TrainConfig, dataset: Dataset, plan: TrainingPlan, preprocessing: Preprocessing,
-    model_config: ModelConfig, log_jacobian: float, world: World, say,
+    config: TrainConfig,
+    dataset: Dataset,
+    plan: TrainingPlan,
+    preprocessing: Preprocessing,
+    model_config: ModelConfig,
+    log_jacobian: float,
+    world: World,
+    say,
 ) -> tuple[Candidate, list[dict]]:
     """Fit each candidate capacity and keep the one with the best held-out L_K; no labels are used.
 
@@ -245,8 +267,10 @@ def select_candidate(
     folds = selection_folds(plan, config.seed)
     local = World(0, 1, world.device)  # every process selects alike; rank 0's choice is shared below
     data = [
-        (to_model_tensor(dataset.x[tr], preprocessing).to(world.device),
-         to_model_tensor(dataset.x[ho], preprocessing).to(world.device))
+        (
+            to_model_tensor(dataset.x[tr], preprocessing).to(world.device),
+            to_model_tensor(dataset.x[ho], preprocessing).to(world.device),
+        )
         for tr, ho in folds
     ]
     tried: list[dict] = []
@@ -257,13 +281,15 @@ def select_candidate(
             scores, started = [], time.perf_counter()
             for x_train, x_held in data:
                 budget = schedule(config, len(x_train), SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
-                sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget)))
+                sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget, strict=False)))
                 fitted = fit_vae(cfg, x_train, x_held, config, sub_plan, local, log_jacobian, progress=False)
                 scores.append(heldout_bound(fitted.model, x_held, config.seed + 3, log_jacobian))
             score = float(np.mean(scores))
             tried.append({"hidden": candidate.hidden, "latent_dim": candidate.latent_dim, "heldout_lk": score})
-            say(f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats "
-                f"({time.perf_counter() - started:.1f} s)")
+            say(
+                f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats "
+                f"({time.perf_counter() - started:.1f} s)"
+            )
             if score <= best_in_family:
                 break
             best_in_family = score
@@ -280,8 +306,12 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     log_jacobian = 0.0 if plan.likelihood == "bernoulli" else -float(preprocessing.log_scale(n_features).sum())
     first = plan.families[0][0]
     model_config = ModelConfig(
-        input_shape=list(dataset.input_shape), latent_dim=first.latent_dim, hidden=list(first.hidden),
-        likelihood=plan.likelihood, architecture=config.arch, noise=plan.noise,
+        input_shape=list(dataset.input_shape),
+        latent_dim=first.latent_dim,
+        hidden=list(first.hidden),
+        likelihood=plan.likelihood,
+        architecture=config.arch,
+        noise=plan.noise,
     )
     selection: list[dict] = []
     chosen = first
@@ -302,9 +332,15 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
         return None  # only the main process writes the checkpoint and the model directory
     model, result = fitted.model.cpu(), fitted.result  # export always produces CPU-loadable graphs
     resolved = asdict(config) | {
-        "likelihood": plan.likelihood, "noise": plan.noise, "scaling": plan.scaling,
-        "latent_dim": chosen.latent_dim, "hidden": list(chosen.hidden), "batch_size": plan.batch_size,
-        "epochs": plan.epochs, "patience": plan.patience, "fpr": plan.fpr,
+        "likelihood": plan.likelihood,
+        "noise": plan.noise,
+        "scaling": plan.scaling,
+        "latent_dim": chosen.latent_dim,
+        "hidden": list(chosen.hidden),
+        "batch_size": plan.batch_size,
+        "epochs": plan.epochs,
+        "patience": plan.patience,
+        "fpr": plan.fpr,
     }
     summary = TrainingSummary(
         data_source=dataset.source,
@@ -320,7 +356,10 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     sample = (dataset.x[shown], None if dataset.y is None else dataset.y[shown])
     checkpoint = make_checkpoint(model, preprocessing, summary, result.history, image_spec(dataset), sample)
     calibration = CalibrationPlan(
-        x_raw=dataset.x[plan.cal_rows], iw_samples=config.score_iw_samples, fpr=plan.fpr, seed=config.seed,
+        x_raw=dataset.x[plan.cal_rows],
+        iw_samples=config.score_iw_samples,
+        fpr=plan.fpr,
+        seed=config.seed,
         fpr_note=plan.fpr_note,
     )
     artifact = export_model_dir(checkpoint, Path(config.out), calibration, progress=config.progress)
@@ -328,7 +367,25 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     return artifact
 
 
-if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.train [vae train's flags]
-    from training.cli import main
+def run(args: argparse.Namespace) -> int:
+    """`vae train` from parsed flags: train, print a summary, and return the exit status."""
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    try:
+        artifact = train(config)
+    except (DataError, ExportError, ConfigError, DeviceError) as exc:
+        print(f"vae train: {exc}", file=sys.stderr)
+        return 2
+    if artifact is None:  # a torchrun process other than the main one
+        return 0
+    summary, scoring = artifact.manifest.training, artifact.manifest.scoring
+    calibration = scoring.calibration
+    print(
+        f"wrote {artifact.dir}: best validation ELBO {summary.best_val_elbo:.3f} nats "
+        f"at epoch {summary.best_epoch} of {summary.epochs}; threshold {calibration.threshold:.3f} "
+        f"at fpr {calibration.fpr:.4g} from {calibration.n} calibration rows, K = {scoring.iw_samples}"
+    )
+    return 0
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m training.train [vae train's flags]
+    sys.exit(run(train_parser().parse_args()))

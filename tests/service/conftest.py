@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
+from service.http.app import create_app
+from service.http.settings import Settings
 
 MODELS = ["digits", "tabular"]
 RUNTIMES = ["onnx", "torchscript"]
@@ -54,16 +53,3 @@ def onnx_client(request, clients) -> TestClient:
 @pytest.fixture(scope="session")
 def digits_client(clients) -> TestClient:
     return clients["digits", "onnx"]
-
-
-def instances_for(client: TestClient, n: int = 3, seed: int = 0) -> list:
-    """Realistic raw-unit instances for the client's model: real digits, or rows near the data."""
-    card = client.get("/v1/model").json()
-    if card["likelihood"] == "bernoulli":
-        from sklearn.datasets import load_digits
-
-        return load_digits().data[:n].reshape(n, 1, 8, 8).tolist()
-    rng = np.random.default_rng(seed)
-    offset = np.asarray(card["preprocessing"]["offset"])
-    scale = np.asarray(card["preprocessing"]["scale"])
-    return (offset + scale * rng.standard_normal((n, len(offset)))).tolist()

@@ -8,10 +8,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.access import NEEDS_KEY
-from service.app import create_app
-from service.observability import flat_routes
-from service.settings import Settings
+from service.http.api.access import NEEDS_KEY
+from service.http.app import create_app
+from service.http.observability import flat_routes
+from service.http.settings import Settings
 
 KEY = {"authorization": "Bearer s3cret"}
 # Public with a key set, exactly these (docs/operations.md, "Access", lists the same).
@@ -85,10 +85,18 @@ async def _call(app, method: str, path: str, headers: list[tuple[bytes, bytes]])
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(60 << 20).encode()), *headers],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
     }
     await app(scope, receive, send)
     return sent[0]["status"], reads
@@ -108,7 +116,9 @@ def test_the_key_is_checked_before_any_body_is_read(digits_model_dir):
     assert asyncio.run(_call(app, "POST", "/elbo", wrong)) == (401, 0)
 
 
-@pytest.mark.parametrize("header", ["Bearer wrong", "Basic s3cret", "Bearer", "s3cret", "Bearer s3cret2", "Bearer s3cre"])
+@pytest.mark.parametrize(
+    "header", ["Bearer wrong", "Basic s3cret", "Bearer", "s3cret", "Bearer s3cret2", "Bearer s3cre"]
+)
 def test_wrong_keys(keyed, header):
     response = keyed.get("/v1/model", headers={"authorization": header})
     assert response.status_code == 401
@@ -123,10 +133,14 @@ def test_cors_preflights_need_no_key(digits_model_dir):
     """A browser's preflight carries no Authorization header; the request that follows does."""
     settings = Settings(model_dir=digits_model_dir, api_key="s3cret", cors_origins="https://ui.example")
     with TestClient(create_app(settings)) as client:
-        preflight = client.options("/elbo", headers={
-            "origin": "https://ui.example", "access-control-request-method": "POST",
-            "access-control-request-headers": "authorization, content-type",
-        })
+        preflight = client.options(
+            "/elbo",
+            headers={
+                "origin": "https://ui.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
         assert preflight.status_code == 200
         refused = client.post("/elbo", json={"instances": []}, headers={"origin": "https://ui.example"})
         assert refused.status_code == 401

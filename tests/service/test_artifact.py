@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.artifact import load_artifact
-from service.errors import ArtifactError
+from service.core.artifact import load_artifact
+from service.core.errors import ArtifactError
 
 VAE = str(Path(sys.executable).with_name("vae"))
 
@@ -83,14 +83,17 @@ def test_manifest_with_a_bad_field(model_copy):
     assert str(err.value) == f"{model_copy / 'manifest.json'} is invalid: latent_dim: Input should be greater than 0"
 
 
-@pytest.mark.parametrize("name, problem", [
-    ("../encoder.onnx", "a path, not a plain name"),
-    ("/tmp/encoder.onnx", "a path, not a plain name"),
-    ("graphs/encoder.onnx", "a path, not a plain name"),
-    ("graphs\\encoder.onnx", "a path, not a plain name"),
-    ("..", "not a file name"),
-    ("encoder\n.onnx", "a name with control characters"),
-])
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("../encoder.onnx", "a path, not a plain name"),
+        ("/tmp/encoder.onnx", "a path, not a plain name"),
+        ("graphs/encoder.onnx", "a path, not a plain name"),
+        ("graphs\\encoder.onnx", "a path, not a plain name"),
+        ("..", "not a file name"),
+        ("encoder\n.onnx", "a name with control characters"),
+    ],
+)
 def test_file_names_must_be_plain_names_in_the_directory(model_copy, name, problem):
     """A manifest naming a file outside its directory, listed with the right sha256, used to be loaded."""
     outside = model_copy.parent / "encoder.onnx"
@@ -137,7 +140,7 @@ def test_asgi_app_stops_with_one_line(model_copy):
     (model_copy / "checkpoint.pt").unlink()
     env = os.environ | {"VAE_MODEL_DIR": str(model_copy)}
     result = subprocess.run(
-        [sys.executable, "-c", "import service.main"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", "import service.http.main"], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
@@ -148,7 +151,7 @@ def test_asgi_app_stops_with_one_line(model_copy):
 def test_asgi_app_refuses_a_bad_setting(digits_model_dir):
     env = os.environ | {"VAE_MODEL_DIR": str(digits_model_dir), "VAE_RUNTIME": "tensorflow"}
     result = subprocess.run(
-        [sys.executable, "-c", "import service.main"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", "import service.http.main"], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (

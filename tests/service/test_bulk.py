@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from service.bulk import BulkError, score_file
+from service.core.bulk import BulkError, score_file
 
 VAE = str(Path(sys.executable).with_name("vae"))
 
@@ -30,9 +30,23 @@ def test_a_200_mb_npy_is_scored_in_bounded_memory(digits_model_dir, tmp_path, di
     assert size > 200 * 10**6
     out = tmp_path / "scores.csv"
     process = subprocess.Popen(
-        [VAE, "score", str(digits_model_dir), "--data", str(data), "--out", str(out), "--iw-samples", "1",
-         "--seed", "5", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            VAE,
+            "score",
+            str(digits_model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--iw-samples",
+            "1",
+            "--seed",
+            "5",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     watched, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
@@ -46,7 +60,14 @@ def test_a_200_mb_npy_is_scored_in_bounded_memory(digits_model_dir, tmp_path, di
 
     scores = read_scores(out)
     assert len(scores) == 400_000 and scores[0].keys() == {
-        "row", "elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "is_anomaly", "p_value"
+        "row",
+        "elbo",
+        "reconstruction",
+        "kl",
+        "log_likelihood",
+        "anomaly_score",
+        "is_anomaly",
+        "p_value",
     }
     # Chunk 1 (rows 1024..2047) is scored as an /elbo request with those rows and seed 5 + 1.
     body = digits_client.post("/elbo", json={"instances": rows[1024:2048].tolist(), "iw_samples": 1, "seed": 6}).json()
@@ -65,7 +86,10 @@ def test_csv_is_streamed_and_scores_like_the_npy(digits_model_dir, tmp_path):
         for row in rows:
             f.write(",".join(f"{v:g}" for v in row) + "\n")
     for name in ("d.npy", "d.csv"):
-        assert score_file(digits_model_dir, tmp_path / name, tmp_path / f"{name}.out", chunk_rows=1000, progress=False) == 2500
+        assert (
+            score_file(digits_model_dir, tmp_path / name, tmp_path / f"{name}.out", chunk_rows=1000, progress=False)
+            == 2500
+        )
     assert read_scores(tmp_path / "d.npy.out") == read_scores(tmp_path / "d.csv.out")
 
 
@@ -93,8 +117,21 @@ def test_out_of_range_rows_are_named(digits_model_dir, tmp_path):
     rows = np.zeros((10, 64))
     rows[7, 3] = 99.0
     np.save(tmp_path / "r.npy", rows)
-    result = subprocess.run([VAE, "score", str(digits_model_dir), "--data", str(tmp_path / "r.npy"), "--out",
-                             str(tmp_path / "o.csv"), "--no-progress"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            VAE,
+            "score",
+            str(digits_model_dir),
+            "--data",
+            str(tmp_path / "r.npy"),
+            "--out",
+            str(tmp_path / "o.csv"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"vae score: {tmp_path / 'r.npy'}: rows 0–9: instances[7]: feature 3 is 99, outside the model's data range "

@@ -1,4 +1,4 @@
-"""service/client.py against the real app (in process, and as a `vae serve` process) and scripted transports."""
+"""The client (client/vae_client) against the real app, in process and as a `vae serve` process; scripted transports."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from service.app import create_app
-from service.client import (
+from vae_client.client import (
     AsyncVaeClient,
     ElboResult,
     Encoded,
@@ -26,9 +24,11 @@ from service.client import (
     VaeInputError,
     VaeModelChanged,
 )
-from service.schemas import ElboResponse, EncodeResponse, SampleResponse
-from service.settings import Settings
-from tests.service.test_load import free_port, start_server, stop
+
+from service.http.app import create_app
+from service.http.schemas import ElboResponse, EncodeResponse, SampleResponse
+from service.http.settings import Settings
+from tests.helpers import free_port, start_server, stop
 
 BASE = "http://testserver"
 CARD = {"limits": {"max_instances": 4096, "max_samples": 10_000, "max_iw_samples": 10_000, "max_draws": 1_000_000}}
@@ -83,8 +83,12 @@ def native(http: httpx.Client, path: str, body: dict, chunk: int | None = None, 
     else:
         instances = body["instances"]
         answers = [
-            http.post(path, json=body | {"instances": instances[start : start + chunk]}
-                      | ({} if seed is None else {"seed": seed + i})).json()
+            http.post(
+                path,
+                json=body
+                | {"instances": instances[start : start + chunk]}
+                | ({} if seed is None else {"seed": seed + i}),
+            ).json()
             for i, start in enumerate(range(0, len(instances), chunk))
         ]
     return {
@@ -150,11 +154,15 @@ def test_decode_equals_the_json_api(vae, app_client):
     np.testing.assert_array_equal(vae.decode(z), native(app_client, "/decode", {"z": z.tolist()})["x"], strict=True)
 
 
-@pytest.mark.parametrize("options", [
-    {"n_samples": 4, "iw_samples": 8, "seed": 3, "feature_scores": True, "fpr": 0.05},
-    {"seed": 0, "threshold": 25.5},
-    {"n_samples": 2, "seed": 11},
-], ids=["fpr-features", "threshold", "calibrated-k"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"n_samples": 4, "iw_samples": 8, "seed": 3, "feature_scores": True, "fpr": 0.05},
+        {"seed": 0, "threshold": 25.5},
+        {"n_samples": 2, "seed": 11},
+    ],
+    ids=["fpr-features", "threshold", "calibrated-k"],
+)
 def test_elbo_equals_the_json_api(vae, app_client, rows, options):
     expected = native(app_client, "/elbo", {"instances": rows.tolist(), **options})
     assert_same(vae.elbo(rows, **options), expected)
@@ -228,11 +236,19 @@ def test_requests_stay_within_max_body_bytes(digits_model_dir, rows):
 
 
 def test_vae_score_and_a_split_elbo_agree(digits_model_dir, app_client, rows, tmp_path):
-    from service.bulk import score_file
+    from service.core.bulk import score_file
 
     np.save(tmp_path / "rows.npy", rows)
-    score_file(digits_model_dir, tmp_path / "rows.npy", tmp_path / "scores.csv", n_samples=2, iw_samples=4,
-               seed=4, chunk_rows=3, progress=False)
+    score_file(
+        digits_model_dir,
+        tmp_path / "rows.npy",
+        tmp_path / "scores.csv",
+        n_samples=2,
+        iw_samples=4,
+        seed=4,
+        chunk_rows=3,
+        progress=False,
+    )
     table = np.genfromtxt(tmp_path / "scores.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     scored = VaeClient(BASE, http_client=app_client, max_batch=3).elbo(rows, n_samples=2, iw_samples=4, seed=4)
     for name in ("elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "p_value"):
@@ -240,12 +256,16 @@ def test_vae_score_and_a_split_elbo_agree(digits_model_dir, app_client, rows, tm
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("call, body", [
-    (lambda vae, x: vae.elbo(x[:, :5]), {"instances": [[0.0] * 5]}),
-    (lambda vae, x: vae.elbo(x, n_samples=0), {"instances": [[0.0] * 64], "n_samples": 0}),
-    (lambda vae, x: vae.elbo(x, fpr=1.5), {"instances": [[0.0] * 64], "fpr": 1.5}),
-    (lambda vae, x: vae.decode(np.zeros((2, 3))), {"z": [[0.0] * 3]}),
-], ids=["shape", "n_samples", "fpr", "latent-dim"])
+@pytest.mark.parametrize(
+    "call, body",
+    [
+        (lambda vae, x: vae.elbo(x[:, :5]), {"instances": [[0.0] * 5]}),
+        (lambda vae, x: vae.elbo(x, n_samples=0), {"instances": [[0.0] * 64], "n_samples": 0}),
+        (lambda vae, x: vae.elbo(x, fpr=1.5), {"instances": [[0.0] * 64], "fpr": 1.5}),
+        (lambda vae, x: vae.decode(np.zeros((2, 3))), {"z": [[0.0] * 3]}),
+    ],
+    ids=["shape", "n_samples", "fpr", "latent-dim"],
+)
 def test_an_error_carries_the_servers_status_code_and_message(vae, app_client, rows, call, body):
     path = "/decode" if "z" in body else "/elbo"
     expected = app_client.post(path, json=body)
@@ -452,7 +472,7 @@ def test_a_server_that_is_not_there_raises_a_connection_error():
 
 def test_the_client_imports_neither_torch_nor_the_server():
     code = (
-        "import sys, service.client; "
+        "import sys, vae_client.client; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'fastapi', 'onnxruntime'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.service.conftest import instances_for
+from service.http.app import create_app
+from service.http.settings import Settings
+from tests.helpers import instances_for
 
 ZERO_DIGIT = [0.0] * 64
 
@@ -70,7 +70,11 @@ def error(response, status):
         ({"fpr": 0}, 422, "fpr: Input should be greater than 0 (got 0)"),
         ({"fpr": 1.5}, 422, "fpr: Input should be less than 1 (got 1.5)"),
         ({"fpr": "low"}, 422, "fpr: Input should be a valid number, unable to parse string as a number (got 'low')"),
-        ({"threshold": "high"}, 422, "threshold: Input should be a valid number, unable to parse string as a number (got 'high')"),
+        (
+            {"threshold": "high"},
+            422,
+            "threshold: Input should be a valid number, unable to parse string as a number (got 'high')",
+        ),
         ({"threshold": 1.0, "fpr": 0.1}, 422, "give threshold or fpr, not both (got threshold 1 and fpr 0.1)"),
         ({"feature_scores": "yes"}, 422, "feature_scores: Input should be a valid boolean (got 'yes')"),
     ],
@@ -90,7 +94,8 @@ def test_fpr_below_what_calibration_can_promise(digits_client):
 
 def test_non_finite_threshold(digits_client):
     response = digits_client.post(
-        "/elbo", content='{"instances": [[' + ",".join(["0"] * 64) + ']], "threshold": Infinity}',
+        "/elbo",
+        content='{"instances": [[' + ",".join(["0"] * 64) + ']], "threshold": Infinity}',
         headers={"content-type": "application/json"},
     )
     assert error(response, 422) == "threshold: Input should be a finite number (got inf)"

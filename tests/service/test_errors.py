@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.conftest import instances_for
+from tests.helpers import instances_for
 
 ZERO_DIGIT = [0.0] * 64
 
@@ -127,7 +127,9 @@ def test_z_of_the_wrong_dimension(digits_client):
 
 
 def test_z_not_finite(digits_client):
-    response = digits_client.post("/decode", content='{"z": [[0, 0, NaN, 0]]}', headers={"content-type": "application/json"})
+    response = digits_client.post(
+        "/decode", content='{"z": [[0, 0, NaN, 0]]}', headers={"content-type": "application/json"}
+    )
     assert error(response, 422) == "z[0][2]: expected a finite number, got nan"
 
 

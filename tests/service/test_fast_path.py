@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.fast_path import ROUTES, FastPath
-from service.app import create_app
-from service.settings import Settings
+from service.http.api.fast_path import ROUTES, FastPath
+from service.http.app import create_app
+from service.http.settings import Settings
 
 DIGIT = [float(v) for v in np.arange(64) % 17]
 KEY = {"authorization": "Bearer s3cret"}
@@ -25,6 +25,7 @@ def npy(rows) -> bytes:
 @pytest.fixture(scope="module")
 def both(digits_model_dir):
     """(with the fast path, without it): the same app otherwise."""
+
     def make(fast: bool) -> TestClient:
         app = create_app(Settings(model_dir=digits_model_dir, api_key="s3cret", max_instances=3))
         if not fast:
@@ -57,7 +58,9 @@ def test_the_same_answer_with_and_without_the_fast_path(both, path, name):
     fast, slow = both
     options = REQUESTS[name]
     if path == "/encode" and "json" in options:
-        options = dict(options, json={k: v for k, v in options["json"].items() if k == "instances" or name == "unknown field"})
+        options = dict(
+            options, json={k: v for k, v in options["json"].items() if k == "instances" or name == "unknown field"}
+        )
     headers = {**KEY, **options.get("headers", {})}
     answers = [client.post(path, **{**options, "headers": headers}) for client in (fast, slow)]
     assert answers[0].status_code == answers[1].status_code
@@ -71,7 +74,11 @@ def test_the_api_key_and_other_methods_behave_as_on_the_routes(both, path):
     fast, slow = both
     for call in (lambda c: c.post(path, json={"instances": [DIGIT]}), lambda c: c.get(path, headers=KEY)):
         a, b = call(fast), call(slow)
-        assert (a.status_code, a.json(), a.headers.get("www-authenticate")) == (b.status_code, b.json(), b.headers.get("www-authenticate"))
+        assert (a.status_code, a.json(), a.headers.get("www-authenticate")) == (
+            b.status_code,
+            b.json(),
+            b.headers.get("www-authenticate"),
+        )
     assert fast.post(path, json={"instances": [DIGIT]}).status_code == 401
     assert fast.get(path, headers=KEY).status_code == 405
 

@@ -15,17 +15,17 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from vae_client.client import VaeClient, VaeHTTPError, answer_bytes
 
-from service import inputs, scoring
-from service.api import body as body_module
-from service.artifact import load_artifact
-from service.client import VaeClient, VaeHTTPError, answer_bytes
-from service.engine import Deadline, VaeEngine
-from service.errors import InvalidInput, LimitExceeded, Timeout
-from service.images import decode_upload
-from service.json_writer import json_bytes, write_json
-from service.runtime import OnnxRuntime
-from service.settings import Settings
+from service.core import inputs, scoring
+from service.core.artifact import load_artifact
+from service.core.engine import Deadline, VaeEngine
+from service.core.errors import InvalidInput, LimitExceeded, Timeout
+from service.core.images import decode_upload
+from service.core.runtime import OnnxRuntime
+from service.http.api import body as body_module
+from service.http.json_writer import json_bytes, write_json
+from service.http.settings import Settings
 
 DIGIT = [0.0] * 64
 JSON_HEADERS = {"content-type": "application/json"}
@@ -79,16 +79,33 @@ def test_the_issues_sample_request_gets_413_before_any_decoding(start_app, digit
     "path, body, headers, what, size",
     [
         ("/decode", {"z": [[0.0] * 4] * 40}, {}, "40 x 64 numbers", json_bytes((40, 1, 8, 8))),
-        ("/decode", {"z": [[0.0] * 4] * 400}, {"accept": "image/png"}, "a PNG of 1 x 400 images of 8x8",
-         8 * (1 + 3200) + 8 * (1 + 3200) // 1024 + 4096),
-        ("/elbo", {"instances": [DIGIT] * 10, "feature_scores": True}, {}, "10 instances' scores and feature scores",
-         json_bytes(*[(10,)] * 7, (10, 1, 8, 8))),
+        (
+            "/decode",
+            {"z": [[0.0] * 4] * 400},
+            {"accept": "image/png"},
+            "a PNG of 1 x 400 images of 8x8",
+            8 * (1 + 3200) + 8 * (1 + 3200) // 1024 + 4096,
+        ),
+        (
+            "/elbo",
+            {"instances": [DIGIT] * 10, "feature_scores": True},
+            {},
+            "10 instances' scores and feature scores",
+            json_bytes(*[(10,)] * 7, (10, 1, 8, 8)),
+        ),
         ("/encode", {"instances": [DIGIT] * 100}, {}, "3 x 100 x 4 numbers", json_bytes(*[(100, 4)] * 3)),
-        ("/heatmap", {"instances": [DIGIT] * 100}, {}, "a PNG of 1 x 100 images of 8x8",
-         8 * (1 + 3 * 800) + 8 * (1 + 3 * 800) // 1024 + 4096),
+        (
+            "/heatmap",
+            {"instances": [DIGIT] * 100},
+            {},
+            "a PNG of 1 x 100 images of 8x8",
+            8 * (1 + 3 * 800) + 8 * (1 + 3 * 800) // 1024 + 4096,
+        ),
     ],
 )
-def test_an_answer_over_the_limit_gets_413_with_the_numbers(start_app, digits_model_dir, path, body, headers, what, size):
+def test_an_answer_over_the_limit_gets_413_with_the_numbers(
+    start_app, digits_model_dir, path, body, headers, what, size
+):
     client = start_app(digits_model_dir, max_response_bytes=8192)
     assert error(client.post(path, json=body, headers=headers), 413) == (
         f"the answer ({what}) may take up to {size} bytes, over the limit of 8192 bytes (VAE_MAX_RESPONSE_BYTES); "
@@ -98,14 +115,18 @@ def test_an_answer_over_the_limit_gets_413_with_the_numbers(start_app, digits_mo
 
 def test_the_oip_answer_is_bounded_too(start_app, digits_model_dir):
     client = start_app(digits_model_dir, max_response_bytes=8192)
-    request = {"inputs": [{"name": "instances", "shape": [2, 64], "datatype": "FP64", "data": DIGIT * 2}],
-               "parameters": {"n_samples": 30, "decode": True}}
+    request = {
+        "inputs": [{"name": "instances", "shape": [2, 64], "datatype": "FP64", "data": DIGIT * 2}],
+        "parameters": {"n_samples": 30, "decode": True},
+    }
     response = client.post("/v2/models/digits-sample/infer", json=request)
     assert response.status_code == 413
-    assert response.json() == {"error": (
-        f"the answer (z [2, 30, 4], x [2, 30, 1, 8, 8]) may take up to {1024 + 240 * 25 + 256 + 3840 * 25 + 256} "
-        "bytes, over the limit of 8192 bytes (VAE_MAX_RESPONSE_BYTES); send fewer instances or draws per request"
-    )}
+    assert response.json() == {
+        "error": (
+            f"the answer (z [2, 30, 4], x [2, 30, 1, 8, 8]) may take up to {1024 + 240 * 25 + 256 + 3840 * 25 + 256} "
+            "bytes, over the limit of 8192 bytes (VAE_MAX_RESPONSE_BYTES); send fewer instances or draws per request"
+        )
+    }
 
 
 def test_json_bytes_bounds_what_orjson_writes():
@@ -120,9 +141,13 @@ def test_write_json_gives_orjsons_bytes_a_slice_at_a_time():
     import orjson
 
     rng = np.random.default_rng(1)
-    content = {"z": rng.standard_normal((300, 500, 4)), "seed": 3, "x": rng.standard_normal((2, 70_000)),
-               "flags": rng.standard_normal(200_000) > 0,
-               "outputs": [{"name": "x", "shape": [2, 3], "data": rng.standard_normal(6)}]}
+    content = {
+        "z": rng.standard_normal((300, 500, 4)),
+        "seed": 3,
+        "x": rng.standard_normal((2, 70_000)),
+        "flags": rng.standard_normal(200_000) > 0,
+        "outputs": [{"name": "x", "shape": [2, 3], "data": rng.standard_normal(6)}],
+    }
     assert write_json(content) == orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -184,7 +209,10 @@ def test_a_request_that_times_out_stops_at_the_next_chunk(start_app, digits_mode
     body = {"instances": [DIGIT] * 40, "n_samples": 9999, "iw_samples": 1, "seed": 0}  # 49 chunks: 5 s of stalls
     response = client.post("/elbo", json=body)
     assert response.status_code == 503
-    assert response.json() == {"error": "the request did not finish within 0.5 s (VAE_REQUEST_TIMEOUT_S)", "code": "timeout"}
+    assert response.json() == {
+        "error": "the request did not finish within 0.5 s (VAE_REQUEST_TIMEOUT_S)",
+        "code": "timeout",
+    }
     time.sleep(0.5)
     calls = len(runtime.decoded)
     time.sleep(0.5)
@@ -214,8 +242,9 @@ def test_other_content_types_get_415(digits_client, path, content_type):
 
 
 def test_json_with_a_charset_is_json(digits_client):
-    response = digits_client.post("/elbo", content=json.dumps({"instances": [DIGIT]}),
-                                  headers={"content-type": "application/json; charset=utf-8"})
+    response = digits_client.post(
+        "/elbo", content=json.dumps({"instances": [DIGIT]}), headers={"content-type": "application/json; charset=utf-8"}
+    )
     assert response.status_code == 200
 
 
@@ -224,8 +253,10 @@ def test_oip_takes_json_binary_or_no_content_type(digits_client):
     path = "/v2/models/digits-decode/infer"
     plain = digits_client.post(path, content=json.dumps(request), headers={"content-type": "text/plain"})
     assert plain.status_code == 415
-    assert plain.json() == {"error": "Content-Type: 'text/plain'; /v2/models/digits-decode/infer takes "
-                                     "application/json or application/octet-stream"}
+    assert plain.json() == {
+        "error": "Content-Type: 'text/plain'; /v2/models/digits-decode/infer takes "
+        "application/json or application/octet-stream"
+    }
     assert digits_client.post(path, content=json.dumps(request)).status_code == 200  # Triton's client sends none
 
 
@@ -235,8 +266,16 @@ def nested(depth: int) -> str:
 
 
 @pytest.mark.parametrize("depth", [33, 65, 1000, 1025, 100_000])
-@pytest.mark.parametrize("path, field", [("/encode", "instances"), ("/sample", "instances"), ("/elbo", "instances"),
-                                         ("/heatmap", "instances"), ("/decode", "z")])
+@pytest.mark.parametrize(
+    "path, field",
+    [
+        ("/encode", "instances"),
+        ("/sample", "instances"),
+        ("/elbo", "instances"),
+        ("/heatmap", "instances"),
+        ("/decode", "z"),
+    ],
+)
 def test_any_nesting_gets_a_4xx_that_says_what_was_wrong(digits_client, path, field, depth):
     response = digits_client.post(path, content=f'{{"{field}": {nested(depth)}}}', headers=JSON_HEADERS)
     if depth <= 65:
@@ -277,7 +316,9 @@ def test_a_ragged_batch_with_a_deep_item_gets_a_422(digits_client):
 
 
 # --- 3. measured before decoded -------------------------------------------------------------------------------
-def test_a_json_body_with_more_values_than_any_request_gets_413_before_parsing(start_app, digits_model_dir, monkeypatch):
+def test_a_json_body_with_more_values_than_any_request_gets_413_before_parsing(
+    start_app, digits_model_dir, monkeypatch
+):
     client = start_app(digits_model_dir, max_instances=2)
     most = 2 * 2 * 64 + 4096
     body = '{"instances": [' + ",".join(["[]"] * 5000) + "]}"  # 4999 commas, 5001 "[", 1 "{", and the first value
@@ -370,7 +411,10 @@ def test_a_resizing_model_takes_an_ordinary_photo():
 # --- 6. values beyond float32 ----------------------------------------------------------------------------------
 def test_z_beyond_float32_gets_422(digits_client):
     response = digits_client.post("/decode", json={"z": [[0.0, 1e39, 0.0, 0.0]]})
-    assert error(response, 422) == "z[0][1]: 1e+39 is beyond float32, the model's precision (largest magnitude 3.40282e+38)"
+    assert (
+        error(response, 422)
+        == "z[0][1]: 1e+39 is beyond float32, the model's precision (largest magnitude 3.40282e+38)"
+    )
 
 
 @pytest.mark.parametrize("datatype", ["FP64", "FP32"])
@@ -422,8 +466,14 @@ def test_the_clients_retries_end_at_the_retry_deadline():
     def sleep(seconds):
         now[0] += seconds
 
-    vae = VaeClient("http://testserver", transport=httpx.MockTransport(handle), max_retries=100,
-                    retry_deadline_s=10.0, sleep=sleep, clock=lambda: now[0])
+    vae = VaeClient(
+        "http://testserver",
+        transport=httpx.MockTransport(handle),
+        max_retries=100,
+        retry_deadline_s=10.0,
+        sleep=sleep,
+        clock=lambda: now[0],
+    )
     vae._card = {"limits": {}}
     with pytest.raises(VaeHTTPError) as raised:
         vae.encode(np.zeros((1, 64)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.artifact import load_artifact
+from service.core.artifact import load_artifact
 
 
 def test_the_model_card_shows_no_server_paths(start_app, tabular_model_dir, tabular_csv):
@@ -24,11 +24,13 @@ def test_the_model_card_shows_no_server_paths(start_app, tabular_model_dir, tabu
 def test_only_the_path_fields_are_cut(tabular_model_dir):
     """A note such as "(1/54)" is not a path: only the data file and the output directory are cut."""
     manifest = load_artifact(tabular_model_dir).manifest
-    training = manifest.training.model_copy(update={
-        "data_source": "C:\\data\\rows.csv",
-        "notes": ["false-alarm rate 0.01852 instead of 0.01: ... (1/54); 0.01 needs 99"],
-        "config": {**manifest.training.config, "out": "/srv/models/x/"},
-    })
+    training = manifest.training.model_copy(
+        update={
+            "data_source": "C:\\data\\rows.csv",
+            "notes": ["false-alarm rate 0.01852 instead of 0.01: ... (1/54); 0.01 needs 99"],
+            "config": {**manifest.training.config, "out": "/srv/models/x/"},
+        }
+    )
     card = manifest.model_copy(update={"training": training}).public()
     assert card["training"]["data_source"] == "rows.csv"
     assert card["training"]["config"]["out"] == "x"

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
+from service.http.app import create_app
+from service.http.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,11 @@ def image_files(folder, n):
 
 def test_model_card_says_the_model_takes_images(png_client, clients):
     assert png_client.get("/v1/model").json()["image"] == {
-        "channels": 3, "height": 12, "width": 10, "resize": False, "max_value": 255.0
+        "channels": 3,
+        "height": 12,
+        "width": 10,
+        "resize": False,
+        "max_value": 255.0,
     }
     assert clients["tabular", "onnx"].get("/v1/model").json()["image"] is None
 
@@ -49,7 +53,9 @@ def test_multipart_upload_equals_the_json_request(png_client, png_folder):
     form = {"n_samples": "4", "iw_samples": "7", "seed": "11", "feature_scores": "true"}
     uploaded = png_client.post("/elbo", files=files, data=form)
     assert uploaded.status_code == 200, uploaded.text
-    sent = png_client.post("/elbo", json={"instances": instances, "n_samples": 4, "iw_samples": 7, "seed": 11, "feature_scores": True})
+    sent = png_client.post(
+        "/elbo", json={"instances": instances, "n_samples": 4, "iw_samples": 7, "seed": 11, "feature_scores": True}
+    )
     assert uploaded.json() == sent.json()
 
 
@@ -83,7 +89,9 @@ def test_decode_batch_as_a_png_grid(png_client):
 
 def test_sample_as_a_png_grid_of_inputs_by_draws(conv_digits_client):
     response = conv_digits_client.post(
-        "/sample", json={"instances": [[0.0] * 64, [8.0] * 64], "n_samples": 3, "seed": 0}, headers={"accept": "image/png"}
+        "/sample",
+        json={"instances": [[0.0] * 64, [8.0] * 64], "n_samples": 3, "seed": 0},
+        headers={"accept": "image/png"},
     )
     image = Image.open(io.BytesIO(response.content))
     assert (image.mode, image.size) == ("L", (3 * 8, 2 * 8))
@@ -117,13 +125,17 @@ def error(response, status):
 
 def test_broken_image(png_client):
     files = [("files", ("broken.png", b"this is not a png", "image/png"))]
-    assert error(png_client.post("/elbo", files=files), 422).startswith("broken.png: cannot be decoded as a PNG or JPEG image (")
+    assert error(png_client.post("/elbo", files=files), 422).startswith(
+        "broken.png: cannot be decoded as a PNG or JPEG image ("
+    )
 
 
 def test_truncated_image(png_client, png_folder):
     data = sorted(png_folder.rglob("*.png"))[0].read_bytes()
     files = [("files", ("cut.png", data[: len(data) // 2], "image/png"))]
-    assert error(png_client.post("/encode", files=files), 422).startswith("cut.png: cannot be decoded as a PNG or JPEG image (")
+    assert error(png_client.post("/encode", files=files), 422).startswith(
+        "cut.png: cannot be decoded as a PNG or JPEG image ("
+    )
 
 
 def test_wrong_size_image(png_client):
@@ -147,8 +159,11 @@ def test_form_with_a_file_in_the_wrong_field(png_client):
 
 
 def test_form_without_files(png_client):
-    response = png_client.post("/elbo", content=b"--b\r\nContent-Disposition: form-data; name=\"seed\"\r\n\r\n1\r\n--b--\r\n",
-                               headers={"content-type": "multipart/form-data; boundary=b"})
+    response = png_client.post(
+        "/elbo",
+        content=b'--b\r\nContent-Disposition: form-data; name="seed"\r\n\r\n1\r\n--b--\r\n',
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert error(response, 422) == "files: expected one or more PNG or JPEG files in the form field 'files'"
 
 
@@ -162,7 +177,10 @@ def test_bad_form_option(png_client, png_folder):
 def test_images_for_a_tabular_model(clients):
     client = clients["tabular", "onnx"]
     files = [("files", ("a.png", png_of(np.zeros((4, 4), dtype=np.uint8)), "image/png"))]
-    assert error(client.post("/elbo", files=files), 422) == "this model takes rows shaped [6], not images; send JSON instances"
+    assert (
+        error(client.post("/elbo", files=files), 422)
+        == "this model takes rows shaped [6], not images; send JSON instances"
+    )
     assert error(client.post("/decode", json={"z": [[0.0] * 4]}, headers={"accept": "image/png"}), 406) == (
         "this model's outputs are rows shaped [6], not images; accept application/json"
     )

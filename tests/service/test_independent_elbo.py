@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.service.conftest import instances_for
+from tests.helpers import instances_for
 
 
 def independent_terms(model_dir, instances, n_draws, seed):

@@ -5,56 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from service.artifact import load_artifact
-from service.engine import VaeEngine
-from service.runtime import OnnxRuntime
-
-VAE = str(Path(sys.executable).with_name("vae"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_dir, *args, env=None):
-    """`vae serve` on a free port; its log goes to a file (a pipe nobody reads would fill and stall it)."""
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="vae-serve-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [VAE, "serve", str(model_dir), "--port", str(port), *args],
-        stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ | (env or {}),
-    )
-    process.log_path = log.name
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, Path(log.name).read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.2)
-
-
-def stop(process):
-    if process.poll() is None:
-        process.terminate()
-    process.wait(timeout=60)
+from service.core.artifact import load_artifact
+from service.core.engine import ElboOptions, VaeEngine
+from service.core.runtime import OnnxRuntime
+from tests.helpers import start_server, stop
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +29,14 @@ def test_thousands_of_concurrent_requests_match_their_solo_answers(digits_model_
     requests = []
     for i in range(2000):
         rows = rng.integers(0, len(digits_rows), size=int(rng.integers(1, 4)))
-        requests.append({
-            "instances": digits_rows[rows].tolist(), "n_samples": int(rng.integers(1, 4)),
-            "iw_samples": int(rng.integers(1, 10)), "seed": i,
-        })
+        requests.append(
+            {
+                "instances": digits_rows[rows].tolist(),
+                "n_samples": int(rng.integers(1, 4)),
+                "iw_samples": int(rng.integers(1, 10)),
+                "seed": i,
+            }
+        )
 
     async def run():
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -88,14 +51,25 @@ def test_thousands_of_concurrent_requests_match_their_solo_answers(digits_model_
     assert [r.status_code for r in responses] == [200] * len(requests)
     artifact = load_artifact(digits_model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
-    for body, response in zip(requests, responses):
-        alone = engine.elbo(np.asarray(body["instances"]), body["n_samples"], body["seed"], body["iw_samples"])
+    for body, response in zip(requests, responses, strict=False):
+        alone = engine.elbo(
+            np.asarray(body["instances"]),
+            ElboOptions(n_samples=body["n_samples"], seed=body["seed"], iw_samples=body["iw_samples"]),
+        )
         got = response.json()
         np.testing.assert_allclose(got["elbo"], alone.elbo, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(got["log_likelihood"], alone.log_likelihood, rtol=1e-5, atol=1e-4)
         assert got["is_anomaly"] == alone.decisions.is_anomaly.tolist()
-    count = float(next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_count{endpoint="/elbo"}')).split()[-1])
-    total = float(next(l for l in metrics.splitlines() if l.startswith('vae_batch_requests_sum{endpoint="/elbo"}')).split()[-1])
+    count = float(
+        next(
+            line for line in metrics.splitlines() if line.startswith('vae_batch_requests_count{endpoint="/elbo"}')
+        ).split()[-1]
+    )
+    total = float(
+        next(
+            line for line in metrics.splitlines() if line.startswith('vae_batch_requests_sum{endpoint="/elbo"}')
+        ).split()[-1]
+    )
     assert total == 2000 and count < total  # some runtime calls served several requests
 
 

@@ -5,7 +5,6 @@ limits raises peak RSS by less than 512 MB over idle, and throughout, a concurre
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 
@@ -15,7 +14,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.service.test_load import start_server, stop
+from tests.helpers import start_server, stop
 
 MB = 1024 * 1024
 RSS_BUDGET = 512 * MB
@@ -72,8 +71,10 @@ def npy_of(array: np.ndarray) -> bytes:
 
 
 def oip(name: str, data: np.ndarray, **parameters) -> dict:
-    return {"inputs": [{"name": name, "shape": list(data.shape), "datatype": "FP64", "data": data.reshape(-1).tolist()}],
-            "parameters": parameters}
+    return {
+        "inputs": [{"name": name, "shape": list(data.shape), "datatype": "FP64", "data": data.reshape(-1).tolist()}],
+        "parameters": parameters,
+    }
 
 
 def as_json(body: dict, **headers: str) -> dict:
@@ -92,21 +93,63 @@ def worst_requests() -> dict[str, tuple[str, dict, int]]:
     json_numbers = b'{"instances": [' + b",".join([b"[" + b",".join([b"0.0"] * 64) + b"]"] * 230_000) + b"]}"  # 60 MB
     png = {"accept": "image/png"}
     return {
-        "/sample json, largest answer": ("/sample", as_json({"instances": rows, "n_samples": 9, "decode": True, "seed": 0}), 200),
-        "/sample json, the issue's request": ("/sample", as_json({"instances": rows, "n_samples": 244, "decode": True, "seed": 0}), 413),
-        "/sample png, 999,424 draws": ("/sample", as_json({"instances": rows, "n_samples": 244, "seed": 0}, **png), 200),
+        "/sample json, largest answer": (
+            "/sample",
+            as_json({"instances": rows, "n_samples": 9, "decode": True, "seed": 0}),
+            200,
+        ),
+        "/sample json, the issue's request": (
+            "/sample",
+            as_json({"instances": rows, "n_samples": 244, "decode": True, "seed": 0}),
+            413,
+        ),
+        "/sample png, 999,424 draws": (
+            "/sample",
+            as_json({"instances": rows, "n_samples": 244, "seed": 0}, **png),
+            200,
+        ),
         "/sample prior, 10,000 draws": ("/sample", as_json({"n_samples": 10_000, "decode": True, "seed": 0}), 200),
-        "/elbo, 999,424 draws with feature scores": ("/elbo", as_json({"instances": rows, "n_samples": 122, "iw_samples": 122, "feature_scores": True, "seed": 0}), 200),
+        "/elbo, 999,424 draws with feature scores": (
+            "/elbo",
+            as_json({"instances": rows, "n_samples": 122, "iw_samples": 122, "feature_scores": True, "seed": 0}),
+            200,
+        ),
         "/heatmap, 999,424 draws": ("/heatmap", as_json({"instances": rows, "n_samples": 243, "seed": 0}), 200),
         "/decode json, 4096": ("/decode", as_json({"z": zs}), 200),
         "/decode png, 4096": ("/decode", as_json({"z": zs}, **png), 200),
         "/encode, 4096": ("/encode", as_json({"instances": rows}), 200),
-        "/encode, 60 MB of JSON numbers": ("/encode", dict(content=json_numbers, headers={"content-type": "application/json"}), 413),
-        "/elbo, 60 MB int8 .npy": ("/elbo", dict(content=npy_of(np.zeros((4000, 15_000), dtype=np.int8)), headers={"content-type": "application/x-npy"}), 422),
-        "/elbo, 8 PNGs of 13000x13000": ("/elbo", dict(files=[("files", (f"{i}.png", huge, "image/png")) for i in range(8)]), 422),
-        "/v2 sample, largest answer": ("/v2/models/digits-sample/infer", as_json(oip("instances", batch, n_samples=9, decode=True, seed=0)), 200),
-        "/v2 sample, largest binary answer": ("/v2/models/digits-sample/infer", as_json(oip("instances", batch, n_samples=30, decode=True, seed=0, binary_data_output=True)), 200),
-        "/v2 elbo, 999,424 draws": ("/v2/models/digits-elbo/infer", as_json(oip("instances", batch, n_samples=122, iw_samples=122, seed=0)), 200),
+        "/encode, 60 MB of JSON numbers": (
+            "/encode",
+            dict(content=json_numbers, headers={"content-type": "application/json"}),
+            413,
+        ),
+        "/elbo, 60 MB int8 .npy": (
+            "/elbo",
+            dict(
+                content=npy_of(np.zeros((4000, 15_000), dtype=np.int8)), headers={"content-type": "application/x-npy"}
+            ),
+            422,
+        ),
+        "/elbo, 8 PNGs of 13000x13000": (
+            "/elbo",
+            dict(files=[("files", (f"{i}.png", huge, "image/png")) for i in range(8)]),
+            422,
+        ),
+        "/v2 sample, largest answer": (
+            "/v2/models/digits-sample/infer",
+            as_json(oip("instances", batch, n_samples=9, decode=True, seed=0)),
+            200,
+        ),
+        "/v2 sample, largest binary answer": (
+            "/v2/models/digits-sample/infer",
+            as_json(oip("instances", batch, n_samples=30, decode=True, seed=0, binary_data_output=True)),
+            200,
+        ),
+        "/v2 elbo, 999,424 draws": (
+            "/v2/models/digits-elbo/infer",
+            as_json(oip("instances", batch, n_samples=122, iw_samples=122, seed=0)),
+            200,
+        ),
         "/v2 decode, 4096": ("/v2/models/digits-decode/infer", as_json(oip("z", np.zeros((4096, 4)))), 200),
     }
 
@@ -125,7 +168,7 @@ def server(digits_model_dir):
 def test_the_worst_request_stays_within_memory_and_healthz_stays_fast(server, name):
     process, base = server
     path, arguments, status = WORST[name]
-    for attempt in range(ATTEMPTS):
+    for _attempt in range(ATTEMPTS):
         idle = psutil.Process(process.pid).memory_info().rss
         with Watch(process.pid, base) as watch, httpx.Client(base_url=base, timeout=120) as http:
             time.sleep(0.05)
@@ -133,8 +176,10 @@ def test_the_worst_request_stays_within_memory_and_healthz_stays_fast(server, na
             time.sleep(0.05)
         assert response.status_code == status, response.text[:300]
         grew, slowest = watch.peak - idle, max(watch.latencies)
-        print(f"{name}: peak RSS +{grew / MB:.0f} MB over {idle / MB:.0f} MB idle; slowest /healthz "
-              f"{slowest * 1000:.1f} ms of {len(watch.latencies)}; {response.elapsed.total_seconds():.2f} s")
+        print(
+            f"{name}: peak RSS +{grew / MB:.0f} MB over {idle / MB:.0f} MB idle; slowest /healthz "
+            f"{slowest * 1000:.1f} ms of {len(watch.latencies)}; {response.elapsed.total_seconds():.2f} s"
+        )
         assert grew < RSS_BUDGET, f"{name}: peak RSS grew by {grew / MB:.0f} MB"
         if slowest < HEALTHZ_BUDGET_S:
             return
@@ -144,12 +189,20 @@ def test_the_worst_request_stays_within_memory_and_healthz_stays_fast(server, na
 # --- a model that resizes its uploads: images up to its decompression-bomb limit ------------------------------
 @pytest.fixture(scope="module")
 def resizing_server(tmp_path_factory, png_folder):
-    from tests.conftest import FAST
+    from tests.helpers import FAST
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "resizing"
-    train(TrainConfig(data=str(png_folder), out=str(out), image_size=[12, 10], fpr=0.1, calibration_fraction=0.2,
-                      **dict(FAST, epochs=2)))
+    train(
+        TrainConfig(
+            data=str(png_folder),
+            out=str(out),
+            image_size=[12, 10],
+            fpr=0.1,
+            calibration_fraction=0.2,
+            **dict(FAST, epochs=2),
+        )
+    )
     process, base = start_server(out)
     yield process, base
     stop(process)
@@ -166,14 +219,16 @@ def largest_photo() -> bytes:
 def test_images_at_the_pixel_limit_stay_within_memory_and_healthz_stays_fast(resizing_server, largest_photo):
     process, base = resizing_server
     files = [("files", (f"{i}.png", largest_photo, "image/png")) for i in range(8)]  # 8 x 50 MB of pixels
-    for attempt in range(ATTEMPTS):
+    for _attempt in range(ATTEMPTS):
         idle = psutil.Process(process.pid).memory_info().rss
         with Watch(process.pid, base) as watch, httpx.Client(base_url=base, timeout=120) as http:
             response = http.post("/elbo", files=files, data={"seed": "0"})
         assert response.status_code == 200, response.text[:300]
         grew, slowest = watch.peak - idle, max(watch.latencies)
-        print(f"8 uploads of 4096x4096: peak RSS +{grew / MB:.0f} MB over {idle / MB:.0f} MB idle; slowest /healthz "
-              f"{slowest * 1000:.1f} ms of {len(watch.latencies)}; {response.elapsed.total_seconds():.2f} s")
+        print(
+            f"8 uploads of 4096x4096: peak RSS +{grew / MB:.0f} MB over {idle / MB:.0f} MB idle; slowest /healthz "
+            f"{slowest * 1000:.1f} ms of {len(watch.latencies)}; {response.elapsed.total_seconds():.2f} s"
+        )
         assert grew < RSS_BUDGET, f"peak RSS grew by {grew / MB:.0f} MB"
         if slowest < HEALTHZ_BUDGET_S:
             return

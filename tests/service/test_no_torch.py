@@ -9,7 +9,7 @@ import sys
 SCRIPT = """
 import sys
 from fastapi.testclient import TestClient
-from service.main import app
+from service.http.main import app
 with TestClient(app) as client:
     assert client.get("/readyz").status_code == 200
     for path, body in [("/encode", {"instances": [[0.0] * 64]}), ("/elbo", {"instances": [[0.0] * 64], "n_samples": 2}),
@@ -27,6 +27,6 @@ def test_onnx_serving_never_imports_torch(digits_model_dir):
 
 
 def test_the_vae_command_does_not_import_torch_to_parse_serve():
-    code = "import sys; from training.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from vae_cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.service.conftest import instances_for
+from service.http.app import create_app
+from service.http.settings import Settings
+from tests.helpers import instances_for
 
 HEADER_LENGTH = "inference-header-content-length"
 NUMPY_TYPES = {"FP64": "<f8", "FP32": "<f4"}
@@ -26,15 +26,23 @@ def model(client: TestClient, op: str) -> str:
 def tensor(name: str, array, datatype: str = "FP64", flat: bool = False) -> dict:
     """A $request_input with JSON data, nested as the array or flat in row-major order."""
     array = np.asarray(array, dtype=NUMPY_TYPES[datatype])
-    return {"name": name, "shape": list(array.shape), "datatype": datatype,
-            "data": array.reshape(-1).tolist() if flat else array.tolist()}
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": datatype,
+        "data": array.reshape(-1).tolist() if flat else array.tolist(),
+    }
 
 
 def binary_tensor(name: str, array, datatype: str = "FP64") -> tuple[dict, bytes]:
     """A $request_input whose data travels as binary after the JSON: little-endian, row-major."""
     raw = np.ascontiguousarray(array, dtype=NUMPY_TYPES[datatype]).tobytes()
-    return {"name": name, "shape": list(np.shape(array)), "datatype": datatype,
-            "parameters": {"binary_data_size": len(raw)}}, raw
+    return {
+        "name": name,
+        "shape": list(np.shape(array)),
+        "datatype": datatype,
+        "parameters": {"binary_data_size": len(raw)},
+    }, raw
 
 
 def binary_body(request: dict, chunks: list[bytes]) -> tuple[bytes, dict]:
@@ -110,15 +118,23 @@ def test_model_ready(client, op):
 
 def test_model_metadata_of_every_operation(digits_client):
     x, d = [-1, 1, 8, 8], 4
-    fp64 = lambda name, shape: {"name": name, "datatype": "FP64", "shape": shape}
+
+    def fp64(name, shape):
+        return {"name": name, "datatype": "FP64", "shape": shape}
+
     expected = {
-        "digits-encode": ([fp64("instances", x)], [fp64("mu", [-1, d]), fp64("logvar", [-1, d]), fp64("sigma", [-1, d])]),
+        "digits-encode": (
+            [fp64("instances", x)],
+            [fp64("mu", [-1, d]), fp64("logvar", [-1, d]), fp64("sigma", [-1, d])],
+        ),
         "digits-sample": ([fp64("instances", x)], [fp64("z", [-1, -1, d]), fp64("x", [-1, -1, 1, 8, 8])]),
         "digits-decode": ([fp64("z", [-1, d])], [fp64("x", x)]),
         "digits-elbo": (
             [fp64("instances", x)],
-            [fp64(name, [-1]) if name != "is_anomaly" else {"name": name, "datatype": "BOOL", "shape": [-1]}
-             for name in ELBO_OUTPUTS],
+            [
+                fp64(name, [-1]) if name != "is_anomaly" else {"name": name, "datatype": "BOOL", "shape": [-1]}
+                for name in ELBO_OUTPUTS
+            ],
         ),
     }
     version = digits_client.get("/v1/model").json()["version"]
@@ -126,7 +142,11 @@ def test_model_metadata_of_every_operation(digits_client):
         response = digits_client.get(f"/v2/models/{name}")
         assert response.status_code == 200
         assert response.json() == {
-            "name": name, "versions": [version], "platform": "onnx_onnxv1", "inputs": inputs, "outputs": outputs,
+            "name": name,
+            "versions": [version],
+            "platform": "onnx_onnxv1",
+            "inputs": inputs,
+            "outputs": outputs,
         }
         assert digits_client.get(f"/v2/models/{name}/versions/{version}").json() == response.json()
 
@@ -159,7 +179,8 @@ def test_model_metadata_names_the_platform_and_shapes(clients):
 @pytest.mark.parametrize("path", ["/v2/models/digits/ready", "/v2/models/digits", "/v2/models/tabular-elbo"])
 def test_unknown_model_metadata_and_readiness(digits_client, path):
     assert error(digits_client.get(path), 404) == (
-        f"unknown model '{path.split('/')[3]}'; this server serves digits-encode, digits-sample, digits-decode, digits-elbo"
+        f"unknown model '{path.split('/')[3]}'; "
+        "this server serves digits-encode, digits-sample, digits-decode, digits-elbo"
     )
 
 
@@ -167,8 +188,11 @@ def test_unknown_model_metadata_and_readiness(digits_client, path):
 def test_encode_equals_native(client):
     instances = instances_for(client, 3)
     header, arrays = parse(infer(client, model(client, "encode"), [tensor("instances", instances)]))
-    assert header == {"model_name": model(client, "encode"), "model_version": header["model_version"],
-                      "outputs": header["outputs"]}
+    assert header == {
+        "model_name": model(client, "encode"),
+        "model_version": header["model_version"],
+        "outputs": header["outputs"],
+    }
     assert [(o["name"], o["datatype"], o["shape"]) for o in header["outputs"]] == [
         (name, "FP64", [3, len(arrays["mu"][0])]) for name in ("mu", "logvar", "sigma")
     ]
@@ -227,7 +251,9 @@ def test_sample_equals_native(client):
 
 def test_sample_without_decode_gives_z_only(digits_client):
     instances = instances_for(digits_client, 1)
-    header, arrays = parse(infer(digits_client, "digits-sample", [tensor("instances", instances)], parameters={"seed": 1}))
+    header, arrays = parse(
+        infer(digits_client, "digits-sample", [tensor("instances", instances)], parameters={"seed": 1})
+    )
     assert list(arrays) == ["z"] and arrays["z"].shape == (1, 1, 4)
 
 
@@ -239,10 +265,17 @@ def test_sample_from_the_prior_without_inputs(client):
 
 def test_asking_for_x_decodes_the_samples(digits_client):
     instances = instances_for(digits_client, 2)
-    response = infer(digits_client, "digits-sample", [tensor("instances", instances)],
-                     parameters={"n_samples": 2, "seed": 8}, outputs=[{"name": "x"}])
+    response = infer(
+        digits_client,
+        "digits-sample",
+        [tensor("instances", instances)],
+        parameters={"n_samples": 2, "seed": 8},
+        outputs=[{"name": "x"}],
+    )
     header, arrays = parse(response)
-    native = digits_client.post("/sample", json={"instances": instances, "n_samples": 2, "seed": 8, "decode": True}).json()
+    native = digits_client.post(
+        "/sample", json={"instances": instances, "n_samples": 2, "seed": 8, "decode": True}
+    ).json()
     assert list(arrays) == ["x"] and arrays["x"].shape == (2, 2, 1, 8, 8)
     assert_equal_to_native(arrays, native)
 
@@ -256,8 +289,13 @@ def test_decode_equals_native(client):
 
 def test_requested_outputs_in_the_requested_order(digits_client):
     instances = instances_for(digits_client, 2)
-    response = infer(digits_client, "digits-elbo", [tensor("instances", instances)], parameters={"seed": 0},
-                     outputs=[{"name": "p_value"}, {"name": "elbo"}])
+    response = infer(
+        digits_client,
+        "digits-elbo",
+        [tensor("instances", instances)],
+        parameters={"seed": 0},
+        outputs=[{"name": "p_value"}, {"name": "elbo"}],
+    )
     header, arrays = parse(response)
     assert [o["name"] for o in header["outputs"]] == ["p_value", "elbo"]
     assert_equal_to_native(arrays, digits_client.post("/elbo", json={"instances": instances, "seed": 0}).json())
@@ -270,8 +308,11 @@ def test_binary_input_and_output_equal_native(client, datatype):
     values = np.asarray(instances, dtype=NUMPY_TYPES[datatype])
     description, raw = binary_tensor("instances", values, datatype)
     options = {"n_samples": 2, "iw_samples": 3, "seed": 4}
-    request = {"model_name": model(client, "elbo"), "inputs": [description],  # Triton's clients send model_name
-               "parameters": {**options, "binary_data_output": True}}
+    request = {
+        "model_name": model(client, "elbo"),
+        "inputs": [description],  # Triton's clients send model_name
+        "parameters": {**options, "binary_data_output": True},
+    }
     content, headers = binary_body(request, [raw])
     response = client.post(f"/v2/models/{model(client, 'elbo')}/infer", content=content, headers=headers)
     header, arrays = parse(response)
@@ -283,13 +324,25 @@ def test_binary_input_and_output_equal_native(client, datatype):
 
 def test_binary_data_per_output_overrides_the_request(digits_client):
     instances = instances_for(digits_client, 2)
-    outputs = [{"name": "is_anomaly", "parameters": {"binary_data": True}},
-               {"name": "kl", "parameters": {"binary_data": False}}, {"name": "elbo"}]
-    response = infer(digits_client, "digits-elbo", [tensor("instances", instances)],
-                     parameters={"seed": 3, "binary_data_output": True}, outputs=outputs)
+    outputs = [
+        {"name": "is_anomaly", "parameters": {"binary_data": True}},
+        {"name": "kl", "parameters": {"binary_data": False}},
+        {"name": "elbo"},
+    ]
+    response = infer(
+        digits_client,
+        "digits-elbo",
+        [tensor("instances", instances)],
+        parameters={"seed": 3, "binary_data_output": True},
+        outputs=outputs,
+    )
     header, arrays = parse(response)
-    assert header["outputs"][0] == {"name": "is_anomaly", "datatype": "BOOL", "shape": [2],
-                                    "parameters": {"binary_data_size": 2}}
+    assert header["outputs"][0] == {
+        "name": "is_anomaly",
+        "datatype": "BOOL",
+        "shape": [2],
+        "parameters": {"binary_data_size": 2},
+    }
     assert "data" in header["outputs"][1] and header["outputs"][2]["parameters"] == {"binary_data_size": 16}
     assert_equal_to_native(arrays, digits_client.post("/elbo", json={"instances": instances, "seed": 3}).json())
 
@@ -307,17 +360,27 @@ def test_binary_and_json_inputs_mix_and_json_outputs_by_default(digits_client):
 
 def test_binary_bytes_are_little_endian_row_major(digits_client):
     z = np.arange(8, dtype="<f8").reshape(2, 4) / 10
-    content, headers = binary_body({"inputs": [{"name": "z", "shape": [2, 4], "datatype": "FP64",
-                                                "parameters": {"binary_data_size": 64}}],
-                                    "parameters": {"binary_data_output": True}}, [z.tobytes()])
+    content, headers = binary_body(
+        {
+            "inputs": [{"name": "z", "shape": [2, 4], "datatype": "FP64", "parameters": {"binary_data_size": 64}}],
+            "parameters": {"binary_data_output": True},
+        },
+        [z.tobytes()],
+    )
     response = digits_client.post("/v2/models/digits-decode/infer", content=content, headers=headers)
     length = int(response.headers[HEADER_LENGTH])
     header = json.loads(response.content[:length])
-    assert header == {"model_name": "digits-decode", "model_version": header["model_version"], "outputs": [
-        {"name": "x", "datatype": "FP64", "shape": [2, 1, 8, 8], "parameters": {"binary_data_size": 2 * 64 * 8}}
-    ]}
-    x = [[float(v) for v in np.frombuffer(response.content[length + 8 * 64 * i : length + 8 * 64 * (i + 1)], "<f8")]
-         for i in range(2)]
+    assert header == {
+        "model_name": "digits-decode",
+        "model_version": header["model_version"],
+        "outputs": [
+            {"name": "x", "datatype": "FP64", "shape": [2, 1, 8, 8], "parameters": {"binary_data_size": 2 * 64 * 8}}
+        ],
+    }
+    x = [
+        [float(v) for v in np.frombuffer(response.content[length + 8 * 64 * i : length + 8 * 64 * (i + 1)], "<f8")]
+        for i in range(2)
+    ]
     native = digits_client.post("/decode", json={"z": z.tolist()}).json()["x"]
     assert x == np.asarray(native).reshape(2, 64).tolist()
 
@@ -329,41 +392,91 @@ DIGIT = np.zeros((1, 64))
 @pytest.mark.parametrize(
     "inputs, fields, message",
     [
-        ([{"name": "instances", "shape": [1, 64], "datatype": "INT64", "data": [0] * 64}], {},
-         "instances: datatype INT64 is not supported; expected FP32 or FP64"),
-        ([{"name": "instances", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 63}], {},
-         "instances: shape [1, 64] has 64 elements but data has 63"),
-        ([{"name": "instances", "shape": [2, 32], "datatype": "FP64", "data": [[0.0] * 64]}], {},
-         "instances: data nested as [1, 64] does not match shape [2, 32]; send it flat in row-major order or nested as the shape"),
-        ([{"name": "instances", "shape": [1, 64], "datatype": "FP64"}], {},
-         "instances: no data; give data, or parameters.binary_data_size with the binary data after the JSON"),
-        ([{"name": "instances", "shape": [1, 64], "datatype": "FP64", "data": ["a"] + [0] * 63}], {},
-         "instances[0]: expected a number, got str 'a'"),
-        ([{"name": "instances", "shape": [2, 63], "datatype": "FP64", "data": [0] * 126}], {},
-         "instances: each instance must be 64 numbers or nested lists shaped [1, 8, 8]; got instances shaped [63]"),
-        ([{"name": "instances", "shape": [64], "datatype": "FP64", "data": [0] * 64}], {},
-         "instances: expected a non-empty batch shaped (B, ...), got shape [64]"),
-        ([{"name": "instances", "shape": [1, 64], "datatype": "FP64", "data": [17] * 64}], {},
-         "instances[0]: feature 0 is 17, outside the model's data range [0, 16] (bernoulli likelihood)"),
+        (
+            [{"name": "instances", "shape": [1, 64], "datatype": "INT64", "data": [0] * 64}],
+            {},
+            "instances: datatype INT64 is not supported; expected FP32 or FP64",
+        ),
+        (
+            [{"name": "instances", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 63}],
+            {},
+            "instances: shape [1, 64] has 64 elements but data has 63",
+        ),
+        (
+            [{"name": "instances", "shape": [2, 32], "datatype": "FP64", "data": [[0.0] * 64]}],
+            {},
+            "instances: data nested as [1, 64] does not match shape [2, 32]; "
+            "send it flat in row-major order or nested as the shape",
+        ),
+        (
+            [{"name": "instances", "shape": [1, 64], "datatype": "FP64"}],
+            {},
+            "instances: no data; give data, or parameters.binary_data_size with the binary data after the JSON",
+        ),
+        (
+            [{"name": "instances", "shape": [1, 64], "datatype": "FP64", "data": ["a"] + [0] * 63}],
+            {},
+            "instances[0]: expected a number, got str 'a'",
+        ),
+        (
+            [{"name": "instances", "shape": [2, 63], "datatype": "FP64", "data": [0] * 126}],
+            {},
+            "instances: each instance must be 64 numbers or nested lists shaped [1, 8, 8]; got instances shaped [63]",
+        ),
+        (
+            [{"name": "instances", "shape": [64], "datatype": "FP64", "data": [0] * 64}],
+            {},
+            "instances: expected a non-empty batch shaped (B, ...), got shape [64]",
+        ),
+        (
+            [{"name": "instances", "shape": [1, 64], "datatype": "FP64", "data": [17] * 64}],
+            {},
+            "instances[0]: feature 0 is 17, outside the model's data range [0, 16] (bernoulli likelihood)",
+        ),
         ([], {}, "inputs: missing input 'instances' of digits-elbo"),
         ([tensor("x", DIGIT)], {}, "inputs: digits-elbo has no input 'x'; it takes instances"),
         ([tensor("instances", DIGIT), tensor("instances", DIGIT)], {}, "inputs: 'instances' is given 2 times"),
-        ([tensor("instances", DIGIT)], {"outputs": [{"name": "mu"}]},
-         "outputs[0]: digits-elbo has no output 'mu'; it has " + ", ".join(ELBO_OUTPUTS)),
-        ([tensor("instances", DIGIT)], {"parameters": {"samples": 3}},
-         "parameters: digits-elbo takes no parameter 'samples'; it takes binary_data_output, fpr, iw_samples, "
-         "n_samples, seed, threshold"),
-        ([tensor("instances", DIGIT)], {"parameters": {"n_samples": 0}},
-         "n_samples: Input should be greater than or equal to 1 (got 0)"),
-        ([tensor("instances", DIGIT)], {"parameters": {"seed": "7"}}, "seed: Input should be a valid integer (got '7')"),
-        ([tensor("instances", DIGIT)], {"parameters": {"fpr": 0.5, "threshold": 3.0}},
-         "give threshold or fpr, not both (got threshold 3 and fpr 0.5)"),
-        ([tensor("instances", DIGIT)], {"parameters": {"binary_data_output": 1}},
-         "parameters.binary_data_output: expected true or false, got 1"),
-        ([tensor("instances", DIGIT)], {"outputs": [{"name": "kl", "parameters": {"binary_data": "yes"}}]},
-         "outputs[0].parameters.binary_data: expected true or false, got 'yes'"),
-        ([{"name": "instances", "shape": [1, -64], "datatype": "FP64", "data": [0] * 64}], {},
-         "inputs.0.shape.1: Input should be greater than or equal to 0 (got -64)"),
+        (
+            [tensor("instances", DIGIT)],
+            {"outputs": [{"name": "mu"}]},
+            "outputs[0]: digits-elbo has no output 'mu'; it has " + ", ".join(ELBO_OUTPUTS),
+        ),
+        (
+            [tensor("instances", DIGIT)],
+            {"parameters": {"samples": 3}},
+            "parameters: digits-elbo takes no parameter 'samples'; it takes binary_data_output, fpr, iw_samples, "
+            "n_samples, seed, threshold",
+        ),
+        (
+            [tensor("instances", DIGIT)],
+            {"parameters": {"n_samples": 0}},
+            "n_samples: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            [tensor("instances", DIGIT)],
+            {"parameters": {"seed": "7"}},
+            "seed: Input should be a valid integer (got '7')",
+        ),
+        (
+            [tensor("instances", DIGIT)],
+            {"parameters": {"fpr": 0.5, "threshold": 3.0}},
+            "give threshold or fpr, not both (got threshold 3 and fpr 0.5)",
+        ),
+        (
+            [tensor("instances", DIGIT)],
+            {"parameters": {"binary_data_output": 1}},
+            "parameters.binary_data_output: expected true or false, got 1",
+        ),
+        (
+            [tensor("instances", DIGIT)],
+            {"outputs": [{"name": "kl", "parameters": {"binary_data": "yes"}}]},
+            "outputs[0].parameters.binary_data: expected true or false, got 'yes'",
+        ),
+        (
+            [{"name": "instances", "shape": [1, -64], "datatype": "FP64", "data": [0] * 64}],
+            {},
+            "inputs.0.shape.1: Input should be greater than or equal to 0 (got -64)",
+        ),
         ([{"name": "instances", "shape": [1, 64], "data": [0] * 64}], {}, "inputs.0.datatype: Field required"),
     ],
 )
@@ -372,7 +485,9 @@ def test_bad_requests_are_400(digits_client, inputs, fields, message):
 
 
 def test_missing_inputs_field(digits_client):
-    assert error(digits_client.post("/v2/models/digits-encode/infer", json={"id": "1"}), 400) == "inputs: Field required"
+    assert (
+        error(digits_client.post("/v2/models/digits-encode/infer", json={"id": "1"}), 400) == "inputs: Field required"
+    )
 
 
 def test_wrong_latent_dimension(digits_client):
@@ -388,14 +503,17 @@ def test_unknown_model_is_404(digits_client):
 
 
 def test_malformed_json_is_400(digits_client):
-    response = digits_client.post("/v2/models/digits-elbo/infer", content=b"{inputs", headers={"content-type": "application/json"})
+    response = digits_client.post(
+        "/v2/models/digits-elbo/infer", content=b"{inputs", headers={"content-type": "application/json"}
+    )
     assert error(response, 400) == (
         "the inference header is not valid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)"
     )
 
 
-def binary_digit_request(size: int | None = None, extra: bytes = b"", header_length: str | None = None,
-                         data: bool = False) -> tuple[bytes, dict]:
+def binary_digit_request(
+    size: int | None = None, extra: bytes = b"", header_length: str | None = None, data: bool = False
+) -> tuple[bytes, dict]:
     description, raw = binary_tensor("instances", DIGIT)
     if size is not None:
         description["parameters"]["binary_data_size"] = size
@@ -410,15 +528,32 @@ def binary_digit_request(size: int | None = None, extra: bytes = b"", header_len
 @pytest.mark.parametrize(
     "request_args, message",
     [
-        (dict(header_length="abc"),
-         "Inference-Header-Content-Length: expected the JSON header's length in bytes, got 'abc'"),
-        (dict(header_length="100000"),
-         "Inference-Header-Content-Length: 100000 bytes of JSON header, but the body has only {body} bytes"),
-        (dict(header_length="20"), "the inference header is not valid JSON: unexpected end of data: line 1 column 21 (char 20)"),
-        (dict(size=1024), "instances: parameters.binary_data_size is 1024 bytes, but only 512 bytes of binary data remain after the JSON header"),
-        (dict(size=256, extra=b""), "instances: shape [1, 64] of FP64 takes 512 bytes, but parameters.binary_data_size is 256"),
-        (dict(extra=b"\x00" * 8),
-         "the body has 8 bytes of binary data after the JSON header that no input claims (each binary input gives its parameters.binary_data_size)"),
+        (
+            dict(header_length="abc"),
+            "Inference-Header-Content-Length: expected the JSON header's length in bytes, got 'abc'",
+        ),
+        (
+            dict(header_length="100000"),
+            "Inference-Header-Content-Length: 100000 bytes of JSON header, but the body has only {body} bytes",
+        ),
+        (
+            dict(header_length="20"),
+            "the inference header is not valid JSON: unexpected end of data: line 1 column 21 (char 20)",
+        ),
+        (
+            dict(size=1024),
+            "instances: parameters.binary_data_size is 1024 bytes, "
+            "but only 512 bytes of binary data remain after the JSON header",
+        ),
+        (
+            dict(size=256, extra=b""),
+            "instances: shape [1, 64] of FP64 takes 512 bytes, but parameters.binary_data_size is 256",
+        ),
+        (
+            dict(extra=b"\x00" * 8),
+            "the body has 8 bytes of binary data after the JSON header that no input claims "
+            "(each binary input gives its parameters.binary_data_size)",
+        ),
         (dict(size=-1), "instances: parameters.binary_data_size: expected a number of bytes, got -1"),
         (dict(data=True), "instances: give data or parameters.binary_data_size, not both"),
     ],
@@ -454,8 +589,14 @@ def test_native_errors_keep_their_shape(digits_client):
 
 def test_infer_and_metadata_are_in_the_openapi_schema(digits_client):
     paths = digits_client.get("/openapi.json").json()["paths"]
-    assert {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}",
-            "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer"} <= set(paths)
+    assert {
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{model_name}",
+        "/v2/models/{model_name}/ready",
+        "/v2/models/{model_name}/infer",
+    } <= set(paths)
 
 
 # --- apps with other settings ----------------------------------------------------------------------------------
@@ -468,9 +609,14 @@ def test_api_key_guards_metadata_inference_and_model_readiness_not_health(digits
     body = {"inputs": [tensor("instances", DIGIT)]}
     good = {"authorization": "Bearer s3cret"}
     with app_client(digits_model_dir, api_key="s3cret") as client:
-        for response in (client.get("/v2"), client.get("/v2/models/digits-elbo"),
-                         client.post("/v2/models/digits-elbo/infer", json=body)):
-            assert error(response, 401) == "this service needs an API key: send the header `Authorization: Bearer <key>`"
+        for response in (
+            client.get("/v2"),
+            client.get("/v2/models/digits-elbo"),
+            client.post("/v2/models/digits-elbo/infer", json=body),
+        ):
+            assert (
+                error(response, 401) == "this service needs an API key: send the header `Authorization: Bearer <key>`"
+            )
             assert response.headers["www-authenticate"] == "Bearer"
         assert client.post("/v2/models/digits-elbo/infer", json=body, headers=good).status_code == 200
         assert client.get("/v2/models/digits-elbo", headers=good).status_code == 200
@@ -478,7 +624,10 @@ def test_api_key_guards_metadata_inference_and_model_readiness_not_health(digits
             assert client.get(path).status_code == 200, path
         # A model's readiness says which model names exist: behind the key, like its metadata.
         for path in ("/v2/models/digits-elbo/ready", "/v2/models/digits-elbo/versions/1/ready"):
-            assert error(client.get(path), 401) == "this service needs an API key: send the header `Authorization: Bearer <key>`"
+            assert (
+                error(client.get(path), 401)
+                == "this service needs an API key: send the header `Authorization: Bearer <key>`"
+            )
         assert client.get("/v2/models/digits-elbo/ready", headers=good).status_code == 200
 
 

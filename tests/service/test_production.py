@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from service.artifact import load_artifact
-from service.batching import MicroBatcher
-from service.observability import JsonFormatter
-from service.runtime import OnnxRuntime
-from service.settings import Settings
+from service.core.artifact import load_artifact
+from service.core.runtime import OnnxRuntime
+from service.http.batching import MicroBatcher
+from service.http.observability import JsonFormatter
+from service.http.settings import Settings
 
 DIGIT = [0.0] * 64
 
@@ -36,8 +36,12 @@ def test_api_key_guards_everything_but_health(make_client):
     missing = client.post("/elbo", json={"instances": [DIGIT]})
     assert error(missing, 401) == "this service needs an API key: send the header `Authorization: Bearer <key>`"
     assert missing.headers["www-authenticate"] == "Bearer"
-    assert client.post("/elbo", json={"instances": [DIGIT]}, headers={"authorization": "Bearer wrong"}).status_code == 401
-    assert client.post("/elbo", json={"instances": [DIGIT]}, headers={"authorization": "Basic s3cret"}).status_code == 401
+    assert (
+        client.post("/elbo", json={"instances": [DIGIT]}, headers={"authorization": "Bearer wrong"}).status_code == 401
+    )
+    assert (
+        client.post("/elbo", json={"instances": [DIGIT]}, headers={"authorization": "Basic s3cret"}).status_code == 401
+    )
     good = {"authorization": "Bearer s3cret"}
     assert client.post("/elbo", json={"instances": [DIGIT]}, headers=good).status_code == 200
     for path in ("/v1/model", "/metrics"):
@@ -104,7 +108,10 @@ def test_timeout_gives_503_and_the_server_stays_healthy(make_client, digits_mode
     runtime.slow = True
     response = client.post("/elbo", json={"instances": [DIGIT], "seed": 0})
     assert response.status_code == 503
-    assert response.json() == {"error": "the request did not finish within 0.1 s (VAE_REQUEST_TIMEOUT_S)", "code": "timeout"}
+    assert response.json() == {
+        "error": "the request did not finish within 0.1 s (VAE_REQUEST_TIMEOUT_S)",
+        "code": "timeout",
+    }
     assert response.headers["retry-after"] == "1"
     runtime.slow = False
     time.sleep(0.6)  # let the abandoned call finish in its thread
@@ -156,10 +163,13 @@ def test_metric_series_stay_fixed_whatever_the_paths(make_client, api_key):
     def made_up_requests(start: int, n: int) -> None:
         for i in range(start, start + n):
             assert client.get(f"/nope-{i}", headers=key).status_code == 404
-            assert client.get(f"/ui/page-{i}/", headers=key, follow_redirects=False).status_code == 307  # to /ui/page-{i}
+            assert (
+                client.get(f"/ui/page-{i}/", headers=key, follow_redirects=False).status_code == 307
+            )  # to /ui/page-{i}
             assert client.post(f"/big-{i}", content=b"x" * 4096, headers=key).status_code == 413
-            preflight = client.options(f"/cors-{i}", headers={
-                "origin": "https://ui.example", "access-control-request-method": "POST"})
+            preflight = client.options(
+                f"/cors-{i}", headers={"origin": "https://ui.example", "access-control-request-method": "POST"}
+            )
             assert preflight.status_code == 200
             assert client.get(f"/v2/models/m-{i}/ready", headers=key).status_code == 404
             assert client.get(f"/elbo-{i}").status_code == (401 if api_key else 404)
@@ -212,7 +222,11 @@ def test_one_structured_log_line_per_request(make_client):
     (record,) = collect.records
     fields = record.fields
     assert (fields["request_id"], fields["method"], fields["endpoint"], fields["status"], fields["batch_size"]) == (
-        "r-1", "POST", "/elbo", 200, 3
+        "r-1",
+        "POST",
+        "/elbo",
+        200,
+        3,
     )
     assert fields["latency_ms"] > 0
     line = json.loads(JsonFormatter().format(record))
@@ -221,7 +235,9 @@ def test_one_structured_log_line_per_request(make_client):
 
 # --- CORS ----------------------------------------------------------------------------------------------------
 def test_cors_is_off_by_default(make_client):
-    response = make_client().options("/elbo", headers={"origin": "https://a.example", "access-control-request-method": "POST"})
+    response = make_client().options(
+        "/elbo", headers={"origin": "https://a.example", "access-control-request-method": "POST"}
+    )
     assert "access-control-allow-origin" not in response.headers
 
 
@@ -299,4 +315,6 @@ def test_batched_and_unbatched_answers_agree(make_client):
     ]:
         a, b = on.post(path, json=body).json(), off.post(path, json=body).json()
         for key in a:
-            np.testing.assert_allclose(np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float), rtol=1e-6, atol=1e-6
+            )

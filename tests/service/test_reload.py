@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.artifact import MANIFEST_NAME, load_artifact
-from service.live_model import model_version
-from tests.service.test_load import start_server, stop
+from service.core.artifact import MANIFEST_NAME, load_artifact
+from service.http.live_model import model_version
+from tests.helpers import start_server, stop
 
 DIGITS = np.arange(128, dtype=np.float64).reshape(2, 64) % 17
 BODY = {"instances": DIGITS.tolist(), "n_samples": 4, "iw_samples": 8, "seed": 5}
@@ -25,7 +25,7 @@ BODY = {"instances": DIGITS.tolist(), "n_samples": 4, "iw_samples": 8, "seed": 5
 @pytest.fixture(scope="module")
 def second_model_dir(tmp_path_factory) -> Path:
     """Another digits model (another seed): what a new training run writes."""
-    from tests.conftest import FAST
+    from tests.helpers import FAST
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "digits-seed-7"
@@ -51,7 +51,10 @@ def live_dir(tmp_path, digits_model_dir) -> Path:
 
 
 def test_reload_swaps_in_the_new_model_and_names_the_version(start_app, live_dir, digits_model_dir, second_model_dir):
-    old_version, new_version = model_version(load_artifact(digits_model_dir)), model_version(load_artifact(second_model_dir))
+    old_version, new_version = (
+        model_version(load_artifact(digits_model_dir)),
+        model_version(load_artifact(second_model_dir)),
+    )
     assert old_version != new_version
     client = start_app(live_dir)
     before = client.post("/elbo", json=BODY)
@@ -106,7 +109,9 @@ def test_a_corrupt_model_is_refused_and_the_old_one_goes_on_serving(start_app, l
         f.write(b"\0")  # a file changed after export
 
     message = reload_failure(client)
-    assert message.startswith(f"the reload failed and version {version} goes on serving: {live_dir}/decoder.onnx fails its sha256 check")
+    assert message.startswith(
+        f"the reload failed and version {version} goes on serving: {live_dir}/decoder.onnx fails its sha256 check"
+    )
     assert message.endswith("it changed after export")
     assert client.post("/elbo", json=BODY).json() == before
     assert client.get("/readyz").status_code == 200
@@ -150,7 +155,9 @@ def test_reload_needs_the_api_key(start_app, live_dir):
     assert client.post("/v1/model/reload", json={}, headers={"authorization": "Bearer s3cret"}).status_code == 200
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
 def test_a_cross_site_simple_request_cannot_reload(start_app, live_dir, second_model_dir, content_type):
     """What any web page can send without a CORS preflight (no key set): refused with 415, nothing reloaded."""
     client = start_app(live_dir)

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.test_load import VAE, start_server, stop
+from tests.helpers import VAE, start_server, stop
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
@@ -39,7 +39,9 @@ def _request(sock: socket.socket, path: str = "/healthz") -> bytes:
         assert chunk, answer
         answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
@@ -74,12 +76,17 @@ def test_vae_serve_limits_concurrent_connections(digits_model_dir):
         stop(server)
 
 
-@pytest.mark.parametrize("flag, variable, value, message", [
-    ("--backlog", "VAE_BACKLOG", "0", "Input should be greater than or equal to 1 (got 0)"),
-    ("--limit-concurrency", "VAE_LIMIT_CONCURRENCY", "0", "Input should be greater than or equal to 1 (got 0)"),
-    ("--keep-alive-s", "VAE_KEEP_ALIVE_S", "0", "Input should be greater than 0 (got 0.0)"),
-])
+@pytest.mark.parametrize(
+    "flag, variable, value, message",
+    [
+        ("--backlog", "VAE_BACKLOG", "0", "Input should be greater than or equal to 1 (got 0)"),
+        ("--limit-concurrency", "VAE_LIMIT_CONCURRENCY", "0", "Input should be greater than or equal to 1 (got 0)"),
+        ("--keep-alive-s", "VAE_KEEP_ALIVE_S", "0", "Input should be greater than 0 (got 0.0)"),
+    ],
+)
 def test_vae_serve_refuses_a_bad_limit_with_one_line(digits_model_dir, flag, variable, value, message):
-    result = subprocess.run([VAE, "serve", str(digits_model_dir), flag, value], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [VAE, "serve", str(digits_model_dir), flag, value], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr == f"vae serve: invalid setting {variable}: {message}\n"

@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.api import web
-from service.app import create_app
-from service.settings import Settings
-from tests.service.test_load import start_server, stop
+from service.http.api import web
+from service.http.app import create_app
+from service.http.settings import Settings
+from tests.helpers import start_server, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -45,11 +45,14 @@ def keyed_client(digits_model_dir):
         yield client
 
 
-@pytest.mark.parametrize(("path", "media_type"), [
-    ("/", "text/html; charset=utf-8"),
-    ("/ui/app.js", "text/javascript; charset=utf-8"),
-    ("/ui/style.css", "text/css; charset=utf-8"),
-])
+@pytest.mark.parametrize(
+    ("path", "media_type"),
+    [
+        ("/", "text/html; charset=utf-8"),
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+    ],
+)
 def test_page_files_are_public(keyed_client, path, media_type):
     response = keyed_client.get(path)
     assert response.status_code == 200
@@ -87,16 +90,19 @@ def test_report_picture_is_served(client, digits_model_dir):
     assert response.content == (digits_model_dir / "report" / "curves.png").read_bytes()
 
 
-@pytest.mark.parametrize("name", [
-    "missing.png",          # allowed name, no such file
-    "index.html",           # in report/, but not a picture
-    "manifest.json",        # in the model directory, not in report/
-    ".hidden.png",
-    "..%2Fmanifest.json",   # an encoded separator
-    "%2E%2E%2Fmanifest.json",
-    "..%5Cmanifest.json",   # a backslash
-    "curves.png%00.txt",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "missing.png",  # allowed name, no such file
+        "index.html",  # in report/, but not a picture
+        "manifest.json",  # in the model directory, not in report/
+        ".hidden.png",
+        "..%2Fmanifest.json",  # an encoded separator
+        "%2E%2E%2Fmanifest.json",
+        "..%5Cmanifest.json",  # a backslash
+        "curves.png%00.txt",
+    ],
+)
 def test_report_refuses_other_names_with_404(client, name):
     response = client.get(f"/v1/model/report/{name}")
     assert response.status_code == 404
@@ -159,18 +165,27 @@ def browser(request, tmp_path_factory):
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():  # past the output capture: seen even in -q runs
-                reporter.write_line("!!!!! chromium is missing: the web page was not tested in a browser !!!!!",
-                                    red=True, bold=True)
+                reporter.write_line(
+                    "!!!!! chromium is missing: the web page was not tested in a browser !!!!!", red=True, bold=True
+                )
         pytest.skip("chromium and chromedriver are missing (`make system` installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1200,1600",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,1600",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT_S)
@@ -194,7 +209,8 @@ def _wait(driver, css: str, condition=None):
 
 def _loaded_image(element) -> bool:
     return element.get_attribute("src") and element.parent.execute_script(
-        "return arguments[0].complete && arguments[0].naturalWidth > 0", element)
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", element
+    )
 
 
 def _assert_not_blank(png: bytes, min_colours: int):
@@ -268,8 +284,11 @@ def test_page_scores_an_uploaded_digit(browser, digits_server, tmp_path):
     # The page sent the form's seed and n_samples: the same upload straight to /elbo gives the same numbers.
     seed = browser.find_element(By.ID, "opt-seed").get_attribute("value")
     n_samples = browser.find_element(By.ID, "opt-n-samples").get_attribute("value")
-    direct = httpx.post(f"{digits_server}/elbo", files=[("files", ("digit.png", digit.read_bytes(), "image/png"))],
-                        data={"seed": seed, "n_samples": n_samples}).json()
+    direct = httpx.post(
+        f"{digits_server}/elbo",
+        files=[("files", ("digit.png", digit.read_bytes(), "image/png"))],
+        data={"seed": seed, "n_samples": n_samples},
+    ).json()
     assert _value(score) == direct["anomaly_score"][0]
     assert _value(p_value) == direct["p_value"][0]
     assert float(score.text) == pytest.approx(direct["anomaly_score"][0], rel=1e-3)
@@ -278,8 +297,9 @@ def test_page_scores_an_uploaded_digit(browser, digits_server, tmp_path):
     assert f"threshold {card['threshold']:.4g}" in verdict.text
 
     # The same image dropped on the drop zone: a second card with the same numbers.
-    browser.execute_script(DROP, "dropped.png", base64.b64encode(digit.read_bytes()).decode(),
-                           browser.find_element(By.ID, "drop-zone"))
+    browser.execute_script(
+        DROP, "dropped.png", base64.b64encode(digit.read_bytes()).decode(), browser.find_element(By.ID, "drop-zone")
+    )
     dropped = _wait(browser, '.result[data-file="dropped.png"]', lambda e: e.get_attribute("data-state") == "done")
     assert _value(dropped.find_element(By.CSS_SELECTOR, 'dd[data-field="anomaly_score"]')) == _value(score)
 
@@ -324,7 +344,9 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
         row = _wait(browser, "#table-results tbody tr")
         auth = {"authorization": "Bearer s3cret"}
         instance = [float(v) for v in lines[1].split(",")]
-        direct = httpx.post(f"{base}/elbo", json={"instances": [instance], "seed": 0, "n_samples": 8}, headers=auth).json()
+        direct = httpx.post(
+            f"{base}/elbo", json={"instances": [instance], "seed": 0, "n_samples": 8}, headers=auth
+        ).json()
         cell = lambda name: row.find_element(By.CSS_SELECTOR, f'td[data-field="{name}"]')  # noqa: E731
         assert _value(cell("elbo")) == direct["elbo"][0]
         assert _value(cell("anomaly_score")) == direct["anomaly_score"][0]
@@ -352,7 +374,7 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
 
 def test_page_says_why_the_false_alarm_rate_is_not_the_default(browser, tmp_path):
     """A 50-row table: the calibration split supports no rate below 1/13, and K is chosen from the data."""
-    from tests.conftest import write_tabular_csv
+    from tests.helpers import write_tabular_csv
     from training.train import TrainConfig, train
 
     data = write_tabular_csv(tmp_path / "small.csv", n=50)

@@ -48,7 +48,9 @@ def test_csv_with_and_without_header(tmp_path):
 
 
 def test_csv_label_column_by_name_and_index(tmp_path):
-    (tmp_path / "l.csv").write_text("a,label,b\n" + "\n".join(f"{i},{'odd' if i % 2 else 'even'},{i}" for i in range(10)))
+    (tmp_path / "l.csv").write_text(
+        "a,label,b\n" + "\n".join(f"{i},{'odd' if i % 2 else 'even'},{i}" for i in range(10))
+    )
     data = load_dataset(str(tmp_path / "l.csv"), label_column="label")
     assert data.x.shape == (10, 2) and data.y[:3].tolist() == ["even", "odd", "even"]
     assert load_dataset(str(tmp_path / "l.csv"), label_column="1").y[1] == "odd"
@@ -59,7 +61,10 @@ def test_missing_file(tmp_path):
 
 
 def test_unsupported_source():
-    assert error_of("data.parquet") == "data.parquet: unsupported data source; expected 'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
+    assert (
+        error_of("data.parquet") == "data.parquet: unsupported data source; "
+        "expected 'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
+    )
 
 
 def test_corrupt_npy(tmp_path):
@@ -69,17 +74,25 @@ def test_corrupt_npy(tmp_path):
 
 def test_npz_without_x(tmp_path):
     np.savez(tmp_path / "d.npz", features=np.ones((10, 3)))
-    assert error_of(tmp_path / "d.npz") == f"{tmp_path / 'd.npz'}: expected an array named 'x' (and optionally 'y'); found ['features']"
+    assert (
+        error_of(tmp_path / "d.npz")
+        == f"{tmp_path / 'd.npz'}: expected an array named 'x' (and optionally 'y'); found ['features']"
+    )
 
 
 def test_npz_with_mismatched_labels(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((10, 3)), y=np.arange(9))
-    assert error_of(tmp_path / "d.npz") == f"{tmp_path / 'd.npz'}: expected labels y with one value per row (10), got shape (9,)"
+    assert (
+        error_of(tmp_path / "d.npz")
+        == f"{tmp_path / 'd.npz'}: expected labels y with one value per row (10), got shape (9,)"
+    )
 
 
 def test_wrong_number_of_dimensions(tmp_path):
     np.save(tmp_path / "v.npy", np.ones(20))
-    assert error_of(tmp_path / "v.npy") == f"{tmp_path / 'v.npy'}: expected 2-D N×D or 4-D N×C×H×W data, got shape (20,)"
+    assert (
+        error_of(tmp_path / "v.npy") == f"{tmp_path / 'v.npy'}: expected 2-D N×D or 4-D N×C×H×W data, got shape (20,)"
+    )
 
 
 def test_non_numeric_array(tmp_path):
@@ -98,7 +111,10 @@ def test_nan_and_inf(tmp_path):
     x = np.ones((12, 2))
     x[3, 1], x[8, 0] = np.nan, np.inf
     np.save(tmp_path / "n.npy", x)
-    assert error_of(tmp_path / "n.npy") == f"{tmp_path / 'n.npy'}: 2 values are NaN or infinite, in 2 rows; the first is row 3"
+    assert (
+        error_of(tmp_path / "n.npy")
+        == f"{tmp_path / 'n.npy'}: 2 values are NaN or infinite, in 2 rows; the first is row 3"
+    )
 
 
 def test_ragged_csv(tmp_path):
@@ -118,7 +134,10 @@ def test_empty_csv(tmp_path):
 
 def test_unknown_label_column(tmp_path):
     (tmp_path / "l.csv").write_text("a,b\n" + "\n".join(f"{i},{i}" for i in range(10)))
-    assert error_of(tmp_path / "l.csv", label_column="y") == f"{tmp_path / 'l.csv'}: label column 'y' not found; the columns are ['a', 'b']"
+    assert (
+        error_of(tmp_path / "l.csv", label_column="y")
+        == f"{tmp_path / 'l.csv'}: label column 'y' not found; the columns are ['a', 'b']"
+    )
 
 
 def test_bernoulli_preprocessing_maps_the_range_onto_unit_interval():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_png_folder, write_tabular_csv
+from tests.helpers import write_png_folder, write_tabular_csv
 from training.data import Dataset
 from training.plan import ConfigError, latent_ladder, plan_training, schedule
 from training.train_config import TrainConfig
@@ -86,7 +86,9 @@ def test_too_few_rows_names_both_numbers(tmp_path):
     np.save(tmp_path / "nine.npy", np.ones((9, 3), dtype=np.float32))
     result = subprocess.run(
         [VAE, "train", "--data", str(tmp_path / "nine.npy"), "--out", str(tmp_path / "m")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"vae train: {tmp_path / 'nine.npy'}: expected at least 10 rows, got 9"
@@ -95,7 +97,9 @@ def test_too_few_rows_names_both_numbers(tmp_path):
 def _train_with_no_flags(data: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [VAE, "train", "--data", str(data), "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
@@ -121,8 +125,12 @@ def default_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProces
 @pytest.mark.parametrize(
     "name, n_cal, fpr",
     [
-        ("table-20", 5, 1 / 6), ("table-50", 12, 1 / 13), ("table-214", 53, 1 / 54), ("table-1000", 100, 0.01),
-        ("png-60", 15, 1 / 16), ("wide-784", 30, 1 / 31),
+        ("table-20", 5, 1 / 6),
+        ("table-50", 12, 1 / 13),
+        ("table-214", 53, 1 / 54),
+        ("table-1000", 100, 0.01),
+        ("png-60", 15, 1 / 16),
+        ("wide-784", 30, 1 / 31),
     ],
 )
 def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr):

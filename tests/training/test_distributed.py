@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.artifact import load_artifact
+from service.core.artifact import load_artifact
 from training.distributed import DeviceError, World, resolve_device
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -23,7 +23,19 @@ VAE = str(Path(sys.executable).with_name("vae"))
 # on this machine holds it (torch 2.13, pinned here, picks localhost:0 for one node on its own).
 TORCHRUN_2 = [TORCHRUN, "--standalone", "--nproc-per-node", "2"]
 DEFAULT_RENDEZVOUS_PORT = 29500
-COMMON = ["--data", "digits", "--epochs", "8", "--hidden", "64,32", "--latent-dim", "4", "--patience", "50", "--no-progress"]
+COMMON = [
+    "--data",
+    "digits",
+    "--epochs",
+    "8",
+    "--hidden",
+    "64,32",
+    "--latent-dim",
+    "4",
+    "--patience",
+    "50",
+    "--no-progress",
+]
 
 
 @contextmanager
@@ -44,7 +56,9 @@ def train_two_processes(out: Path) -> subprocess.CompletedProcess:
     with default_port_taken():
         result = subprocess.run(
             [*TORCHRUN_2, "-m", "training.train", *COMMON, "--batch-size", "64", "--out", str(out)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     assert result.returncode == 0, f"torchrun exited {result.returncode}:\n{result.stderr[-3000:]}"
     return result
@@ -59,8 +73,9 @@ def two_process_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "model"
-    result = subprocess.run([VAE, "train", *COMMON, "--batch-size", "128", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [VAE, "train", *COMMON, "--batch-size", "128", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -83,7 +98,7 @@ def test_two_processes_match_one_within_tolerance(two_process_run, one_process_r
 def test_validation_metrics_are_identical_on_every_process(two_process_run):
     # Both processes stop at the same epoch only if they saw the same all-reduced metrics; the history
     # is the main process's, and it covers every validation row.
-    history = [json.loads(l) for l in (two_process_run[0] / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (two_process_run[0] / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 8 and all("val_elbo" in row for row in history)
 
 
@@ -116,8 +131,13 @@ def test_threads_sets_torchs_cpu_threads(tmp_path):
         "hidden=[16], latent_dim=2, threads=1, progress=False, score_iw_samples=4)); "
         "print(default, torch.get_num_threads())"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["2", "1"]
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())

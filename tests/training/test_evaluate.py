@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from service.artifact import load_artifact
-from service.engine import VaeEngine, score_in_chunks
-from service.runtime import OnnxRuntime
+from service.core.artifact import load_artifact
+from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
+from service.core.runtime import OnnxRuntime
 from training.data import DataError
 from training.evaluate import evaluate
 
@@ -31,7 +31,7 @@ def labelled(tmp_path_factory, calibration_setup):
     path = tmp_path_factory.mktemp("eval") / "labelled.csv"
     with path.open("w") as f:
         f.write(",".join(f"p{i}" for i in range(64)) + ",kind\n")
-        for row, label in zip(rows, labels):
+        for row, label in zip(rows, labels, strict=False):
             f.write(",".join(f"{v:g}" for v in row) + f",{label}\n")
     return path, rows, np.array([0] * len(fresh) + [1] * len(noise))
 
@@ -42,7 +42,7 @@ def test_auroc_equals_scikit_learns_on_the_same_scores(calibration_setup, labell
     report = evaluate(model_dir, str(path), label_column="kind", normal_label="normal", seed=3, progress=False)
     artifact = load_artifact(model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
-    scores = -np.concatenate([s.log_likelihood for s in score_in_chunks(engine, rows, seed=3)])
+    scores = -np.concatenate([s.log_likelihood for s in score_in_chunks(engine, rows, ElboOptions(seed=3))])
     assert report["auroc"] == roc_auc_score(labels, scores)
     assert report["auprc"] == average_precision_score(labels, scores)
     assert report["auroc"] > 0.95  # uniform noise is far from any digit
@@ -64,9 +64,25 @@ def test_cli_prints_json_and_writes_the_plot(calibration_setup, labelled, tmp_pa
     path, _, _ = labelled
     plot = tmp_path / "scores.png"
     result = subprocess.run(
-        [VAE, "evaluate", str(model_dir), "--data", str(path), "--label-column", "kind", "--normal-label", "normal",
-         "--iw-samples", "5", "--plot", str(plot), "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        [
+            VAE,
+            "evaluate",
+            str(model_dir),
+            "--data",
+            str(path),
+            "--label-column",
+            "kind",
+            "--normal-label",
+            "normal",
+            "--iw-samples",
+            "5",
+            "--plot",
+            str(plot),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -92,6 +108,8 @@ def test_data_of_the_wrong_shape(calibration_setup, tabular_csv):
 
 
 def test_cli_names_a_missing_model_directory(tmp_path):
-    result = subprocess.run([VAE, "evaluate", str(tmp_path / "none"), "--data", "digits"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [VAE, "evaluate", str(tmp_path / "none"), "--data", "digits"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"vae evaluate: model directory {tmp_path / 'none'} does not exist"

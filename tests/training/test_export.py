@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
-from service.artifact import PARITY_TOLERANCE, load_artifact, sha256_file
+from service.core.artifact import PARITY_TOLERANCE, load_artifact, sha256_file
 from training import export
 from training.export import ExportError, export_model_dir, load_checkpoint, model_from_checkpoint
 
-EXPECTED_FILES = {"checkpoint.pt", "decoder.onnx", "decoder.pt", "encoder.onnx", "encoder.pt", "manifest.json", "metrics.jsonl", "validation_sample.npz"}
+EXPECTED_FILES = {
+    "checkpoint.pt",
+    "decoder.onnx",
+    "decoder.pt",
+    "encoder.onnx",
+    "encoder.pt",
+    "manifest.json",
+    "metrics.jsonl",
+    "validation_sample.npz",
+}
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])
@@ -23,14 +31,21 @@ def test_directory_holds_every_file_with_its_sha256(model_dirs, model):
     assert {p.name for p in model_dir.iterdir() if p.is_file()} == EXPECTED_FILES
     assert (model_dir / "report" / "index.html").is_file()  # pictures: outside the verified files
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    assert manifest["files"] == {name: sha256_file(model_dir / name) for name in sorted(EXPECTED_FILES - {"manifest.json"})}
+    assert manifest["files"] == {
+        name: sha256_file(model_dir / name) for name in sorted(EXPECTED_FILES - {"manifest.json"})
+    }
 
 
 def test_manifest_describes_the_digits_model(digits_model_dir):
     m = load_artifact(digits_model_dir).manifest
     assert (m.input_shape, m.latent_dim, m.likelihood) == ([1, 8, 8], 4, "bernoulli")
     assert m.preprocessing.model_dump() == {"offset": 0.0, "scale": 16.0}
-    assert m.graphs.encoder.model_dump() == {"onnx": "encoder.onnx", "torchscript": "encoder.pt", "inputs": ["x"], "outputs": ["mu", "logvar"]}
+    assert m.graphs.encoder.model_dump() == {
+        "onnx": "encoder.onnx",
+        "torchscript": "encoder.pt",
+        "inputs": ["x"],
+        "outputs": ["mu", "logvar"],
+    }
     assert m.graphs.decoder.outputs == ["logits"]
     assert m.training.data_source == "digits" and m.training.seed == 0 and m.training.epochs == 12
     assert m.training.config["hidden"] == [64, 32]
@@ -70,7 +85,7 @@ def test_both_formats_match_the_eager_model_at_any_batch_size(model_dirs, model)
                 (eager.encode(x), encoder_ts(x), encoder_onnx.run(None, {"x": x.numpy()})),
                 (eager.decode(z), decoder_ts(z), decoder_onnx.run(None, {"z": z.numpy()})),
             ]:
-                for e, t, o in zip(expected, ts, ox):
+                for e, t, o in zip(expected, ts, ox, strict=False):
                     torch.testing.assert_close(t, e, rtol=0, atol=1e-5)
                     np.testing.assert_allclose(o, e.numpy(), rtol=0, atol=1e-4)
 
@@ -155,13 +170,21 @@ def test_load_checkpoint_names_the_bad_file(tmp_path):
     ],
 )
 def test_every_model_form_exports_with_parity_and_a_chosen_k(tmp_path, architecture, hidden, likelihood, noise):
-    from service.artifact import Preprocessing, TrainingSummary
+    from service.core.artifact import Preprocessing, TrainingSummary
     from training.model import VAE, ModelConfig
 
     torch.manual_seed(0)
     shape = [1, 5, 4]
-    model = VAE(ModelConfig(input_shape=shape, latent_dim=2, hidden=hidden, likelihood=likelihood,
-                            architecture=architecture, noise=noise)).eval()
+    model = VAE(
+        ModelConfig(
+            input_shape=shape,
+            latent_dim=2,
+            hidden=hidden,
+            likelihood=likelihood,
+            architecture=architecture,
+            noise=noise,
+        )
+    ).eval()
     summary = TrainingSummary(data_source="test", seed=0, epochs=0, best_epoch=0, best_val_elbo=0.0, config={})
     checkpoint = export.make_checkpoint(model, Preprocessing(offset=0.0, scale=1.0), summary, [])
     x = np.random.default_rng(0).random((40, *shape)).astype(np.float32)

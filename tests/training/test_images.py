@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.artifact import PARITY_TOLERANCE, load_artifact
+from service.core.artifact import PARITY_TOLERANCE, load_artifact
 from training.data import DataError, load_dataset
 from training.export import load_checkpoint, model_from_checkpoint
 from training.model import VAE, ModelConfig

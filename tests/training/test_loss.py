@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from service import scoring
+from service.core.artifact import Manifest, Preprocessing
+from service.core.engine import ElboOptions, VaeEngine
 from training.loss import (
     bernoulli_log_prob,
     elbo_terms,
@@ -28,7 +29,9 @@ def test_kl_matches_a_monte_carlo_estimate():
     mu = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
     logvar = torch.tensor([[0.2, -0.7, 0.0]], dtype=torch.float64)
     q = Normal(mu, torch.exp(0.5 * logvar))
-    z = q.sample((400_000,), )  # (N, 1, 3)
+    z = q.sample(
+        (400_000,),
+    )  # (N, 1, 3)
     log_ratio = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum(-1)  # ln q(z|x) - ln p(z)
     estimate, stderr = log_ratio.mean().item(), log_ratio.std().item() / math.sqrt(len(z))
     exact = kl_to_standard_normal(mu, logvar).item()
@@ -62,29 +65,59 @@ def test_gaussian_log_prob_matches_torch_distributions():
     torch.testing.assert_close(gaussian_log_prob(x, mean, logvar), expected, rtol=0, atol=1e-5)
 
 
+class _EagerRuntime:
+    """The service's Runtime protocol over the eager torch model, so the engine the service runs scores it."""
+
+    name = "eager"
+
+    def __init__(self, model: VAE) -> None:
+        self.model = model
+
+    def encode(self, x):
+        with torch.no_grad():
+            mu, logvar = self.model.encode(torch.from_numpy(x))
+        return mu.numpy(), logvar.numpy()
+
+    def decode(self, z):
+        with torch.no_grad():
+            return tuple(t.numpy() for t in self.model.decode(torch.from_numpy(z)))
+
+
+def _engine(model: VAE, scale: float) -> VaeEngine:
+    """A VaeEngine over the eager model; a gaussian model's scale gives a log-Jacobian of -ln scale per feature."""
+    config = model.config
+    manifest = Manifest.model_construct(
+        input_shape=list(config.input_shape),
+        latent_dim=config.latent_dim,
+        likelihood=config.likelihood,
+        preprocessing=Preprocessing(offset=0.0, scale=scale),
+        scoring=None,
+    )
+    return VaeEngine(manifest, _EagerRuntime(model))
+
+
+def _engine_noise(seed: int, batch: int, n_samples: int, iw_samples: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The engine's noise for a seed: the ELBO's draws, then L_K's, each (B, L, d) -> torch's (L, B, d)."""
+    rng = np.random.default_rng(seed)
+    eps = rng.standard_normal((batch, n_samples, d), dtype=np.float32)
+    eps_iw = rng.standard_normal((batch, iw_samples, d), dtype=np.float32)
+    return torch.from_numpy(eps).permute(1, 0, 2), torch.from_numpy(eps_iw).permute(1, 0, 2)
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_elbo_terms_match_the_numpy_scoring_module(likelihood):
+def test_elbo_terms_match_the_engine_the_service_runs(likelihood):
     torch.manual_seed(0)
     model = VAE(ModelConfig(input_shape=[2, 3], latent_dim=3, hidden=[16], likelihood=likelihood)).eval()
     x = torch.rand(5, 2, 3)
-    eps = torch.randn(4, 5, 3)  # (L, B, d)
+    # The engine moves a gaussian density to raw units by -ln scale per feature: 6 x -0.125 = -0.75.
+    # Bernoulli likelihoods are probabilities of the scaled values and take no change of variables.
+    scale, log_jacobian = (math.exp(0.125), -0.75) if likelihood == "gaussian" else (1.0, 0.0)
+    eps, _ = _engine_noise(seed=7, batch=5, n_samples=4, iw_samples=1, d=3)  # (L, B, d)
     with torch.no_grad():
-        terms = elbo_terms(model, x, eps, log_jacobian=-0.75)
-        mu, logvar = model.encode(x)
+        terms = elbo_terms(model, x, eps, log_jacobian=log_jacobian)
 
-    def decode(z):
-        with torch.no_grad():
-            return tuple(t.numpy() for t in model.decode(torch.from_numpy(z)))
-
-    result = scoring.elbo(
-        x.reshape(5, -1).double().numpy(),
-        mu.numpy(),
-        logvar.numpy(),
-        eps.permute(1, 0, 2).numpy(),  # numpy scoring takes (B, L, d)
-        decode,
-        likelihood,
-        log_jacobian=np.full(6, -0.125),  # sums to -0.75
-    )
+    x_raw = x.reshape(5, -1).double().numpy() * scale
+    result = _engine(model, scale).elbo(x_raw, ElboOptions(n_samples=4, seed=7, iw_samples=1))
     np.testing.assert_allclose(result.reconstruction, terms.reconstruction.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(result.kl, terms.kl.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(result.elbo, terms.elbo.numpy(), rtol=0, atol=1e-4)
@@ -114,29 +147,25 @@ def test_free_bits_floor_each_dimensions_mean_kl():
     assert terms.loss(free_bits=0.1).item() == 18.0
 
 
-@pytest.mark.parametrize("likelihood, noise", [("bernoulli", "feature"), ("gaussian", "feature"), ("gaussian", "shared")])
-def test_importance_weighted_bound_matches_the_numpy_scoring_module(likelihood, noise):
+@pytest.mark.parametrize(
+    "likelihood, noise", [("bernoulli", "feature"), ("gaussian", "feature"), ("gaussian", "shared")]
+)
+def test_importance_weighted_bound_matches_the_engine_the_service_runs(likelihood, noise):
     from training.loss import importance_weighted_bound
 
     torch.manual_seed(1)
-    config = ModelConfig(input_shape=[6], latent_dim=3, hidden=[] if noise == "shared" else [16],
-                         likelihood=likelihood, noise=noise)
+    config = ModelConfig(
+        input_shape=[6], latent_dim=3, hidden=[] if noise == "shared" else [16], likelihood=likelihood, noise=noise
+    )
     model = VAE(config).eval()
     x = torch.rand(5, 6)
-    eps = torch.randn(7, 5, 3)  # (K, B, d)
+    scale, log_jacobian = (math.exp(0.125), -0.75) if likelihood == "gaussian" else (1.0, 0.0)
+    _, eps = _engine_noise(seed=11, batch=5, n_samples=1, iw_samples=7, d=3)  # (K, B, d)
     with torch.no_grad():
-        bound = importance_weighted_bound(model, x, eps, log_jacobian=-0.75)
-        mu, logvar = model.encode(x)
+        bound = importance_weighted_bound(model, x, eps, log_jacobian=log_jacobian)
 
-    def decode(z):
-        with torch.no_grad():
-            return tuple(t.numpy() for t in model.decode(torch.from_numpy(z)))
-
-    expected = scoring.importance_weighted_bound(
-        x.double().numpy(), mu.numpy(), logvar.numpy(), eps.permute(1, 0, 2).numpy(), decode, likelihood,
-        log_jacobian=np.full(6, -0.125),
-    )
-    np.testing.assert_allclose(bound.numpy(), expected, rtol=0, atol=1e-4)
+    expected = _engine(model, scale).elbo(x.double().numpy() * scale, ElboOptions(n_samples=1, seed=11, iw_samples=7))
+    np.testing.assert_allclose(bound.numpy(), expected.log_likelihood, rtol=0, atol=1e-4)
 
 
 def test_a_shared_noise_decoder_has_one_variance_for_every_feature():

@@ -13,8 +13,13 @@ from PIL import Image
 from training.report import PICTURES
 
 VAE = str(Path(sys.executable).with_name("vae"))
-SIZES = {"curves.png": (1200, 360), "reconstructions.png": (1200, 300), "samples.png": (800, 420),
-         "latents.png": (600, 500), "calibration.png": (700, 400)}
+SIZES = {
+    "curves.png": (1200, 360),
+    "reconstructions.png": (1200, 300),
+    "samples.png": (800, 420),
+    "latents.png": (600, 500),
+    "calibration.png": (700, 400),
+}
 
 
 @pytest.mark.parametrize("fixture", ["digits_model_dir", "tabular_model_dir", "conv_png_model_dir"])

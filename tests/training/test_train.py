@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import FAST
 from training.export import load_checkpoint
 from training.train import TrainConfig, split_indices, train
-from tests.conftest import FAST
 
 VAE = str(Path(sys.executable).with_name("vae"))
 
@@ -22,8 +22,17 @@ def test_validation_elbo_improves_on_the_first_epoch(digits_model_dir):
     assert len(history) == 12
     assert max(row["val_elbo"] for row in history[1:]) > history[0]["val_elbo"] + 5.0  # nats
     assert set(history[0]) == {
-        "epoch", "train_loss", "train_elbo", "train_reconstruction", "train_kl", "train_beta",
-        "val_elbo", "val_reconstruction", "val_kl", "active_units", "seconds",
+        "epoch",
+        "train_loss",
+        "train_elbo",
+        "train_reconstruction",
+        "train_kl",
+        "train_beta",
+        "val_elbo",
+        "val_reconstruction",
+        "val_kl",
+        "active_units",
+        "seconds",
     }
     for row in history:
         assert row["val_elbo"] == pytest.approx(row["val_reconstruction"] - row["val_kl"], abs=1e-3)
@@ -46,7 +55,13 @@ def test_same_seed_same_weights_and_numbers(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert (a.dir / "metrics.jsonl").read_text().replace("seconds", "") != ""
-    strip = lambda d: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in (d / "metrics.jsonl").read_text().splitlines()]
+
+    def strip(d):
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (d / "metrics.jsonl").read_text().splitlines()
+        ]
+
     assert strip(a.dir) == strip(b.dir)
 
 
@@ -67,17 +82,33 @@ def test_help_shows_every_default():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for flag, default in [
-        ("--data", "digits"), ("--latent-dim", "chosen from 1, 2, 4, ... 32 by held-out L_K"),
-        ("--hidden", "a linear model and an MLP sized from the features are both fitted and the better by "
-                     "held-out L_K kept; 32,64 for conv"),
+        ("--data", "digits"),
+        ("--latent-dim", "chosen from 1, 2, 4, ... 32 by held-out L_K"),
+        (
+            "--hidden",
+            "a linear model and an MLP sized from the features are both fitted and the better by "
+            "held-out L_K kept; 32,64 for conv",
+        ),
         ("--epochs", "about 8000 gradient steps' worth, 50 to 3000"),
-        ("--batch-size", "training rows / 8, within 16 to 128"), ("--lr", "0.003"), ("--beta", "1.0"), ("--seed", "0"),
-        ("--val-fraction", "0.1"), ("--out", "models/digits"), ("--likelihood", "bernoulli for digits, gaussian for files"),
-        ("--noise", "shared"), ("--scaling", "range for pixels, C x H x W, standard for tables"),
-        ("--fpr", "0.01, or the smallest rate the calibration split supports when it is too small; an explicit "
-                  "rate it cannot support is an error"),
-        ("--score-iw-samples", "the smallest K in 1, 2, 4, ... 256 whose Monte Carlo noise is at most 10% of the "
-                               "calibration scores' interquartile range"),
+        ("--batch-size", "training rows / 8, within 16 to 128"),
+        ("--lr", "0.003"),
+        ("--beta", "1.0"),
+        ("--seed", "0"),
+        ("--val-fraction", "0.1"),
+        ("--out", "models/digits"),
+        ("--likelihood", "bernoulli for digits, gaussian for files"),
+        ("--noise", "shared"),
+        ("--scaling", "range for pixels, C x H x W, standard for tables"),
+        (
+            "--fpr",
+            "0.01, or the smallest rate the calibration split supports when it is too small; an explicit "
+            "rate it cannot support is an error",
+        ),
+        (
+            "--score-iw-samples",
+            "the smallest K in 1, 2, 4, ... 256 whose Monte Carlo noise is at most 10% of the "
+            "calibration scores' interquartile range",
+        ),
     ]:
         assert flag in text
         assert f"(default: {default})" in text, flag
@@ -92,7 +123,9 @@ def test_help_shows_every_default():
     ],
 )
 def test_cli_errors_name_the_problem(tmp_path, args, message):
-    result = subprocess.run([VAE, "train", "--out", str(tmp_path / "m"), *args], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [VAE, "train", "--out", str(tmp_path / "m"), *args], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "m").exists()
@@ -101,8 +134,22 @@ def test_cli_errors_name_the_problem(tmp_path, args, message):
 def test_cli_trains_a_csv_with_gaussian_default(tmp_path, tabular_csv):
     out = tmp_path / "m"
     result = subprocess.run(
-        [VAE, "train", "--data", str(tabular_csv), "--out", str(out), "--epochs", "2", "--hidden", "16", "--no-progress"],
-        capture_output=True, text=True, timeout=300,
+        [
+            VAE,
+            "train",
+            "--data",
+            str(tabular_csv),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {out}: best validation ELBO ")
@@ -115,7 +162,7 @@ def test_kl_warmup_ramps_beta_from_zero(tmp_path):
     assert [beta_at(e, 2.0, 4) for e in (1, 2, 3, 5, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
     assert beta_at(1, 1.0, 0) == 1.0
     artifact = train(TrainConfig(data="digits", out=str(tmp_path / "m"), kl_warmup=2, **dict(FAST, epochs=3)))
-    history = [json.loads(l) for l in (artifact.dir / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (artifact.dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["train_beta"] for row in history] == [0.0, 0.5, 1.0]
 
 
@@ -123,7 +170,10 @@ def test_free_bits_keep_latent_units_active(tmp_path):
     common = dict(FAST, epochs=8, latent_dim=8, beta=4.0)  # a heavy KL weight collapses units
     plain = train(TrainConfig(data="digits", out=str(tmp_path / "plain"), **common))
     guarded = train(TrainConfig(data="digits", out=str(tmp_path / "guarded"), free_bits=2.0, **common))
-    last = lambda a: json.loads((a.dir / "metrics.jsonl").read_text().splitlines()[-1])["active_units"]
+
+    def last(a):
+        return json.loads((a.dir / "metrics.jsonl").read_text().splitlines()[-1])["active_units"]
+
     assert last(plain) == 0 and last(guarded) >= 3  # measured: 0 and 6
 
 

@@ -1,0 +1,462 @@
+"""The model as the API sees it: encode, sample, decode and elbo in raw units. Knows nothing of HTTP.
+
+Requests arrive as validated arrays in raw units; the engine applies the manifest's preprocessing,
+runs the runtime's networks, draws the noise from the request's seeded generator, and maps results
+back to raw units.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from service.core import scoring
+from service.core.artifact import Calibration, Manifest
+from service.core.errors import InvalidInput, LimitExceeded, ModelNotReady, Timeout
+from service.core.runtime import Runtime
+
+# Raw values may sit this far outside a bernoulli model's data range and still count as inside it
+# (rounding in clients' float formatting).
+RANGE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_instances: int = 4096  # instances (or latent vectors) in one request
+    max_samples: int = 10_000  # n_samples in one request
+    max_iw_samples: int = 10_000  # iw_samples (K) in one request
+    max_draws: int = 1_000_000  # instances x (n_samples + iw_samples): the decoder rows one request may cost
+    max_response_bytes: int = 64 * 1024 * 1024  # the largest answer, bounded before any work is done
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request's work must stop. The engine checks it between decoder chunks, so the work of a
+    request that has timed out ends at the next chunk instead of running to the end for nobody."""
+
+    at: float  # time.monotonic()
+    timeout_s: float  # the timeout it was set from, for the message
+
+    @classmethod
+    def after(cls, timeout_s: float) -> Deadline:
+        return cls(time.monotonic() + timeout_s, timeout_s)
+
+    @staticmethod
+    def latest(deadlines: Iterable[Deadline | None]) -> Deadline | None:
+        """The deadline of work shared by several requests: it may stop only once all of them have given up."""
+        known = list(deadlines)
+        if not known or any(d is None for d in known):
+            return None
+        return max((d for d in known if d is not None), key=lambda d: d.at)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def error(self) -> Timeout:
+        return Timeout(f"the request did not finish within {self.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S)")
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise self.error()
+
+
+def checker(deadline: Deadline | None) -> Callable[[], None] | None:
+    """What the chunked loops call between chunks: deadline.check, or nothing without a deadline."""
+    return deadline.check if deadline is not None else None
+
+
+def new_seed() -> int:
+    """A fresh seed for a request that gave none; it is returned so the request can be repeated."""
+    return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    mu: np.ndarray  # (B, d)
+    logvar: np.ndarray  # (B, d)
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return np.exp(0.5 * self.logvar.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class Sampled:
+    z: np.ndarray  # (B, n, d)
+    x: np.ndarray | None  # (B, n, *input_shape) in raw units, when decoded
+    seed: int
+
+
+@dataclass(frozen=True)
+class ElboOptions:
+    """What one /elbo request asks for, however it arrives: the native routes (JSON, .npy, multipart, the fast
+    path), OIP v2, `vae score`, `vae evaluate` and calibration all build one and call prepare_elbo or elbo."""
+
+    n_samples: int = 1  # L: draws of the Monte Carlo ELBO
+    seed: int | None = None  # the request's noise; None: a fresh seed, returned in the answer
+    iw_samples: int | None = None  # K of L_K; None: the K the threshold was calibrated with
+    feature_scores: bool = False  # also each feature's share of -reconstruction
+    threshold: float | None = None  # flag scores above this; None: the model's default
+    fpr: float | None = None  # or the threshold at this false-alarm rate
+
+
+@dataclass(frozen=True)
+class PreparedElbo:
+    """One /elbo request, validated and in model space, ready to join a batch."""
+
+    x: np.ndarray  # (B, D) model space, float64
+    n_samples: int
+    iw_samples: int
+    seed: int
+    feature_scores: bool
+    threshold: float | None  # None only while the model is being calibrated
+
+
+@dataclass(frozen=True)
+class Decisions:
+    anomaly_score: np.ndarray  # (B,) -log_likelihood: higher is more anomalous
+    threshold: float
+    is_anomaly: np.ndarray  # (B,) anomaly_score > threshold
+    p_value: np.ndarray  # (B,) conformal, against the calibration scores
+
+
+@dataclass(frozen=True)
+class Scored:
+    elbo: np.ndarray  # (B,)
+    reconstruction: np.ndarray  # (B,)
+    kl: np.ndarray  # (B,)
+    log_likelihood: np.ndarray  # (B,) L_K, the importance-weighted bound
+    n_samples: int
+    iw_samples: int
+    seed: int
+    decisions: Decisions | None = None  # None only while the model is being calibrated
+    feature_scores: np.ndarray | None = None  # (B, *input_shape), sums to -reconstruction
+
+    def value(self, name: str) -> Any:
+        """One field of ELBO_OUTPUTS by name: the scores' own, or the decisions'."""
+        return getattr(self, name) if name in _SCORED_FIELDS else getattr(self.decisions, name)
+
+
+_SCORED_FIELDS = frozenset(f.name for f in fields(Scored))
+
+
+@dataclass(frozen=True)
+class Output:
+    """One field of an /elbo answer."""
+
+    name: str
+    kind: Literal["per_input", "per_request", "per_feature"]  # (B,) | one value | (B, *input_shape), optional
+    dtype: type  # float, bool or int
+    description: str | None = None
+
+
+# The fields of an /elbo answer, in the order every encoder writes them: the native JSON and its response
+# model (service/http/api/inference.py, service/http/schemas.py), the OIP v2 outputs and parameters
+# (service/http/api/oip.py) and the CSV columns of `vae score` (service/core/bulk.py). A new field is
+# declared here once, and computed in VaeEngine.elbo_batch; the web page and the client show what they choose.
+ELBO_OUTPUTS: tuple[Output, ...] = (
+    Output("elbo", "per_input", float, "reconstruction - kl, nats per input"),
+    Output("reconstruction", "per_input", float, "(1/L) sum_l ln p(x|z_l), nats per input"),
+    Output("kl", "per_input", float, "KL(q(z|x) || N(0, I)) in closed form, nats per input"),
+    Output("log_likelihood", "per_input", float, "L_K, the importance-weighted bound on ln p(x), nats"),
+    Output("anomaly_score", "per_input", float, "-log_likelihood: higher is more anomalous"),
+    Output("threshold", "per_request", float, "the anomaly score above which an input is flagged"),
+    Output("is_anomaly", "per_input", bool, "anomaly_score > threshold"),
+    Output("p_value", "per_input", float, "conformal: (1 + #{calibration scores >= score}) / (n_cal + 1)"),
+    Output("n_samples", "per_request", int),
+    Output("iw_samples", "per_request", int),
+    Output("seed", "per_request", int, "the seed used; send it back to repeat the numbers"),
+    Output(
+        "feature_scores",
+        "per_feature",
+        float,
+        "[B] + input_shape: each feature's share of -reconstruction (with feature_scores)",
+    ),
+)
+PER_INPUT_OUTPUTS: tuple[Output, ...] = tuple(o for o in ELBO_OUTPUTS if o.kind == "per_input")
+
+
+class VaeEngine:
+    def __init__(
+        self, manifest: Manifest, runtime: Runtime, limits: Limits = Limits(), threshold: float | None = None
+    ) -> None:
+        self.manifest = manifest
+        self.runtime = runtime
+        self.limits = limits
+        self._shape = list(manifest.input_shape)
+        # The serve-time override (VAE_THRESHOLD), else the calibrated default.
+        calibrated = manifest.scoring.calibration.threshold if manifest.scoring else None
+        self.default_threshold = threshold if threshold is not None else calibrated
+
+    # --- conversions between raw units and model space -------------------------------------------------
+    def to_model(self, x_raw: np.ndarray) -> np.ndarray:
+        """(B, D) raw -> (B, *input_shape) float32 model space; rejects values a bernoulli model cannot score."""
+        x = self.manifest.preprocessing.to_model(x_raw)
+        if self.manifest.likelihood == "bernoulli":
+            outside = (x < -RANGE_TOLERANCE) | (x > 1 + RANGE_TOLERANCE)
+            if outside.any():
+                row, col = (int(i) for i in np.argwhere(outside)[0])
+                low = self.manifest.preprocessing.to_raw(np.zeros((1, x.shape[1])))[0, col]
+                high = self.manifest.preprocessing.to_raw(np.ones((1, x.shape[1])))[0, col]
+                raise InvalidInput(
+                    f"instances[{row}]: feature {col} is {x_raw[row, col]:g}, outside the model's data range "
+                    f"[{low:g}, {high:g}] (bernoulli likelihood)"
+                )
+            x = np.clip(x, 0.0, 1.0)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+            x = x.reshape([len(x), *self._shape]).astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            row, col = (int(i) for i in np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0])
+            raise InvalidInput(
+                f"instances[{row}]: feature {col} is {x_raw[row, col]:g}, too far from the training data to "
+                "represent after preprocessing (beyond float32)"
+            )
+        return x
+
+    def mean_to_raw(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Decoder outputs (N, *shape) -> the mean of p(x|z) in raw units, (N, *shape)."""
+        mean = scoring.distribution_mean(params, self.manifest.likelihood)
+        flat = mean.reshape(len(mean), -1)
+        return self.manifest.preprocessing.to_raw(flat).reshape(mean.shape)
+
+    # --- limits -------------------------------------------------------------------------------------------
+    def check_draws(self, batch: int, n_samples: int, iw_samples: int = 0) -> None:
+        if n_samples > self.limits.max_samples:
+            raise InvalidInput(
+                f"n_samples: {n_samples} exceeds the limit of {self.limits.max_samples} (VAE_MAX_SAMPLES)"
+            )
+        if iw_samples > self.limits.max_iw_samples:
+            raise InvalidInput(
+                f"iw_samples: {iw_samples} exceeds the limit of {self.limits.max_iw_samples} (VAE_MAX_IW_SAMPLES)"
+            )
+        draws = batch * (n_samples + iw_samples)
+        if draws > self.limits.max_draws:
+            per = f"(n_samples {n_samples} + iw_samples {iw_samples})" if iw_samples else f"n_samples {n_samples}"
+            raise LimitExceeded(
+                f"{batch} instances x {per} = {draws} draws exceed the limit of "
+                f"{self.limits.max_draws} per request (VAE_MAX_DRAWS); send fewer instances per request"
+            )
+
+    @staticmethod
+    def _noise(seed: int | None, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+        """eps ~ N(0, I) from the request's own generator: the same seed gives the same noise on any runtime."""
+        seed = new_seed() if seed is None else seed
+        return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32), seed
+
+    # --- the API's verbs ----------------------------------------------------------------------------------
+    def encode(self, x_raw: np.ndarray) -> Encoded:
+        mu, logvar = self.runtime.encode(self.to_model(x_raw))
+        return Encoded(mu, logvar)
+
+    def decode_chunks(
+        self, z: np.ndarray, deadline: Deadline | None = None, chunk_rows: int = scoring.DECODE_CHUNK_ROWS
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """z (N, d) -> (first row, mean of p(x|z) in raw units (rows, *input_shape)), `chunk_rows` rows at a
+        time: the decoder's memory stays bounded however many rows, and the deadline is checked between chunks."""
+        for start in range(0, len(z), chunk_rows):
+            if deadline is not None:
+                deadline.check()
+            x = self.mean_to_raw(self.runtime.decode(z[start : start + chunk_rows].astype(np.float32)))
+            if not np.all(np.isfinite(x)):
+                row = start + int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0, 0])
+                raise InvalidInput(
+                    f"z[{row}]: decoding it overflows (the decoder's output is not finite); latent vectors this "
+                    "far from the prior N(0, I) cannot be decoded"
+                )
+            yield start, x
+
+    def decode(self, z: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:
+        """z (B, d) -> mean of p(x|z) in raw units, (B, *input_shape), decoded in bounded chunks."""
+        out = np.empty([len(z), *self._shape], dtype=np.float64)
+        for start, x in self.decode_chunks(z, deadline):
+            out[start : start + len(x)] = x
+        return out
+
+    def encode_batch(self, xs: list[np.ndarray], deadline: Deadline | None = None) -> list[Encoded]:
+        """Model-space inputs of many requests (from to_model) -> one encoder call -> one result each."""
+        if deadline is not None:
+            deadline.check()
+        mu, logvar = self.runtime.encode(np.concatenate(xs))
+        bounds = np.cumsum([0] + [len(x) for x in xs])
+        return [Encoded(mu[a:b], logvar[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+
+    def decode_batch(self, zs: list[np.ndarray], deadline: Deadline | None = None) -> list[np.ndarray]:
+        """Latent vectors of many requests -> shared decoder calls -> raw-unit means, one array each."""
+        x = self.decode(np.concatenate(zs), deadline)
+        bounds = np.cumsum([0] + [len(z) for z in zs])
+        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+
+    def sample(
+        self, x_raw: np.ndarray | None, n_samples: int, seed: int | None, decode: bool, deadline: Deadline | None = None
+    ) -> Sampled:
+        """z = mu + sigma * eps for each instance, or n draws from the prior N(0, I) when x_raw is None."""
+        batch = 1 if x_raw is None else len(x_raw)
+        self.check_draws(batch, n_samples)
+        d = self.manifest.latent_dim
+        eps, seed = self._noise(seed, (batch, n_samples, d))
+        if x_raw is None:
+            z = eps
+        else:
+            encoded = self.encode(x_raw)
+            z = scoring.reparameterize(encoded.mu, encoded.logvar, eps)
+        x = None
+        if decode:
+            x = self.decode(z.reshape(batch * n_samples, d), deadline).reshape([batch, n_samples, *self._shape])
+        return Sampled(z, x, seed)
+
+    def elbo(
+        self, x_raw: np.ndarray, options: ElboOptions = ElboOptions(), *, deadline: Deadline | None = None
+    ) -> Scored:
+        """One /elbo request, alone: prepare_elbo then elbo_batch."""
+        return self.elbo_batch([self.prepare_elbo(x_raw, options)], deadline)[0]
+
+    def prepare_elbo(self, x_raw: np.ndarray, options: ElboOptions = ElboOptions()) -> PreparedElbo:
+        """Everything about one /elbo request that can fail, checked before it joins a batch.
+
+        Per-input ELBO (L = n_samples draws), L_K (K = iw_samples draws) and the anomaly decisions, in nats
+        (beta = 1). K defaults to the calibration's, so the default decision uses the estimator its threshold
+        was calibrated with. The ELBO's draws come first from the seeded generator, then L_K's.
+        """
+        scoring_config = self.manifest.scoring
+        iw_samples = options.iw_samples
+        if iw_samples is None:
+            iw_samples = scoring_config.iw_samples if scoring_config else 1
+        self.check_draws(len(x_raw), options.n_samples, iw_samples)
+        threshold = options.threshold
+        if scoring_config:
+            threshold = self.resolve_threshold(options.threshold, options.fpr)
+        return PreparedElbo(
+            self.to_model(x_raw).reshape(len(x_raw), -1).astype(np.float64),
+            options.n_samples,
+            iw_samples,
+            new_seed() if options.seed is None else options.seed,
+            options.feature_scores,
+            threshold,
+        )
+
+    def elbo_batch(self, requests: list[PreparedElbo], deadline: Deadline | None = None) -> list[Scored]:
+        """Score many requests with one encoder call and shared decoder calls; each keeps its own noise.
+
+        Every request's numbers are those it gets alone: its noise comes from its own seed, and each draw's
+        log-likelihood depends only on its own input and z.
+        """
+        if deadline is not None:
+            deadline.check()
+        d, likelihood, jacobian = self.manifest.latent_dim, self.manifest.likelihood, self.manifest.log_jacobian
+        x = np.concatenate([r.x for r in requests])
+        mu, logvar = self.runtime.encode(x.reshape([len(x), *self._shape]).astype(np.float32))
+        owners, zs, marks, plans = [], [], [], []
+        first_row, first_draw = 0, 0
+        for r in requests:
+            rows = np.arange(first_row, first_row + len(r.x))
+            rng = np.random.default_rng(r.seed)
+            eps = rng.standard_normal((len(r.x), r.n_samples, d), dtype=np.float32)
+            eps_iw = rng.standard_normal((len(r.x), r.iw_samples, d), dtype=np.float32)
+            z = scoring.reparameterize(mu[rows], logvar[rows], eps)
+            z_iw = scoring.reparameterize(mu[rows], logvar[rows], eps_iw)
+            owners += [np.repeat(rows, r.n_samples), np.repeat(rows, r.iw_samples)]
+            zs += [z.reshape(-1, d), z_iw.reshape(-1, d)]
+            marks += [np.full(z.shape[0] * z.shape[1], r.feature_scores), np.zeros(z_iw.shape[0] * z_iw.shape[1], bool)]
+            plans.append((rows, first_draw, z_iw, eps_iw))
+            first_row += len(r.x)
+            first_draw += z.shape[0] * z.shape[1] + z_iw.shape[0] * z_iw.shape[1]
+        want_features = any(r.feature_scores for r in requests)
+        log_px, features = scoring.log_likelihood_rows(
+            x,
+            np.concatenate(owners),
+            np.concatenate(zs),
+            self.runtime.decode,
+            likelihood,
+            np.concatenate(marks) if want_features else None,
+            check=checker(deadline),
+        )
+        results = []
+        for r, (rows, start, z_iw, eps_iw) in zip(requests, plans, strict=False):
+            n_elbo = len(r.x) * r.n_samples
+            elbo_px = log_px[start : start + n_elbo].reshape(len(r.x), r.n_samples)
+            iw_px = log_px[start + n_elbo : start + n_elbo + len(r.x) * r.iw_samples].reshape(len(r.x), r.iw_samples)
+            reconstruction = elbo_px.mean(axis=1) + jacobian.sum()
+            kl = scoring.kl_to_standard_normal(mu[rows], logvar[rows])
+            log_likelihood = scoring.bound_from_draws(iw_px, z_iw, eps_iw, logvar[rows], jacobian)
+            feature_scores = None
+            if r.feature_scores and features is not None:  # features are summed whenever a request asks
+                feature_scores = -(features[rows] / r.n_samples + jacobian).reshape([len(r.x), *self._shape])
+            decisions = self.decide(-log_likelihood, r.threshold) if r.threshold is not None else None
+            results.append(
+                Scored(
+                    reconstruction - kl,
+                    reconstruction,
+                    kl,
+                    log_likelihood,
+                    r.n_samples,
+                    r.iw_samples,
+                    r.seed,
+                    decisions,
+                    feature_scores,
+                )
+            )
+        return results
+
+    def _calibration(self) -> Calibration:
+        if self.manifest.scoring is None:
+            raise ModelNotReady(f"model {self.manifest.name} has no calibration (manifest.scoring is unset)")
+        return self.manifest.scoring.calibration
+
+    def resolve_threshold(self, threshold: float | None = None, fpr: float | None = None) -> float:
+        """The request's threshold, or the one at the request's fpr, or the default."""
+        calibration = self._calibration()
+        if threshold is not None and fpr is not None:
+            raise InvalidInput(f"give threshold or fpr, not both (got threshold {threshold:g} and fpr {fpr:g})")
+        if fpr is not None:
+            floor = scoring.min_fpr(calibration.n)
+            if not floor <= fpr < 1.0:
+                raise InvalidInput(
+                    f"fpr: expected a false-alarm rate in [{floor:.4g}, 1) — 1/(n+1) for this model's "
+                    f"{calibration.n} calibration scores — got {fpr:g}"
+                )
+            return scoring.threshold_for_fpr(calibration.sorted_scores, calibration.n, fpr)
+        chosen = self.default_threshold if threshold is None else threshold
+        assert chosen is not None  # a calibrated model always has a default threshold
+        return chosen
+
+    def decide(self, anomaly_score: np.ndarray, threshold: float) -> Decisions:
+        """Decisions against a threshold, with conformal p-values against the calibration scores."""
+        calibration = self._calibration()
+        p_value = scoring.p_values(anomaly_score, calibration.sorted_scores, calibration.n)
+        return Decisions(anomaly_score, float(threshold), anomaly_score > threshold, p_value)
+
+    def warm_up(self) -> None:
+        """One real inference through both graphs; raises if the model cannot produce finite numbers."""
+        example = self.manifest.preprocessing.to_raw(np.full((2, self.manifest.n_features), 0.5))
+        scored = self.elbo(example, ElboOptions(n_samples=2, seed=0, iw_samples=2))
+        if not np.all(np.isfinite(scored.elbo)) or not np.all(np.isfinite(scored.log_likelihood)):
+            raise RuntimeError(f"warm-up inference gave a non-finite score: {scored.elbo.tolist()}")
+
+
+def score_in_chunks(
+    engine: VaeEngine,
+    x_raw: np.ndarray,
+    options: ElboOptions,
+    *,
+    chunk_rows: int = 256,
+    progress: bool = False,
+) -> Iterator[Scored]:
+    """engine.elbo over many rows (N, D), `chunk_rows` at a time; chunk i uses options.seed + i. Yields Scored.
+
+    Calibration, `vae evaluate` and bulk scoring all go through here, so they score exactly as /elbo does.
+    """
+    from tqdm.auto import tqdm
+
+    if options.seed is None:
+        raise ValueError("score_in_chunks needs a seed: chunk i is scored with seed + i")
+    seed = options.seed
+
+    with tqdm(total=len(x_raw), unit="row", disable=not progress, desc="score", dynamic_ncols=True) as bar:
+        for i, start in enumerate(range(0, len(x_raw), chunk_rows)):
+            chunk = x_raw[start : start + chunk_rows]
+            yield engine.elbo(chunk, replace(options, seed=seed + i))
+            bar.update(len(chunk))

@@ -1,0 +1,140 @@
+"""The ELBO's maths in numpy, for serving and for calibration. No torch here.
+
+Mirrors training/loss.py (a test pins the two together). Every result is in nats per input, float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+LOG_2PI = math.log(2.0 * math.pi)
+# Rows per decoder call: bounds memory whatever the batch size and number of draws.
+DECODE_CHUNK_ROWS = 8192
+
+Decode = Callable[[np.ndarray], tuple[np.ndarray, ...]]  # z (N, d) float32 -> params, each (N, *shape)
+
+
+def kl_to_standard_normal(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mu, diag e^logvar) || N(0, I)) per row, (B, d) -> (B,); 1/2 sum(mu^2 + sigma^2 - 1 - ln sigma^2)."""
+    mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
+    kl: np.ndarray = 0.5 * np.sum(mu**2 + np.exp(logvar) - 1.0 - logvar, axis=1)
+    return kl
+
+
+def log_prob_per_feature(x: np.ndarray, params: tuple[np.ndarray, ...], likelihood: str) -> np.ndarray:
+    """Elementwise ln p(x|z) in model space: x (N, D), params each (N, D) -> (N, D) float64."""
+    if likelihood == "bernoulli":
+        logits = params[0].astype(np.float64)
+        return x * logits - np.logaddexp(0.0, logits)  # x*l - softplus(l), stable for any l
+    mean, logvar = (p.astype(np.float64) for p in params)
+    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * np.exp(-logvar))
+
+
+def distribution_mean(params: tuple[np.ndarray, ...], likelihood: str) -> np.ndarray:
+    """The mean of p(x|z) in model space: sigmoid(logits), or the Gaussian mean."""
+    if likelihood == "bernoulli":
+        logits = params[0].astype(np.float64)
+        return np.exp(-np.logaddexp(0.0, -logits))  # sigmoid without overflow
+    return params[0].astype(np.float64)
+
+
+def reparameterize(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """z = mu + sigma * eps: mu, logvar (B, d), eps (B, L, d) -> z (B, L, d) float32."""
+    z: np.ndarray = (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32)
+    return z
+
+
+def log_likelihood_rows(
+    x: np.ndarray,
+    owner: np.ndarray,
+    z: np.ndarray,
+    decode: Decode,
+    likelihood: str,
+    feature_rows: np.ndarray | None = None,
+    chunk_rows: int = DECODE_CHUNK_ROWS,
+    check: Callable[[], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """ln p(x_owner[n] | z_n) for every draw n: x (B, D) model space, owner (N,) row of x, z (N, d) -> (N,).
+
+    With `feature_rows` (N,) bool, also each input's per-feature log-probabilities summed over its
+    marked draws, (B, D). Decodes `chunk_rows` draws at a time and gathers x per chunk, so memory stays
+    bounded however many draws there are. `check`, when given, is called before each chunk and raises to
+    stop the work (a request's deadline).
+    """
+    out = np.empty(len(z), dtype=np.float64)
+    features = np.zeros_like(x, dtype=np.float64) if feature_rows is not None else None
+    for start in range(0, len(z), chunk_rows):
+        if check is not None:
+            check()
+        stop = min(start + chunk_rows, len(z))
+        params = tuple(p.reshape(stop - start, -1) for p in decode(z[start:stop]))
+        logp = log_prob_per_feature(x[owner[start:stop]], params, likelihood)  # (rows, D)
+        out[start:stop] = logp.sum(axis=1)
+        if features is not None and feature_rows is not None:  # both given, or neither
+            marked = feature_rows[start:stop]
+            np.add.at(features, owner[start:stop][marked], logp[marked])
+    return out, features
+
+
+def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    """ln sum exp(a) along axis without overflow; -inf where every term is -inf."""
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        out: np.ndarray = np.squeeze(peak, axis=axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+    return out
+
+
+def bound_from_draws(
+    log_px: np.ndarray, z: np.ndarray, eps: np.ndarray, logvar: np.ndarray, log_jacobian: np.ndarray | None = None
+) -> np.ndarray:
+    """L_K from ln p(x|z_k) (B, K), the draws z (B, K, d), their noise eps and the posterior logvar (B, d)."""
+    eps64, z64 = eps.astype(np.float64), z.astype(np.float64)
+    log_prior = -0.5 * np.sum(LOG_2PI + z64**2, axis=2)
+    log_posterior = -0.5 * np.sum(LOG_2PI + logvar.astype(np.float64)[:, None, :] + eps64**2, axis=2)
+    log_weights = log_px + log_prior - log_posterior
+    jacobian = 0.0 if log_jacobian is None else float(np.sum(log_jacobian))
+    return logsumexp(log_weights, axis=1) - math.log(eps.shape[1]) + jacobian
+
+
+def p_values(scores: np.ndarray, calibration: np.ndarray, n_calibration: int) -> np.ndarray:
+    """Conformal p-values (1 + #{calibration scores >= s}) / (n + 1); calibration sorted ascending.
+
+    When only evenly spaced order statistics of n scores are kept, the count is scaled up to n.
+    """
+    count = len(calibration) - np.searchsorted(calibration, scores, side="left")
+    if len(calibration) < n_calibration:
+        count = np.round(count * n_calibration / len(calibration))
+    return (1.0 + count) / (n_calibration + 1.0)
+
+
+def min_fpr(n_calibration: int) -> float:
+    """The smallest false-alarm rate n calibration scores can promise: 1 / (n + 1)."""
+    return 1.0 / (n_calibration + 1.0)
+
+
+def threshold_for_fpr(calibration: np.ndarray, n_calibration: int, fpr: float) -> float:
+    """The threshold t such that flagging scores > t flags exactly the p-values <= fpr.
+
+    That is the (m+1)-th largest calibration score, m = floor(fpr (n + 1)) - 1 the number of calibration
+    scores allowed at or above a flagged score; by exchangeability the false-alarm rate is then <= fpr.
+    """
+    m = math.floor(fpr * (n_calibration + 1) + 1e-9) - 1
+    if m < 0:
+        raise ValueError(
+            f"fpr {fpr:g} is below 1/(n+1) = {min_fpr(n_calibration):.3g} for {n_calibration} calibration scores"
+        )
+    index = len(calibration) - 1 - round(m * len(calibration) / n_calibration)
+    return float(calibration[max(index, 0)])
+
+
+def keep_calibration_scores(scores: np.ndarray, limit: int) -> np.ndarray:
+    """All scores sorted, or `limit` evenly spaced order statistics of them (the extremes included)."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(ordered) <= limit:
+        return ordered
+    kept: np.ndarray = ordered[np.round(np.linspace(0, len(ordered) - 1, limit)).astype(int)]
+    return kept

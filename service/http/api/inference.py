@@ -1,0 +1,203 @@
+"""POST /encode, /sample, /decode, /elbo and /heatmap: request -> arrays -> engine -> response. Nothing else.
+
+Each route bounds its answer's size from the request before any work (service/http/api/answers.py), and runs
+its inference, and any large parsing and serialisation, in the worker pool within the request's deadline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, ElboOptions, Scored, VaeEngine
+from service.core.errors import NotAcceptable
+from service.core.images import grid, grid_canvas, heatmap_overlay, place, png_bytes, png_size_bound, to_pixels
+from service.http.api.answers import check_answer, json_answer
+from service.http.api.body import read_body, request_body_doc
+from service.http.api.deps import ExecutorDep, floats
+from service.http.json_writer import json_bytes
+from service.http.schemas import (
+    DecodeRequest,
+    DecodeResponse,
+    ElboRequest,
+    ElboResponse,
+    EncodeRequest,
+    EncodeResponse,
+    HeatmapRequest,
+    SampleRequest,
+    SampleResponse,
+)
+
+router = APIRouter(tags=["inference"])
+PNG = {"content": {"image/png": {}}, "description": "with `Accept: image/png`: one image, or a grid for a batch"}
+
+
+def state_of(request: Request) -> dict:
+    """The request's state dict, where the batcher notes the batch size for the access log."""
+    return request.scope.setdefault("state", {})
+
+
+def wants_png(request: Request) -> bool:
+    return "image/png" in request.headers.get("accept", "")
+
+
+def image_spec(engine: VaeEngine):
+    """The model's image spec, or 406 when its outputs are not images."""
+    spec = engine.manifest.image
+    if spec is None:
+        raise NotAcceptable(
+            f"this model's outputs are rows shaped {engine.manifest.input_shape}, not images; accept application/json"
+        )
+    return spec
+
+
+def check_png(engine: VaeEngine, rows: int, cols: int, channels: int | None = None) -> None:
+    """413 before any work when a PNG grid of rows x cols of the model's images may exceed the answer limit."""
+    spec = image_spec(engine)
+    size = png_size_bound(channels or spec.channels, rows * spec.height, cols * spec.width)
+    check_answer(engine, size, f"a PNG of {rows} x {cols} images of {spec.width}x{spec.height}")
+
+
+def decoded_png(engine: VaeEngine, z: np.ndarray, rows: int, cols: int, deadline: Deadline) -> bytes:
+    """Latent vectors (rows*cols, d) decoded a chunk at a time straight into the pixels of one PNG grid: the
+    decoder's output never exists whole, only its uint8 pixels (in the worker pool)."""
+    spec = engine.manifest.image
+    canvas = grid_canvas(rows, cols, spec.channels, spec.height, spec.width)
+    for start, x in engine.decode_chunks(z, deadline):
+        pixels = to_pixels(x.reshape(len(x), spec.channels, spec.height, spec.width), spec.max_value)
+        place(canvas, start, pixels, cols)
+    deadline.check()
+    return png_bytes(canvas)
+
+
+def png(content: bytes) -> Response:
+    return Response(content, media_type="image/png")
+
+
+@router.post("/encode", response_model=EncodeResponse, openapi_extra=request_body_doc(EncodeRequest, images=True))
+async def encode(request: Request, executor: ExecutorDep) -> Response:
+    """The posterior q(z|x) = N(mu, diag sigma^2) of each instance (JSON) or uploaded image (multipart)."""
+    engine, deadline = executor.engine, executor.deadline()
+    _, x_raw = await read_body(request, EncodeRequest, executor, deadline)
+    size = json_bytes(*[(len(x_raw), engine.manifest.latent_dim)] * 3)
+    check_answer(engine, size, f"3 x {len(x_raw)} x {engine.manifest.latent_dim} numbers")
+    encoded = await executor.encode(engine.to_model(x_raw), state_of(request), deadline)
+    content = {"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)}
+    return json_answer(content, size)
+
+
+@router.post(
+    "/sample",
+    response_model=SampleResponse,
+    response_model_exclude_none=True,
+    responses={200: PNG},
+    openapi_extra=request_body_doc(SampleRequest, images=True),
+)
+async def sample(request: Request, executor: ExecutorDep) -> Response:
+    """Reparameterized draws z = mu + sigma * eps per instance, or draws from the prior without instances."""
+    engine, deadline = executor.engine, executor.deadline()
+    body, x_raw = await read_body(request, SampleRequest, executor, deadline)
+    batch, n, d = 1 if x_raw is None else len(x_raw), body.n_samples, engine.manifest.latent_dim
+    engine.check_draws(batch, n)
+    if wants_png(request):
+        check_png(engine, batch, n)
+        sampled = await executor.call(engine.sample, x_raw, n, body.seed, False, deadline=deadline)
+        z = sampled.z.reshape(batch * n, d)
+        return png(await executor.call(decoded_png, engine, z, batch, n, deadline, deadline=deadline))
+    shapes = [(batch, n, d)] + ([(batch, n, *engine.manifest.input_shape)] if body.decode else [])
+    size = json_bytes(*shapes)
+    check_answer(engine, size, " + ".join(" x ".join(map(str, s)) for s in shapes) + " numbers")
+    sampled = await executor.call(engine.sample, x_raw, n, body.seed, body.decode, deadline, deadline=deadline)
+    content = {"z": floats(sampled.z), "seed": sampled.seed}
+    if sampled.x is not None:
+        content["x"] = floats(sampled.x)
+    return json_answer(content, size)
+
+
+@router.post(
+    "/decode",
+    response_model=DecodeResponse,
+    responses={200: PNG},
+    openapi_extra=request_body_doc(DecodeRequest, images=False),
+)
+async def decode(request: Request, executor: ExecutorDep) -> Response:
+    """The mean of p(x|z) in raw units for each latent vector."""
+    engine, deadline = executor.engine, executor.deadline()
+    _, z = await read_body(request, DecodeRequest, executor, deadline)
+    if wants_png(request):
+        check_png(engine, 1, len(z))
+        return png(await executor.call(decoded_png, engine, z, 1, len(z), deadline, deadline=deadline))
+    size = json_bytes((len(z), *engine.manifest.input_shape))
+    check_answer(engine, size, f"{len(z)} x {engine.manifest.n_features} numbers")
+    x = await executor.decode(z, state_of(request), deadline)
+    return json_answer({"x": floats(x)}, size)
+
+
+@router.post(
+    "/elbo",
+    response_model=ElboResponse,
+    response_model_exclude_none=True,
+    openapi_extra=request_body_doc(ElboRequest, images=True),
+)
+async def elbo(request: Request, executor: ExecutorDep) -> Response:
+    """Per-input ELBO and importance-weighted log-likelihood in nats, with calibrated anomaly decisions."""
+    engine, deadline = executor.engine, executor.deadline()
+    body, x_raw = await read_body(request, ElboRequest, executor, deadline)
+    options = ElboOptions(
+        n_samples=body.n_samples,
+        seed=body.seed,
+        iw_samples=body.iw_samples,
+        feature_scores=body.feature_scores,
+        threshold=body.threshold,
+        fpr=body.fpr,
+    )
+    prepared = engine.prepare_elbo(x_raw, options)
+    shapes = [(len(x_raw),)] * len(PER_INPUT_OUTPUTS)
+    shapes += [(len(x_raw), *engine.manifest.input_shape)] if body.feature_scores else []
+    size = json_bytes(*shapes)
+    check_answer(
+        engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
+    )
+    scored = await executor.elbo(prepared, state_of(request), deadline)
+    return json_answer(elbo_content(scored), size)
+
+
+def elbo_content(scored: Scored) -> dict:
+    """The JSON answer of /elbo: every field of ELBO_OUTPUTS, float arrays as contiguous float64."""
+    content = {}
+    for output in ELBO_OUTPUTS:
+        value = scored.value(output.name)
+        if value is None:  # feature_scores, when not asked for
+            continue
+        content[output.name] = floats(value) if output.kind != "per_request" and output.dtype is float else value
+    return content
+
+
+def heatmap_png(engine: VaeEngine, x_raw: np.ndarray, body: HeatmapRequest, deadline: Deadline) -> bytes:
+    """Score the inputs with per-feature scores and draw each input with its scores overlaid (worker pool)."""
+    spec = engine.manifest.image
+    options = ElboOptions(n_samples=body.n_samples, seed=body.seed, iw_samples=1, feature_scores=True)
+    scored = engine.elbo(x_raw, options, deadline=deadline)
+    shape = (len(x_raw), spec.channels, spec.height, spec.width)
+    pixels = to_pixels(x_raw.reshape(shape), spec.max_value)
+    per_pixel = scored.feature_scores.reshape(shape).sum(axis=1)  # (B, H, W): channels add up
+    overlays = [heatmap_overlay(p, s) for p, s in zip(pixels, per_pixel, strict=False)]
+    return png_bytes(grid(np.stack(overlays), 1, len(overlays)))
+
+
+@router.post(
+    "/heatmap",
+    responses={200: {"content": {"image/png": {}}, "description": "the overlays side by side, one per input"}},
+    response_class=Response,
+    openapi_extra=request_body_doc(HeatmapRequest, images=True),
+)
+async def heatmap(request: Request, executor: ExecutorDep) -> Response:
+    """A PNG of each input with its per-pixel anomaly scores (shares of -reconstruction) overlaid."""
+    engine, deadline = executor.engine, executor.deadline()
+    if engine.manifest.image is None:
+        raise NotAcceptable(f"this model takes rows shaped {engine.manifest.input_shape}, not images; use /elbo")
+    body, x_raw = await read_body(request, HeatmapRequest, executor, deadline)
+    engine.check_draws(len(x_raw), body.n_samples, 1)
+    check_png(engine, 1, len(x_raw), channels=3)
+    return png(await executor.call(heatmap_png, engine, x_raw, body, deadline, deadline=deadline))

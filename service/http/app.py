@@ -1,0 +1,201 @@
+"""create_app(settings, ...): builds the FastAPI app around one model directory.
+
+The artifact is verified when the app is built (a bad directory stops start-up at once); the runtime
+is loaded and warmed up in the lifespan, and /readyz turns 200 only after that succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.core.artifact import Artifact, Manifest, load_artifact
+from service.core.errors import ServiceError
+from service.core.runtime import Runtime
+from service.http.api import health, inference, oip, web
+from service.http.api.access import ApiKeyMiddleware
+from service.http.api.fast_path import FastPath
+from service.http.live_model import ModelHost
+from service.http.observability import Metrics, ObservabilityMiddleware, RouteLabels, configure_logging
+from service.http.settings import Settings
+
+log = logging.getLogger("vae.service")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    """One readable line from pydantic's errors: where, what was expected, what arrived."""
+    errors = exc.errors()
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        reason = first.get("ctx", {}).get("error", "invalid JSON")
+        return 400, "malformed_request", f"the body is not valid JSON: {reason}"
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        got = repr(err.get("input"))
+        got = got if len(got) <= 40 else got[:37] + "..."
+        parts.append(f"{loc}: {err['msg']} (got {got})" if err["type"] != "missing" else f"{loc}: {err['msg']}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return 422, "invalid_input", "; ".join(parts) + more
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        response = _error(exc.status_code, exc.code, exc.message)
+        if exc.status_code == 401:
+            response.headers["www-authenticate"] = "Bearer"
+        if exc.status_code == 503:  # loading, or a request that timed out: worth asking again shortly
+            response.headers["retry-after"] = "1"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(*_validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+
+def _request_examples(manifest: Manifest) -> dict[str, dict]:
+    """Request bodies that this model accepts, shown in /docs."""
+    middle = manifest.preprocessing.to_raw(np.full((1, manifest.n_features), 0.5))[0]
+    instance = [round(float(v), 4) for v in middle]
+    return {
+        "/encode": {"instances": [instance]},
+        "/sample": {"instances": [instance], "n_samples": 2, "seed": 0, "decode": False},
+        "/decode": {"z": [[0.0] * manifest.latent_dim]},
+        "/elbo": {"instances": [instance], "n_samples": 8, "seed": 0, "feature_scores": False},
+        "/heatmap": {"instances": [instance], "n_samples": 8, "seed": 0},
+    }
+
+
+def _install_openapi(app: FastAPI, manifest: Manifest) -> None:
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path, example in _request_examples(manifest).items():
+                body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+                body["example"] = example
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
+    """Chain a handler in front of the server's own: /readyz turns 503 at once; after `delay_s` (time for
+    load balancers to notice) the server stops accepting connections and finishes the requests in flight.
+
+    Signal handlers can only be set from the main thread; elsewhere (tests in a thread) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+
+    def handle(signum, frame):
+        app.state.draining = True
+        log.info("SIGTERM: /readyz answers 503; draining in %.3g s", delay_s)
+        if callable(previous):
+            loop.call_soon_threadsafe(loop.call_later, delay_s, previous, signum, frame)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _reload_on_sighup(host: ModelHost) -> None:
+    """SIGHUP reloads the model directory, as POST /v1/model/reload does (main thread only, like SIGTERM).
+
+    With several workers, uvicorn's parent process takes SIGHUP and replaces the workers one at a time,
+    each loading the directory afresh; the workers leave SIGHUP alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return
+    if host.settings.workers > 1:
+        return
+    loop = asyncio.get_running_loop()
+    signal.signal(signal.SIGHUP, lambda signum, frame: loop.call_soon_threadsafe(host.reload_soon))
+
+
+def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
+    artifact = artifact or load_artifact(settings.model_dir)
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    host = ModelHost(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            live = await host.start(artifact, runtime)
+        except Exception as exc:
+            app.state.not_ready_reason = f"{type(exc).__name__}: {exc}"
+            log.error("model %s failed to load: %s", artifact.dir, app.state.not_ready_reason)
+            raise
+        _drain_on_sigterm(app, settings.drain_delay_s)
+        _reload_on_sighup(host)
+        log.info("serving %s (version %s) with the %s runtime", artifact.dir, live.version, live.engine.runtime.name)
+        yield
+        await host.close()
+
+    app = FastAPI(
+        title="VAE anomaly-scoring service",
+        version="0.1.0",
+        description=(
+            f"Model `{artifact.manifest.name}`: {artifact.manifest.likelihood} likelihood, "
+            f"input_shape {artifact.manifest.input_shape}, latent_dim {artifact.manifest.latent_dim}. "
+            "All log-densities are in nats per input."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.host = host
+    app.state.draining = False
+    app.state.not_ready_reason = "loading"
+    app.state.settings = settings
+    app.state.metrics = metrics
+    # Which routes need the API key is decided in one place, by path: ApiKeyMiddleware (service/http/api/access.py)
+    for router in (
+        health.router,
+        health.protected,
+        inference.router,
+        oip.health,
+        oip.router,
+        web.router,
+        web.protected,
+    ):
+        app.include_router(router)
+    _install_error_handlers(app)
+    _install_openapi(app, artifact.manifest)
+    app.add_middleware(FastPath)  # innermost: the key, CORS and observability still wrap the routes it serves
+    if settings.api_key is not None:
+        # Inside CORS, whose preflights carry no key; before the fast path and any route reads a body.
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value().encode())
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id"],
+        )
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, labels=RouteLabels(app)
+    )
+    return app
