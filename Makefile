@@ -38,6 +38,7 @@ system:
 	bash scripts/container_setup.sh compose-lint || echo "make system: container_setup.sh compose-lint failed"
 	bash scripts/browser_setup.sh || echo "make system: browser_setup.sh failed; the browser tests will say so"
 	bash scripts/proxy_setup.sh || echo "make system: proxy_setup.sh failed; the proxy tests will say so"
+	bash scripts/deploy_setup.sh || echo "make system: deploy_setup.sh failed; the manifest tests will say so"
 
 # ruff (lint and format check), mypy (strict on the torch-free core) and the import contracts
 # (lint-imports: which layer may import which); settings in pyproject.toml.
