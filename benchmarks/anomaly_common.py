@@ -96,8 +96,11 @@ def train_default_vae(x_normal: np.ndarray, workdir: Path, name: str, seed: int,
     np.save(npy, np.ascontiguousarray(x_normal, dtype=np.float32))
     started = time.perf_counter()
     try:
-        artifact = train(TrainConfig(data=str(npy), out=str(workdir / f"model-{name}"), seed=seed, progress=False,
-                                     **(overrides or {})))
+        artifact = train(
+            TrainConfig(
+                data=str(npy), out=str(workdir / f"model-{name}"), seed=seed, progress=False, **(overrides or {})
+            )
+        )
     except Exception as exc:  # noqa: BLE001 — a failed default run is a result to report, not a crash
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, ValueError):  # ConfigError and DataError are ValueErrors; others are surprises
@@ -120,7 +123,9 @@ def _score_pass(engine, flat_x: np.ndarray, seed: int, iw_samples: int | None) -
     scores = []
     started = time.perf_counter()
     for start in range(0, len(flat_x), REQUEST_ROWS):
-        scored = engine.elbo(flat_x[start : start + REQUEST_ROWS], ElboOptions(seed=seed + start, iw_samples=iw_samples))
+        scored = engine.elbo(
+            flat_x[start : start + REQUEST_ROWS], ElboOptions(seed=seed + start, iw_samples=iw_samples)
+        )
         scores.append(-scored.log_likelihood)
     return np.concatenate(scores), time.perf_counter() - started
 
@@ -128,7 +133,8 @@ def _score_pass(engine, flat_x: np.ndarray, seed: int, iw_samples: int | None) -
 def timed_scores(engine, x_test: np.ndarray, seed: int, ks: tuple) -> list[tuple[np.ndarray, float]]:
     """For each K in ks (None: the default), the test rows' scores and rows per second.
 
-    A first, untimed call per K warms the runtime up. The K's passes alternate in ABBA order, TIMING_PASSES rounds, and each
+    A first, untimed call per K warms the runtime up. The K's passes alternate in ABBA order, TIMING_PASSES
+    rounds, and each
     rate is its best pass, so that load from other users of the machine hits every K alike. Every pass of a K
     uses the same seeds and so gives the same scores.
     """
@@ -141,10 +147,12 @@ def timed_scores(engine, x_test: np.ndarray, seed: int, ks: tuple) -> list[tuple
         for i, k in order if round_ % 2 == 0 else order[::-1]:  # ABBA..., so neither K always goes first
             scores[i], seconds = _score_pass(engine, flat_x, seed, k)
             best[i] = min(best[i], seconds)
-    return [(s, len(flat_x) / b) for s, b in zip(scores, best)]
+    return [(s, len(flat_x) / b) for s, b in zip(scores, best, strict=True)]
 
 
-def score_vae(x_normal, x_test, labels, workdir: Path, name: str, seed: int, overrides: dict | None = None) -> VaeResult:
+def score_vae(
+    x_normal, x_test, labels, workdir: Path, name: str, seed: int, overrides: dict | None = None
+) -> VaeResult:
     """Train with the defaults and score the test rows at the default K and at K = 100 (labels: 1 = anomaly)."""
     artifact, error, seconds = train_default_vae(x_normal, workdir, name, seed, overrides)
     if artifact is None:

@@ -16,7 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,23 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anomaly_common import (  # noqa: E402
-    KNN_K, PCA_VARIANCE, REFERENCE_K, REQUEST_ROWS, TIMING_PASSES, auroc, describe_overrides, fmt, fmt_rate, isolation_forest_scores,
-    knn_scores, machine, parse_overrides, set_threads, pca_scores, score_vae, write_section,
+    KNN_K,
+    PCA_VARIANCE,
+    REFERENCE_K,
+    REQUEST_ROWS,
+    TIMING_PASSES,
+    auroc,
+    describe_overrides,
+    fmt,
+    fmt_rate,
+    isolation_forest_scores,
+    knn_scores,
+    machine,
+    parse_overrides,
+    pca_scores,
+    score_vae,
+    set_threads,
+    write_section,
 )
 
 SECTION = "digits"
@@ -96,45 +111,55 @@ def render(rows: list[dict], args, overrides: dict, total_seconds: float) -> str
             + " and ".join(f"{name}'s ({means[m]:.4f})" for m, name in PEERS.items() if name in behind)
             + "."
         )
-    command = " ".join(filter(None, [
-        ".venv/bin/python benchmarks/anomaly_digits.py",
-        f"--seed {args.seed}",
-        f"--threads {args.threads}" if args.threads != 1 else "",
-        f"--digits {args.digits}" if args.digits != ALL_DIGITS else "",
-        describe_overrides(overrides),
-    ]))
-    flags = f"with {describe_overrides(overrides)} (a diagnostic run, not the defaults)" if overrides else "with no flags"
-    return "\n".join([
-        "## One-vs-rest anomaly detection on digits",
-        "",
-        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}, "
-        f"torch threads {args.threads or 'default'}; "
-        f"{total_seconds:.0f} s in all. Command: `{command}`.",
-        "",
-        "Protocol: scikit-learn's digits, split 75/25 stratified by class (seed "
-        f"{args.seed}). For each digit d, every method is fitted on the training rows of class d only and "
-        "scores the test rows of every class; class d is normal and the other nine are anomalies. "
-        "The score is AUROC (higher is better).",
-        "",
-        f"- VAE: `vae train --data digitD.npy --out DIR` {flags}: the class's training rows saved as a "
-        "(N, 1, 8, 8) float32 .npy, as a user would give them. Scored through the exported ONNX graphs with the "
-        "service's engine (`VaeEngine.elbo`): −L_K at the manifest's calibrated K (the served default, column K) "
-        f"and at K = {REFERENCE_K}. Throughput is test rows per second through `VaeEngine.elbo`, "
-        f"{REQUEST_ROWS} rows per call, best of {TIMING_PASSES} passes, on this shared machine (±30% from run to run).",
-        "- IsolationForest: scikit-learn defaults, same seed, pixels / 16; score −score_samples.",
-        f"- PCA: components explaining {PCA_VARIANCE:.0%} of the normal class's variance, pixels / 16; score the "
-        "squared reconstruction error.",
-        f"- kNN: mean Euclidean distance to the {KNN_K} nearest normal training rows, features standardised "
-        "with a StandardScaler fitted on those rows.",
-        "",
-        "AUROC:",
-        "",
-        *lines,
-        "",
-        verdict,
-        "",
-        "The tabular suite is in [the next section](#public-tabular-suite).",
-    ])
+    command = " ".join(
+        filter(
+            None,
+            [
+                ".venv/bin/python benchmarks/anomaly_digits.py",
+                f"--seed {args.seed}",
+                f"--threads {args.threads}" if args.threads != 1 else "",
+                f"--digits {args.digits}" if args.digits != ALL_DIGITS else "",
+                describe_overrides(overrides),
+            ],
+        )
+    )
+    flags = (
+        f"with {describe_overrides(overrides)} (a diagnostic run, not the defaults)" if overrides else "with no flags"
+    )
+    return "\n".join(
+        [
+            "## One-vs-rest anomaly detection on digits",
+            "",
+            f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}, "
+            f"torch threads {args.threads or 'default'}; "
+            f"{total_seconds:.0f} s in all. Command: `{command}`.",
+            "",
+            "Protocol: scikit-learn's digits, split 75/25 stratified by class (seed "
+            f"{args.seed}). For each digit d, every method is fitted on the training rows of class d only and "
+            "scores the test rows of every class; class d is normal and the other nine are anomalies. "
+            "The score is AUROC (higher is better).",
+            "",
+            f"- VAE: `vae train --data digitD.npy --out DIR` {flags}: the class's training rows saved as a "
+            "(N, 1, 8, 8) float32 .npy, as a user would give them. Scored through the exported ONNX graphs with the "
+            "service's engine (`VaeEngine.elbo`): −L_K at the manifest's calibrated K (the served default, column K) "
+            f"and at K = {REFERENCE_K}. Throughput is test rows per second through `VaeEngine.elbo`, "
+            f"{REQUEST_ROWS} rows per call, best of {TIMING_PASSES} passes, on this shared machine "
+            "(±30% from run to run).",
+            "- IsolationForest: scikit-learn defaults, same seed, pixels / 16; score −score_samples.",
+            f"- PCA: components explaining {PCA_VARIANCE:.0%} of the normal class's variance, pixels / 16; score the "
+            "squared reconstruction error.",
+            f"- kNN: mean Euclidean distance to the {KNN_K} nearest normal training rows, features standardised "
+            "with a StandardScaler fitted on those rows.",
+            "",
+            "AUROC:",
+            "",
+            *lines,
+            "",
+            verdict,
+            "",
+            "The tabular suite is in [the next section](#public-tabular-suite).",
+        ]
+    )
 
 
 ALL_DIGITS = "0,1,2,3,4,5,6,7,8,9"
@@ -147,7 +172,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (0: torch's default)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="diagnosis only: a TrainConfig field to set (repeatable); the table then says it is not the defaults",
     )
     parser.add_argument("--out", default="docs/benchmark-anomaly.md", help="where to write the table ('' for nowhere)")
@@ -168,7 +196,9 @@ def main() -> None:
             row = run_digit(digit, x_train, y_train, x_test, y_test, args, overrides, Path(tmp))
             v = row["vae"]
             vae_text = (
-                f"VAE (K={v.k}) {v.auroc_default:.4f}, VAE -L_100 {v.auroc_k100:.4f}" if v.ok else f"VAE fails: {v.error}"
+                f"VAE (K={v.k}) {v.auroc_default:.4f}, VAE -L_100 {v.auroc_k100:.4f}"
+                if v.ok
+                else f"VAE fails: {v.error}"
             )
             print(
                 f"digit {digit}: {vae_text}, IsolationForest {row['isolation_forest']:.4f}, PCA {row['pca']:.4f}, "

@@ -19,23 +19,44 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy.stats import ortho_group
 from sklearn.datasets import (
-    load_breast_cancer, load_digits, load_wine, make_blobs, make_s_curve, make_swiss_roll,
+    load_breast_cancer,
+    load_digits,
+    load_wine,
+    make_blobs,
+    make_s_curve,
+    make_swiss_roll,
 )
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anomaly_common import (  # noqa: E402
-    KNN_K, PCA_VARIANCE, REFERENCE_K, REQUEST_ROWS, TIMING_PASSES, auroc, describe_overrides, fmt, fmt_rate,
-    isolation_forest_scores, knn_scores, machine, parse_overrides, set_threads, pca_scores, pyod_version, pyod_vae_scores,
-    score_vae, write_section,
+    KNN_K,
+    PCA_VARIANCE,
+    REFERENCE_K,
+    REQUEST_ROWS,
+    TIMING_PASSES,
+    auroc,
+    describe_overrides,
+    fmt,
+    fmt_rate,
+    isolation_forest_scores,
+    knn_scores,
+    machine,
+    parse_overrides,
+    pca_scores,
+    pyod_vae_scores,
+    pyod_version,
+    score_vae,
+    set_threads,
+    write_section,
 )
 
 SECTION = "suite"
@@ -72,7 +93,12 @@ def blobs(seed: int) -> Problem:
     rng = np.random.default_rng(seed)
     n = N_TRAIN + N_TEST_NORMAL
     normal, _, centers = make_blobs(
-        n_samples=n, n_features=10, centers=5, cluster_std=1.0, center_box=(-8, 8), random_state=seed,
+        n_samples=n,
+        n_features=10,
+        centers=5,
+        cluster_std=1.0,
+        center_box=(-8, 8),
+        random_state=seed,
         return_centers=True,
     )
     half = N_TEST_ANOMALY // 2
@@ -81,9 +107,12 @@ def blobs(seed: int) -> Problem:
     between = t * centers[pairs[:, 0]] + (1 - t) * centers[pairs[:, 1]] + 0.5 * rng.standard_normal((half, 10))
     low, high = normal.min(axis=0), normal.max(axis=0)
     uniform = rng.uniform(low, high, (N_TEST_ANOMALY - half, 10))
-    return Problem("blobs", *_split(normal, np.concatenate([between, uniform]), N_TRAIN),
-                   "make_blobs: 5 clusters (std 1) in 10-d; anomalies: half between two cluster centres "
-                   "(t ∈ [0.35, 0.65], + N(0, 0.5²)), half uniform in the normal rows' bounding box")
+    return Problem(
+        "blobs",
+        *_split(normal, np.concatenate([between, uniform]), N_TRAIN),
+        "make_blobs: 5 clusters (std 1) in 10-d; anomalies: half between two cluster centres "
+        "(t ∈ [0.35, 0.65], + N(0, 0.5²)), half uniform in the normal rows' bounding box",
+    )
 
 
 def swiss_roll(seed: int) -> Problem:
@@ -108,10 +137,13 @@ def swiss_roll(seed: int) -> Problem:
     noise = 0.05
     normal = _embed(normal3 / scale, dim, noise, rng, rotation)
     anomalies = on_surface / scale @ rotation.T + noise * rng.standard_normal((N_TEST_ANOMALY, dim))
-    return Problem("swiss-roll-20d", *_split(normal, anomalies, N_TRAIN),
-                   "make_swiss_roll (noise 0.3) scaled to unit std, zero-padded to 20-d, randomly rotated, + N(0, 0.05²); "
-                   "anomalies: roll points pushed 1.5–3 roll units (turns are 2π apart) off the surface, half along "
-                   "its normal inside the roll's 3-d subspace, half out of that subspace")
+    return Problem(
+        "swiss-roll-20d",
+        *_split(normal, anomalies, N_TRAIN),
+        "make_swiss_roll (noise 0.3) scaled to unit std, zero-padded to 20-d, randomly rotated, + N(0, 0.05²); "
+        "anomalies: roll points pushed 1.5–3 roll units (turns are 2π apart) off the surface, half along "
+        "its normal inside the roll's 3-d subspace, half out of that subspace",
+    )
 
 
 def s_curve(seed: int) -> Problem:
@@ -127,9 +159,12 @@ def s_curve(seed: int) -> Problem:
     noise = 0.03
     normal = _embed(normal3, dim, noise, rng, rotation)
     anomalies = _embed(base + push * normals, dim, noise, rng, rotation)
-    return Problem("s-curve-12d", *_split(normal, anomalies, N_TRAIN),
-                   "make_s_curve (noise 0.05), zero-padded to 12-d, randomly rotated, + N(0, 0.03²); anomalies: "
-                   "curve points pushed 0.25–0.5 (the curve's radius is 1) off the surface along its normal")
+    return Problem(
+        "s-curve-12d",
+        *_split(normal, anomalies, N_TRAIN),
+        "make_s_curve (noise 0.05), zero-padded to 12-d, randomly rotated, + N(0, 0.03²); anomalies: "
+        "curve points pushed 0.25–0.5 (the curve's radius is 1) off the surface along its normal",
+    )
 
 
 def correlated_gaussian(seed: int) -> Problem:
@@ -144,9 +179,12 @@ def correlated_gaussian(seed: int) -> Problem:
     which = rng.integers(dim - 3, dim, N_TEST_ANOMALY)
     shift = rng.uniform(4, 6, N_TEST_ANOMALY) * rng.choice([-1.0, 1.0], N_TEST_ANOMALY) * np.sqrt(eigenvalues[which])
     anomalies = draw(N_TEST_ANOMALY) + shift[:, None] * basis[:, which].T
-    return Problem("correlated-gaussian-20d", *_split(normal, anomalies, N_TRAIN),
-                   "N(0, QΛQᵀ) in 20-d, Q random orthogonal, Λ log-spaced from 10 to 0.01; anomalies: normal draws "
-                   "shifted ±4–6 std along one of the 3 smallest-eigenvalue directions")
+    return Problem(
+        "correlated-gaussian-20d",
+        *_split(normal, anomalies, N_TRAIN),
+        "N(0, QΛQᵀ) in 20-d, Q random orthogonal, Λ log-spaced from 10 to 0.01; anomalies: normal draws "
+        "shifted ±4–6 std along one of the 3 smallest-eigenvalue directions",
+    )
 
 
 def heavy_tailed_binary(seed: int) -> Problem:
@@ -167,10 +205,13 @@ def heavy_tailed_binary(seed: int) -> Problem:
         p = 1 / (1 + np.exp(-(driver * loadings_b + offsets_b)))
         return np.concatenate([t_cols, ln_cols, (rng.random((m, 8)) < p).astype(float)], axis=1)
 
-    return Problem("heavy-tailed-binary", *_split(draw(n, False), draw(N_TEST_ANOMALY, True), N_TRAIN),
-                   "16 columns driven by one N(0, 1) factor: 4 factor + 0.5·t(3), 4 lognormal, 8 Bernoulli "
-                   "(logistic in the factor); anomalies: the Bernoulli columns follow an independent factor "
-                   "(same marginals, dependence broken)")
+    return Problem(
+        "heavy-tailed-binary",
+        *_split(draw(n, False), draw(N_TEST_ANOMALY, True), N_TRAIN),
+        "16 columns driven by one N(0, 1) factor: 4 factor + 0.5·t(3), 4 lognormal, 8 Bernoulli "
+        "(logistic in the factor); anomalies: the Bernoulli columns follow an independent factor "
+        "(same marginals, dependence broken)",
+    )
 
 
 def breast_cancer_small(seed: int) -> Problem:
@@ -179,9 +220,12 @@ def breast_cancer_small(seed: int) -> Problem:
     data = load_breast_cancer()
     benign = rng.permutation(data.data[data.target == 1])
     malignant = rng.permutation(data.data[data.target == 0])[:40]
-    return Problem("breast-cancer-200", *_split(benign, malignant, 200),
-                   "load_breast_cancer (30 features): 200 benign rows train; test the other 157 benign and 40 "
-                   "random malignant rows")
+    return Problem(
+        "breast-cancer-200",
+        *_split(benign, malignant, 200),
+        "load_breast_cancer (30 features): 200 benign rows train; test the other 157 benign and 40 "
+        "random malignant rows",
+    )
 
 
 def wine_small(seed: int) -> Problem:
@@ -190,9 +234,12 @@ def wine_small(seed: int) -> Problem:
     data = load_wine()
     normal = rng.permutation(data.data[data.target == 1])
     others = data.data[data.target != 1]
-    return Problem("wine-50", *_split(normal, others, 50),
-                   "load_wine (13 features): 50 rows of class 1 train; test its other 21 rows against all 107 rows "
-                   "of classes 0 and 2")
+    return Problem(
+        "wine-50",
+        *_split(normal, others, 50),
+        "load_wine (13 features): 50 rows of class 1 train; test its other 21 rows against all 107 rows "
+        "of classes 0 and 2",
+    )
 
 
 def digits_corrupted(seed: int) -> Problem:
@@ -215,11 +262,16 @@ def digits_corrupted(seed: int) -> Problem:
         turned[i] = [np.fliplr, np.flipud, np.rot90][i % 3](image)
     x_test_all = np.concatenate([x_test, noisy, occluded, turned])[:, None]
     labels = np.concatenate([np.zeros(len(x_test), int), np.ones(150, int)])
-    return Problem("digits-corrupted", x_train[:, None].astype(np.float32), x_test_all.astype(np.float32), labels,
-                   "load_digits split 75/25 stratified: 1347 clean digits of every class train, as (N, 1, 8, 8); "
-                   "test the 450 clean test digits and corrupted copies of 150 of them (50 with 12 pixels "
-                   "replaced by uniform 0..16, 50 with a 3×3 block set to 16, 50 flipped left-right, flipped "
-                   "up-down or turned 90°)")
+    return Problem(
+        "digits-corrupted",
+        x_train[:, None].astype(np.float32),
+        x_test_all.astype(np.float32),
+        labels,
+        "load_digits split 75/25 stratified: 1347 clean digits of every class train, as (N, 1, 8, 8); "
+        "test the 450 clean test digits and corrupted copies of 150 of them (50 with 12 pixels "
+        "replaced by uniform 0..16, 50 with a 3×3 block set to 16, 50 flipped left-right, flipped "
+        "up-down or turned 90°)",
+    )
 
 
 PROBLEMS: dict[str, Callable[[int], Problem]] = {
@@ -297,7 +349,8 @@ def verdict(s: dict, n: int, overrides: dict) -> str:
                 + (
                     "; more than 0.05 below the best peer on "
                     + ", ".join(f"{r['problem'].name} ({r['gap']:+.4f})" for r in s["too_far"])
-                    if s["too_far"] else ""
+                    if s["too_far"]
+                    else ""
                 )
                 + "."
             )
@@ -336,7 +389,8 @@ def render(rows: list[dict], s: dict, args, overrides: dict, total_seconds: floa
         + f" | {fmt(s['oracle_mean'])} (best per problem) | |"
     )
     k_lines = [
-        f"| problem | K (manifest) | AUROC at K | AUROC at K = {REFERENCE_K} | rows/s at K | rows/s at K = {REFERENCE_K} "
+        f"| problem | K (manifest) | AUROC at K | AUROC at K = {REFERENCE_K} | rows/s at K "
+        f"| rows/s at K = {REFERENCE_K} "
         "| VAE epochs | VAE train s | PyOD VAE fit s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -348,50 +402,61 @@ def render(rows: list[dict], s: dict, args, overrides: dict, total_seconds: floa
             f"{v.train_seconds:.1f} | {r['pyod_seconds']:.1f} |"
         )
     k_lines.append(f"| **mean** | | **{fmt(s['vae_mean'])}** | **{fmt(s['vae_mean_k100'])}** | | | | | |")
-    command = " ".join(filter(None, [
-        ".venv/bin/python benchmarks/anomaly_suite.py",
-        f"--seed {args.seed}",
-        f"--threads {args.threads}" if args.threads != 1 else "",
-        f"--problems {','.join(args.problem_names)}" if args.problem_names != list(PROBLEMS) else "",
-        describe_overrides(overrides),
-    ]))
-    flags = f"with {describe_overrides(overrides)} (a diagnostic run, not the defaults)" if overrides else "with no flags"
-    return "\n".join([
-        "## Public tabular suite",
-        "",
-        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}, "
-        f"torch threads {args.threads or 'default'}; "
-        f"{total_seconds:.0f} s in all. Command: `{command}`.",
-        "",
-        "Problems, built from scikit-learn's bundled data and generators with seed "
-        f"{args.seed} (code: `benchmarks/anomaly_suite.py`). Every method is fitted on the training rows, which are "
-        "all normal, and scores the test rows; the score is AUROC (higher is better).",
-        "",
-        *[f"- **{r['problem'].name}**: {r['problem'].description}." for r in rows],
-        "",
-        "Methods:",
-        "",
-        f"- VAE: `vae train --data PROBLEM.npy --out DIR` {flags}, on the training rows saved as a float32 .npy "
-        "((N, D) for tables, (N, 1, 8, 8) for digits). Scored through the exported ONNX graphs with the service's "
-        "engine (`VaeEngine.elbo`): −L_K at the manifest's calibrated K (`scoring.iw_samples`, the served default).",
-        "- IsolationForest: scikit-learn defaults, same seed, raw features; score −score_samples.",
-        f"- PCA: standardised features (StandardScaler on the training rows), components explaining "
-        f"{PCA_VARIANCE:.0%} of their variance; score the squared reconstruction error.",
-        f"- kNN: standardised features; score the mean Euclidean distance to the {KNN_K} nearest training rows.",
-        f"- PyOD VAE: `pyod.models.vae.VAE` (pyod {pyod_version()}) with its defaults (verbose=0) on standardised "
-        "features; score `decision_function`.",
-        "",
-        "AUROC:",
-        "",
-        *auroc_lines,
-        "",
-        verdict(s, len(rows), overrides),
-        "",
-        f"The VAE's default K and /elbo throughput (test rows per second through `VaeEngine.elbo`, {REQUEST_ROWS} "
-        f"rows per call, best of {TIMING_PASSES} passes, on this shared machine: expect ±30% from run to run):",
-        "",
-        *k_lines,
-    ])
+    command = " ".join(
+        filter(
+            None,
+            [
+                ".venv/bin/python benchmarks/anomaly_suite.py",
+                f"--seed {args.seed}",
+                f"--threads {args.threads}" if args.threads != 1 else "",
+                f"--problems {','.join(args.problem_names)}" if args.problem_names != list(PROBLEMS) else "",
+                describe_overrides(overrides),
+            ],
+        )
+    )
+    flags = (
+        f"with {describe_overrides(overrides)} (a diagnostic run, not the defaults)" if overrides else "with no flags"
+    )
+    return "\n".join(
+        [
+            "## Public tabular suite",
+            "",
+            f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}, "
+            f"torch threads {args.threads or 'default'}; "
+            f"{total_seconds:.0f} s in all. Command: `{command}`.",
+            "",
+            "Problems, built from scikit-learn's bundled data and generators with seed "
+            f"{args.seed} (code: `benchmarks/anomaly_suite.py`). Every method is fitted on the training rows, "
+            "which are "
+            "all normal, and scores the test rows; the score is AUROC (higher is better).",
+            "",
+            *[f"- **{r['problem'].name}**: {r['problem'].description}." for r in rows],
+            "",
+            "Methods:",
+            "",
+            f"- VAE: `vae train --data PROBLEM.npy --out DIR` {flags}, on the training rows saved as a float32 .npy "
+            "((N, D) for tables, (N, 1, 8, 8) for digits). Scored through the exported ONNX graphs with the service's "
+            "engine (`VaeEngine.elbo`): −L_K at the manifest's calibrated K (`scoring.iw_samples`, the served "
+            "default).",
+            "- IsolationForest: scikit-learn defaults, same seed, raw features; score −score_samples.",
+            f"- PCA: standardised features (StandardScaler on the training rows), components explaining "
+            f"{PCA_VARIANCE:.0%} of their variance; score the squared reconstruction error.",
+            f"- kNN: standardised features; score the mean Euclidean distance to the {KNN_K} nearest training rows.",
+            f"- PyOD VAE: `pyod.models.vae.VAE` (pyod {pyod_version()}) with its defaults (verbose=0) on standardised "
+            "features; score `decision_function`.",
+            "",
+            "AUROC:",
+            "",
+            *auroc_lines,
+            "",
+            verdict(s, len(rows), overrides),
+            "",
+            f"The VAE's default K and /elbo throughput (test rows per second through `VaeEngine.elbo`, {REQUEST_ROWS} "
+            f"rows per call, best of {TIMING_PASSES} passes, on this shared machine: expect ±30% from run to run):",
+            "",
+            *k_lines,
+        ]
+    )
 
 
 def main() -> None:
@@ -401,7 +466,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (0: torch's default)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="diagnosis only: a TrainConfig field to set (repeatable); the table then says it is not the defaults",
     )
     parser.add_argument("--out", default="docs/benchmark-anomaly.md", help="where to write the tables ('' for nowhere)")
@@ -424,10 +492,13 @@ def main() -> None:
             row = run_problem(problem, args.seed, overrides, Path(tmp))
             v = row["vae"]
             vae_text = (
-                f"VAE (K={v.k}) {v.auroc_default:.4f}, VAE -L_100 {v.auroc_k100:.4f}" if v.ok else f"VAE fails: {v.error}"
+                f"VAE (K={v.k}) {v.auroc_default:.4f}, VAE -L_100 {v.auroc_k100:.4f}"
+                if v.ok
+                else f"VAE fails: {v.error}"
             )
             print(
-                f"{name}: {vae_text}, " + ", ".join(f"{PEERS[m]} {row[m]:.4f}" for m in PEERS)
+                f"{name}: {vae_text}, "
+                + ", ".join(f"{PEERS[m]} {row[m]:.4f}" for m in PEERS)
                 + f" ({row['seconds']:.0f} s)",
                 flush=True,
             )
