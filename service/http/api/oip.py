@@ -234,7 +234,7 @@ def _standard(parameters: dict) -> float | None:
     expect("timeout", is_int(timeout) and timeout >= 0, "a whole number of microseconds, 0 or more")
     expect("content_type", parameters.get("content_type") == "np", "'np' (the tensors are read as numpy arrays)")
     expect("headers", isinstance(parameters.get("headers"), dict), "an object")
-    return timeout / 1e6 if timeout else None  # Triton's clients send 0 for "no timeout"
+    return timeout / 1e6 if timeout else None  # 0: no timeout of its own
 
 
 def _deadline(deadline: Deadline, timeout_s: float | None) -> Deadline:
