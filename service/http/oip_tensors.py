@@ -12,6 +12,7 @@ docs/protocol/extension_binary_data.md.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from service.core.errors import InvalidInput, LimitExceeded, MalformedRequest
+from service.core.errors import InvalidInput, LimitExceeded, MalformedRequest, UnsupportedMediaType
 from service.core.inputs import FLOAT32_MAX, as_float_array, json_value_bound
 from service.http.json_writer import CHUNK_BYTES, JSON_NUMBER_BYTES, JSON_OVERHEAD_BYTES, chunks, json_parts, write_json
 
@@ -60,12 +61,46 @@ class InferenceRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
 
 
+# Content-Encoding -> zlib's wbits: gzip's wrapper, or zlib's (HTTP's "deflate", what tritonclient sends).
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decompress(body: bytes | memoryview, encoding: str | None, limit: int) -> bytes | memoryview:
+    """The body as sent before its Content-Encoding (gzip or deflate), at most `limit` bytes once decompressed:
+    beyond it 413, without ever holding more than limit + 1 bytes (a small zip bomb stays small)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ENCODINGS:
+        raise UnsupportedMediaType(f"Content-Encoding: {encoding!r}; expected gzip, deflate or identity")
+    inflater = zlib.decompressobj(ENCODINGS[encoding])
+    try:
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedRequest(f"the body is not valid {encoding} data ({exc})") from None
+    if len(plain) > limit or inflater.unconsumed_tail:
+        raise LimitExceeded(
+            f"the body decompresses to more than {limit} bytes (VAE_MAX_BODY_BYTES); send it in smaller requests"
+        )
+    if not inflater.eof:
+        raise MalformedRequest(f"the body is cut short: its {encoding} data does not end")
+    return plain
+
+
 def split_body(body: bytes | memoryview, header_length: str | None, max_values: int) -> tuple[Any, memoryview | None]:
     """The JSON header (parsed) and the binary data after it; None without Inference-Header-Content-Length.
 
     The header is measured before it is parsed: more than max_values JSON values gets 413."""
     if header_length is None:
-        return _json(body, max_values), None
+        try:
+            return _json(body, max_values), None
+        except MalformedRequest as exc:
+            if not _binary_after_json(body):
+                raise
+            raise MalformedRequest(
+                f"{exc}; a body with binary tensor data needs the header Inference-Header-Content-Length, "
+                "the length in bytes of the JSON before the binary data"
+            ) from None
     if not header_length.strip().isdigit():
         raise MalformedRequest(
             f"Inference-Header-Content-Length: expected the JSON header's length in bytes, got {header_length!r}"
@@ -76,6 +111,11 @@ def split_body(body: bytes | memoryview, header_length: str | None, max_values: 
             f"Inference-Header-Content-Length: {length} bytes of JSON header, but the body has only {len(body)} bytes"
         )
     return _json(body[:length], max_values), memoryview(body)[length:]
+
+
+def _binary_after_json(body: bytes | memoryview) -> bool:
+    """Whether the body looks like a JSON object that says binary_data_size, then something more."""
+    return bytes(body[:1]) == b"{" and b'"binary_data_size"' in bytes(body[: 1 << 16])
 
 
 def _json(header: bytes | memoryview, max_values: int) -> Any:

@@ -104,10 +104,10 @@ def test_server_metadata(client):
     assert response.json() == {"name": "vae-service", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
-@pytest.mark.parametrize("path", ["/v2/health/live", "/v2/health/ready"])
-def test_server_health(client, path):
+@pytest.mark.parametrize("path, body", [("/v2/health/live", {"live": True}), ("/v2/health/ready", {"ready": True})])
+def test_server_health(client, path, body):
     response = client.get(path)
-    assert response.status_code == 200 and response.content == b""
+    assert response.status_code == 200 and response.json() == body  # KServe's client reads the body
 
 
 @pytest.mark.parametrize("op", ["encode", "sample", "decode", "elbo"])
@@ -166,8 +166,24 @@ def test_versioned_paths_answer_for_the_served_version_only(digits_client):
     ):
         assert response.status_code == 404
         assert response.json() == {
-            "error": f"digits-decode has no version '0123456789ab'; this server serves version {version}"
+            "error": f"digits-decode has no version '0123456789ab'; this server serves version {version} "
+            "(also called 1)"
         }
+
+
+def test_the_served_version_is_also_version_1(digits_client):
+    version = digits_client.get("/v1/model").json()["version"]
+    body = {"inputs": [{"name": "z", "datatype": "FP64", "shape": [1, 4], "data": [0.0, 0.0, 0.0, 0.0]}]}
+    plain = digits_client.post("/v2/models/digits-decode/infer", json=body)
+    first = digits_client.post("/v2/models/digits-decode/versions/1/infer", json=body)
+    assert first.status_code == 200 and first.json() == plain.json()
+    assert first.json()["model_version"] == version
+    assert digits_client.get("/v2/models/digits-decode/versions/1/ready").status_code == 200
+    assert (
+        digits_client.get("/v2/models/digits-decode/versions/1").json()
+        == digits_client.get("/v2/models/digits-decode").json()
+    )
+    assert digits_client.get("/v2/models/digits-decode/versions/2/ready").status_code == 404
 
 
 def test_model_metadata_names_the_platform_and_shapes(clients):
@@ -445,7 +461,8 @@ DIGIT = np.zeros((1, 64))
             [tensor("instances", DIGIT)],
             {"parameters": {"samples": 3}},
             "parameters: digits-elbo takes no parameter 'samples'; it takes binary_data_output, fpr, iw_samples, "
-            "n_samples, seed, threshold",
+            "n_samples, seed, threshold and the standard sequence_id, sequence_start, sequence_end, priority, "
+            "timeout, content_type, headers",
         ),
         (
             [tensor("instances", DIGIT)],
@@ -564,6 +581,17 @@ def test_malformed_binary_requests_are_400(digits_client, request_args, message)
     assert error(response, 400) == message.format(body=len(content))
 
 
+def test_binary_body_without_the_header_length_names_the_header(digits_client):
+    content, headers = binary_digit_request()
+    del headers[HEADER_LENGTH]
+    message = error(digits_client.post("/v2/models/digits-elbo/infer", content=content, headers=headers), 400)
+    assert message.startswith("the inference header is not valid JSON: ")
+    assert message.endswith(
+        "; a body with binary tensor data needs the header Inference-Header-Content-Length, "
+        "the length in bytes of the JSON before the binary data"
+    )
+
+
 def test_binary_data_size_without_the_header_length(digits_client):
     description, raw = binary_tensor("instances", DIGIT)
     response = digits_client.post("/v2/models/digits-elbo/infer", json={"inputs": [description]})
@@ -644,3 +672,117 @@ def test_not_ready_is_503(digits_model_dir):
     assert error(client.get("/v2/models/digits-elbo/ready"), 503) == message
     assert error(infer(client, "digits-elbo", [tensor("instances", DIGIT)]), 503) == message
     assert client.get("/v2/health/live").status_code == 200
+
+
+# --- standard parameters, content_type, compressed bodies ------------------------------------------------------
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"sequence_id": 7, "sequence_start": True, "sequence_end": False},
+        {"sequence_id": "session-a"},
+        {"priority": 2},
+        {"timeout": 0},
+        {"timeout": 60_000_000},
+        {"content_type": "np"},
+        {"headers": {"x-request": "1"}},
+    ],
+)
+def test_standard_parameters_are_taken_and_change_nothing(digits_client, parameters):
+    inputs = [tensor("instances", DIGIT)]
+    plain = infer(digits_client, "digits-elbo", inputs, parameters={"seed": 0})
+    given = infer(digits_client, "digits-elbo", inputs, parameters={"seed": 0, **parameters})
+    assert given.status_code == 200 and given.json() == plain.json()
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"priority": -1}, "parameters.priority: expected a whole number, 0 or more, got -1"),
+        ({"timeout": 1.5}, "parameters.timeout: expected a whole number of microseconds, 0 or more, got 1.5"),
+        ({"sequence_id": 1.5}, "parameters.sequence_id: expected an integer or a string, got 1.5"),
+        ({"sequence_end": 1}, "parameters.sequence_end: expected true or false, got 1"),
+        (
+            {"content_type": "pd"},
+            "parameters.content_type: expected 'np' (the tensors are read as numpy arrays), got 'pd'",
+        ),
+    ],
+)
+def test_bad_standard_parameters_are_400(digits_client, parameters, message):
+    response = infer(digits_client, "digits-elbo", [tensor("instances", DIGIT)], parameters=parameters)
+    assert error(response, 400) == message
+
+
+def test_a_timeout_the_request_cannot_meet_is_503(digits_client):
+    response = infer(digits_client, "digits-elbo", [tensor("instances", DIGIT)], parameters={"timeout": 1})
+    assert error(response, 503) == "the request did not finish within its parameters.timeout of 1 us"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_bodies_are_decompressed(digits_client, encoding):
+    import gzip
+    import zlib
+
+    request = {"inputs": [tensor("instances", DIGIT)], "parameters": {"seed": 0}}
+    plain = digits_client.post("/v2/models/digits-elbo/infer", json=request)
+    content, headers = binary_digit_request()
+    raw = json.dumps(request).encode()
+    packed = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+    response = digits_client.post(
+        "/v2/models/digits-elbo/infer",
+        content=packed,
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    assert response.status_code == 200 and response.json() == plain.json()
+    packed_binary = gzip.compress(content) if encoding == "gzip" else zlib.compress(content)
+    binary = digits_client.post(
+        "/v2/models/digits-elbo/infer", content=packed_binary, headers={**headers, "content-encoding": encoding}
+    )
+    assert binary.status_code == 200
+
+
+def test_a_body_that_decompresses_beyond_the_body_limit_is_413(digits_model_dir):
+    import gzip
+
+    bomb = gzip.compress(b" " * (8 * 1024 * 1024))  # 8 MiB of spaces: about 8 KiB compressed
+    with app_client(digits_model_dir, max_body_bytes=1024 * 1024) as client:
+        response = client.post(
+            "/v2/models/digits-elbo/infer",
+            content=bomb,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+    assert error(response, 413) == (
+        "the body decompresses to more than 1048576 bytes (VAE_MAX_BODY_BYTES); send it in smaller requests"
+    )
+
+
+@pytest.mark.parametrize(
+    "encoding, content, status, message",
+    [
+        ("br", b"{}", 415, "Content-Encoding: 'br'; expected gzip, deflate or identity"),
+        (
+            "gzip",
+            b"not gzip",
+            400,
+            "the body is not valid gzip data (Error -3 while decompressing data: incorrect header check)",
+        ),
+    ],
+)
+def test_bad_content_encodings(digits_client, encoding, content, status, message):
+    response = digits_client.post(
+        "/v2/models/digits-elbo/infer",
+        content=content,
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    assert error(response, status) == message
+
+
+def test_a_cut_short_gzip_body_is_400(digits_client):
+    import gzip
+
+    packed = gzip.compress(json.dumps({"inputs": [tensor("instances", DIGIT)]}).encode())
+    response = digits_client.post(
+        "/v2/models/digits-elbo/infer",
+        content=packed[:-12],
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert error(response, 400) == "the body is cut short: its gzip data does not end"

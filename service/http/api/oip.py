@@ -12,6 +12,7 @@ native API says 422 (the protocol's status for a bad request).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.core.artifact import Manifest
 from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, ElboOptions
-from service.core.errors import InvalidInput, ServiceError
+from service.core.errors import InvalidInput, ServiceError, Timeout
 from service.core.inputs import check_array, check_latents
 from service.http.api.answers import INLINE_BYTES, check_answer
 from service.http.api.body import JSON, check_media_type, max_json_values, read_raw
@@ -37,6 +38,7 @@ from service.http.oip_tensors import (
     BINARY,
     HEADER_LENGTH,
     InferenceRequest,
+    decompress,
     encode_response,
     read_inputs,
     response_bound,
@@ -49,6 +51,21 @@ SERVER_NAME = "vae-service"
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"onnx": "onnx_onnxv1", "torchscript": "pytorch_torchscript"}
 BINARY_OUTPUT = "binary_data_output"  # request parameter of the binary extension: every output as binary data
+# Request parameters any model takes, beside its own options. Triton's clients send the first five (its
+# parameters extension reserves them); MLServer's send content_type and headers. The models are stateless and
+# have one queue, so the sequence parameters and priority are checked and ignored; `timeout` (microseconds,
+# as Triton's) can only shorten the request's deadline; content_type "np" is how the tensors are read anyway.
+STANDARD_PARAMETERS = (
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+    "priority",
+    "timeout",
+    "content_type",
+    "headers",
+)
+# The version every model also answers to: the ordinal of the one version served (the hash in `versions`).
+ORDINAL_VERSION = "1"
 # The elbo model's outputs are /elbo's per-input fields; its per-request fields are response parameters.
 ELBO_TENSORS = tuple(o.name for o in PER_INPUT_OUTPUTS)
 ELBO_PARAMETERS = tuple(o.name for o in ELBO_OUTPUTS if o.kind == "per_request")
@@ -190,13 +207,52 @@ def operation(model_name: str, manifest: Manifest) -> Operation:
     return OPERATIONS[op]
 
 
+class ClientDeadline(Deadline):
+    """A deadline the request set itself (parameters.timeout), before VAE_REQUEST_TIMEOUT_S's."""
+
+    def error(self) -> Timeout:
+        return Timeout(f"the request did not finish within its parameters.timeout of {self.timeout_s * 1e6:g} us")
+
+
+def _standard(parameters: dict) -> float | None:
+    """Checks the standard request parameters; the request's own timeout in seconds, if it gives one."""
+
+    def expect(name: str, ok: bool, what: str) -> None:
+        if name in parameters and not ok:
+            raise InvalidInput(f"parameters.{name}: expected {what}, got {parameters[name]!r}")
+
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    sequence_id = parameters.get("sequence_id")
+    expect("sequence_id", is_int(sequence_id) or isinstance(sequence_id, str), "an integer or a string")
+    for flag in ("sequence_start", "sequence_end"):
+        expect(flag, isinstance(parameters.get(flag), bool), "true or false")
+    priority = parameters.get("priority")
+    expect("priority", is_int(priority) and priority >= 0, "a whole number, 0 or more")
+    timeout = parameters.get("timeout")
+    expect("timeout", is_int(timeout) and timeout >= 0, "a whole number of microseconds, 0 or more")
+    expect("content_type", parameters.get("content_type") == "np", "'np' (the tensors are read as numpy arrays)")
+    expect("headers", isinstance(parameters.get("headers"), dict), "an object")
+    return timeout / 1e6 if timeout else None  # 0: no timeout of its own
+
+
+def _deadline(deadline: Deadline, timeout_s: float | None) -> Deadline:
+    """The request's deadline: VAE_REQUEST_TIMEOUT_S's, or sooner when the request asks."""
+    if timeout_s is None or timeout_s >= deadline.remaining():
+        return deadline
+    return ClientDeadline(time.monotonic() + timeout_s, timeout_s)
+
+
 def _options(model_name: str, op: Operation, parameters: dict) -> tuple[BaseModel | None, bool]:
     """The request parameters as the native options (validated by the native model), and binary_data_output."""
+    parameters = {k: v for k, v in parameters.items() if k not in STANDARD_PARAMETERS}
     taken = (*op.parameters, BINARY_OUTPUT)
     unknown = sorted(set(parameters) - set(taken))
     if unknown:
         raise InvalidInput(
-            f"parameters: {model_name} takes no parameter '{unknown[0]}'; it takes {', '.join(sorted(taken))}"
+            f"parameters: {model_name} takes no parameter '{unknown[0]}'; it takes {', '.join(sorted(taken))} "
+            f"and the standard {', '.join(STANDARD_PARAMETERS)}"
         )
     binary = parameters.get(BINARY_OUTPUT, False)
     if not isinstance(binary, bool):
@@ -242,25 +298,28 @@ def _wanted(
 
 
 # --- routes -------------------------------------------------------------------------------------------------
-@health.get("/v2/health/live", response_class=Response)
-async def server_live() -> Response:
-    """200 while the process is alive (the protocol's health answers have an empty body)."""
-    return Response()
+@health.get("/v2/health/live")
+async def server_live() -> dict:
+    """200 and {"live": true} while the process is alive (KServe's client reads the body)."""
+    return {"live": True}
 
 
 @health.get("/v2/health/ready", response_class=Response, responses={503: {"description": "loading or draining"}})
 async def server_ready(request: Request, engine: EngineDep) -> Response:
-    """200 once the model is loaded and warmed up and the server is not draining, else 503."""
+    """200 and {"ready": true} once the model is loaded and warmed up and the server is not draining, else 503."""
     if request.app.state.draining:
         return JSONResponse({"error": "the server is shutting down"}, status_code=503)
-    return Response()
+    return JSONResponse({"ready": True})
 
 
 def _served(model_name: str, version: str | None, live: LiveModel) -> Operation:
     """The operation of a model name, at a version (when the path names one) that must be the one served."""
     op = operation(model_name, live.artifact.manifest)
-    if version is not None and version != live.version:
-        raise ModelNotFound(f"{model_name} has no version '{version}'; this server serves version {live.version}")
+    if version is not None and version not in (live.version, ORDINAL_VERSION):
+        raise ModelNotFound(
+            f"{model_name} has no version '{version}'; this server serves version {live.version} "
+            f"(also called {ORDINAL_VERSION})"
+        )
     return op
 
 
@@ -351,6 +410,7 @@ class Parsed:
     binary_default: bool
     wanted: list[tuple[str, bool]] | None
     inputs: dict[str, np.ndarray]
+    timeout_s: float | None  # parameters.timeout, in seconds
 
 
 def _parse(
@@ -360,10 +420,11 @@ def _parse(
     manifest = live.artifact.manifest
     header, binary = split_body(raw, header_length, max_json_values(live.engine))
     body = InferenceRequest.model_validate(header)
+    timeout_s = _standard(body.parameters)
     options, binary_default = _options(model_name, op, body.parameters)
     _check_input_names(model_name, op, body, manifest)
     wanted = _wanted(model_name, op, body, manifest, binary_default)
-    return Parsed(body, options, binary_default, wanted, read_inputs(body.inputs, binary))
+    return Parsed(body, options, binary_default, wanted, read_inputs(body.inputs, binary), timeout_s)
 
 
 def _chosen(op: Operation, manifest: Manifest, parsed: Parsed, decodes: bool) -> list[tuple[str, bool]]:
@@ -399,9 +460,12 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
     if "content-type" in request.headers:  # Triton's Python client sends none
         check_media_type(request, [JSON, BINARY])
     raw = await read_raw(request)
+    if encoding := request.headers.get("content-encoding"):  # tritonclient's request_compression_algorithm
+        limit = request.app.state.settings.max_body_bytes
+        raw = await executor.call(decompress, raw, encoding, limit, deadline=deadline)
     parse = (raw, request.headers.get(HEADER_LENGTH), model_name, op, live)
     parsed = _parse(*parse) if len(raw) <= INLINE_BYTES else await executor.call(_parse, *parse, deadline=deadline)
-    options = parsed.options
+    options, deadline = parsed.options, _deadline(deadline, parsed.timeout_s)
     wants_x = parsed.wanted is not None and any(name == "x" for name, _ in parsed.wanted)
     chosen = _chosen(op, manifest, parsed, wants_x or bool(getattr(options, "decode", False)))
     _check_answer_size(op, live, parsed, chosen)
