@@ -33,8 +33,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 K8S_VERSIONS = ["1.30", "latest"]
 KSERVE_SDK = os.environ.get("VAE_KSERVE_SDK", "0.21.0")
 KSERVE_WHEEL = Path(sys.prefix) / "share" / "vae-deploy" / f"kserve-{KSERVE_SDK}-py3-none-any.whl"
-KSERVE_KINDS = {("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
-                ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService"}
+KSERVE_KINDS = {
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
+}
 K8S_DEFS = "https://kubernetes.io/api/_definitions.json"
 SERVE_IMAGE_PORT = 8000  # the serve image's VAE_PORT (Dockerfile)
 RUNTIME_USER = 10001  # the images' user (Dockerfile)
@@ -104,8 +106,14 @@ def test_each_kustomization_renders_the_expected_objects():
     kinds = {name: sorted(o["kind"] for o in render(name)) for name in KUSTOMIZATIONS}
     assert kinds == {
         "model": ["Job", "PersistentVolumeClaim"],
-        "base": ["Deployment", "HorizontalPodAutoscaler", "Job", "PersistentVolumeClaim",
-                 "PodDisruptionBudget", "Service"],
+        "base": [
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "Job",
+            "PersistentVolumeClaim",
+            "PodDisruptionBudget",
+            "Service",
+        ],
         "kserve": ["InferenceService", "Job", "PersistentVolumeClaim", "ServingRuntime"],
     }
 
@@ -138,8 +146,9 @@ def kubernetes_definitions(version: str) -> dict:
 @cache
 def kubernetes_aliases(version: str) -> dict[str, str]:
     """The SDK's name of each Kubernetes type that this version has -> its name in the definitions."""
-    aliases = {alias: definition for definition in kubernetes_definitions(version)["$defs"]
-               for alias in sdk_alias(definition)}
+    aliases = {
+        alias: definition for definition in kubernetes_definitions(version)["$defs"] for alias in sdk_alias(definition)
+    }
     return aliases | {sdk: definition for sdk, definition in SDK_EXTRA.items() if definition in aliases.values()}
 
 
@@ -156,13 +165,21 @@ def sdk_alias(definition: str) -> list[str]:
 # SDK names that follow neither rule, and the two foreign types (Knative's traffic status, KEDA's triggers)
 # that no schema here describes: they are left unchecked.
 SDK_EXTRA = {"ResourceQuantity": "io.k8s.apimachinery.pkg.api.resource.Quantity"}
-SDK_UNCHECKED = {"KnativeDevServingPkgApisServingV1TrafficTarget",
-                 "GithubComKedacoreKedaV2ApisKedaV1alpha1ScaleTriggers"}
+SDK_UNCHECKED = {
+    "KnativeDevServingPkgApisServingV1TrafficTarget",
+    "GithubComKedacoreKedaV2ApisKedaV1alpha1ScaleTriggers",
+}
 # What the schema leaves unchecked for InferenceService and ServingRuntime: Knative's traffic status, and two
 # names the SDK refers to without generating them (the fields `workerSpec` and an autoscaling metric's value).
 UNCHECKED_IN_SDK = ["KnativeDevServingPkgApisServingV1TrafficTarget", "V1alpha1WorkerSpec", "V1beta1MetricQuantity"]
-SDK_PRIMITIVES = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
-                  "bool": {"type": "boolean"}, "datetime": {"type": "string"}, "object": {}}
+SDK_PRIMITIVES = {
+    "str": {"type": "string"},
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "datetime": {"type": "string"},
+    "object": {},
+}
 
 
 def sdk_classes(wheel: Path) -> dict[str, tuple[dict, dict, set]]:
@@ -174,13 +191,20 @@ def sdk_classes(wheel: Path) -> dict[str, tuple[dict, dict, set]]:
                 continue
             source = archive.read(name).decode()
             for cls in (n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)):
-                tables = {s.targets[0].id: ast.literal_eval(s.value) for s in cls.body
-                          if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name)
-                          and s.targets[0].id in ("openapi_types", "attribute_map")}
+                tables = {
+                    s.targets[0].id: ast.literal_eval(s.value)
+                    for s in cls.body
+                    if isinstance(s, ast.Assign)
+                    and isinstance(s.targets[0], ast.Name)
+                    and s.targets[0].id in ("openapi_types", "attribute_map")
+                }
                 if len(tables) == 2:
                     # The generator checks required attributes in their setters.
-                    required = set(re.findall(r"Invalid value for `(\w+)`, must not be `None`",
-                                              ast.get_source_segment(source, cls)))
+                    required = set(
+                        re.findall(
+                            r"Invalid value for `(\w+)`, must not be `None`", ast.get_source_segment(source, cls)
+                        )
+                    )
                     classes[cls.name] = (tables["openapi_types"], tables["attribute_map"], required)
     return classes
 
@@ -219,9 +243,12 @@ def kserve_schema(version: str) -> dict:
         if name in defs:
             return
         types, json_names, required = classes[name]
-        defs[name] = {"type": "object", "additionalProperties": False,
-                      "properties": {json_names[a]: schema_of(t) for a, t in types.items()},
-                      "required": sorted(json_names[a] for a in required)}
+        defs[name] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {json_names[a]: schema_of(t) for a, t in types.items()},
+            "required": sorted(json_names[a] for a in required),
+        }
         for refers_to in re.findall(r'"#/\$defs/(\w+)"', json.dumps(defs[name])):
             define(refers_to)
 
@@ -230,8 +257,12 @@ def kserve_schema(version: str) -> dict:
     for (api_version, kind), name in KSERVE_KINDS.items():
         defs[name]["properties"].update(apiVersion={"const": api_version}, kind={"const": kind})
         defs[name]["required"] = ["apiVersion", "kind", "metadata", "spec"]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"urn:vae:kserve-sdk-{KSERVE_SDK}",
-            "$defs": defs, "x-unchecked": sorted(unchecked)}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:vae:kserve-sdk-{KSERVE_SDK}",
+        "$defs": defs,
+        "x-unchecked": sorted(unchecked),
+    }
 
 
 def kserve_errors(o: dict, version: str) -> list[str]:
@@ -239,8 +270,12 @@ def kserve_errors(o: dict, version: str) -> list[str]:
     from referencing import Registry, Resource
 
     schema = kserve_schema(version)
-    registry = Registry().with_resources([(K8S_DEFS, Resource.from_contents(kubernetes_definitions(version))),
-                                          (schema["$id"], Resource.from_contents(schema))])
+    registry = Registry().with_resources(
+        [
+            (K8S_DEFS, Resource.from_contents(kubernetes_definitions(version))),
+            (schema["$id"], Resource.from_contents(schema)),
+        ]
+    )
     root = {"$ref": f"{schema['$id']}#/$defs/{KSERVE_KINDS[(o['apiVersion'], o['kind'])]}"}
     validator = jsonschema.Draft202012Validator(root, registry=registry)
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(o)]
@@ -270,11 +305,14 @@ def test_every_object_is_valid_against_its_schema(object_key, version):
     assert schema_errors(ALL_OBJECTS[object_key], version) == []
 
 
-@pytest.mark.parametrize(("kind", "path", "right", "misspelt"), [
-    ("Deployment", ["spec", "template", "spec", "containers", 0], "readinessProbe", "readinesProbe"),
-    ("ServingRuntime", ["spec", "containers", 0], "readinessProbe", "readinesProbe"),
-    ("InferenceService", ["spec", "predictor", "model"], "storageUri", "storageURI"),
-])
+@pytest.mark.parametrize(
+    ("kind", "path", "right", "misspelt"),
+    [
+        ("Deployment", ["spec", "template", "spec", "containers", 0], "readinessProbe", "readinesProbe"),
+        ("ServingRuntime", ["spec", "containers", 0], "readinessProbe", "readinesProbe"),
+        ("InferenceService", ["spec", "predictor", "model"], "storageUri", "storageURI"),
+    ],
+)
 def test_the_validators_refuse_a_misspelt_field(kind, path, right, misspelt):
     o = copy.deepcopy(next(o for o in ALL_OBJECTS.values() if o["kind"] == kind))
     parent = o

@@ -15,8 +15,27 @@ import torch
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 # Small on purpose: the test is about the rendezvous and the world, not about learning digits.
-COMMON = ["-m", "training.train", "--data", "digits", "--epochs", "2", "--hidden", "16", "--latent-dim", "2",
-          "--score-iw-samples", "4", "--threads", "1", "--batch-size", "64", "--seed", "0", "--no-progress"]
+COMMON = [
+    "-m",
+    "training.train",
+    "--data",
+    "digits",
+    "--epochs",
+    "2",
+    "--hidden",
+    "16",
+    "--latent-dim",
+    "2",
+    "--score-iw-samples",
+    "4",
+    "--threads",
+    "1",
+    "--batch-size",
+    "64",
+    "--seed",
+    "0",
+    "--no-progress",
+]
 TIMEOUT_S = 300  # for all the agents of one run together
 
 
@@ -34,8 +53,9 @@ def run_agents(commands: dict[str, list[str]]) -> None:
             # stderr to a file, not a pipe that nobody reads until the end: a full pipe would block torchrun.
             with open(Path(logs) / f"{name}.err", "w") as stderr:
                 # A session of its own: killing it then also kills the workers that torchrun started.
-                agents[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
-                                                start_new_session=True)
+                agents[name] = subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+                )
         deadline = time.monotonic() + TIMEOUT_S
         try:
             while time.monotonic() < deadline:
@@ -49,9 +69,10 @@ def run_agents(commands: dict[str, list[str]]) -> None:
                     os.killpg(agent.pid, signal.SIGKILL)
                 agent.wait()
         if any(a.returncode != 0 for a in agents.values()):
-            report = "\n".join(f"--- {name}: torchrun exited {agent.returncode}\n"
-                               f"{(Path(logs) / f'{name}.err').read_text()[-3000:]}"
-                               for name, agent in agents.items())
+            report = "\n".join(
+                f"--- {name}: torchrun exited {agent.returncode}\n{(Path(logs) / f'{name}.err').read_text()[-3000:]}"
+                for name, agent in agents.items()
+            )
             why = f"-9: killed after {TIMEOUT_S} s, or because another agent failed"
             raise AssertionError(f"torchrun failed ({why}):\n{report}")
 
@@ -62,14 +83,31 @@ def train_two_nodes(out: Path) -> None:
     # Both agents see 127.0.0.1 as their own address, so each would try to host the store: is_host says which
     # one does, as the machine at the endpoint's address would on a real cluster. --node-rank is read only by
     # the static rendezvous; c10d numbers the nodes in the order they join.
-    run_agents({
-        f"node-{node_rank}": [
-            TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node_rank),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "vae-multinode-test",
-            "--rdzv-conf", f"is_host={str(node_rank == 0).lower()}", *COMMON, "--out", str(out),
-        ]
-        for node_rank in (0, 1)
-    })
+    run_agents(
+        {
+            f"node-{node_rank}": [
+                TORCHRUN,
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(node_rank),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "vae-multinode-test",
+                "--rdzv-conf",
+                f"is_host={str(node_rank == 0).lower()}",
+                *COMMON,
+                "--out",
+                str(out),
+            ]
+            for node_rank in (0, 1)
+        }
+    )
 
 
 def train_one_node(out: Path) -> None:
