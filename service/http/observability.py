@@ -54,6 +54,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name}
         line.update(getattr(record, "fields", {}) or {"message": record.getMessage()})
+        if record.exc_info:  # a traceback stays inside the one JSON line
+            line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
 
 
@@ -65,6 +67,20 @@ def configure_logging(level: str) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+
+
+def uvicorn_log_config(level: str) -> dict:
+    """uvicorn's `log_config`: its loggers (uvicorn, uvicorn.error, uvicorn.access) write the same JSON
+    lines as the service's, so every line `vae serve` logs is one JSON object."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    logger = {"handlers": ["json"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {"uvicorn": logger, "uvicorn.error": logger, "uvicorn.access": logger},
+    }
 
 
 access_log = logging.getLogger("vae.access")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -90,3 +92,18 @@ def test_vae_serve_refuses_a_bad_limit_with_one_line(digits_model_dir, flag, var
     )
     assert result.returncode == 2
     assert result.stderr == f"vae serve: invalid setting {variable}: {message}\n"
+
+
+def test_vae_serve_logs_only_json_lines_uvicorns_included(digits_model_dir):
+    server, base = start_server(digits_model_dir)
+    try:
+        assert httpx.post(f"{base}/elbo", json={"instances": [[0.0] * 64], "seed": 1}).status_code == 200
+    finally:
+        stop(server)
+    lines = Path(server.log_path).read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    loggers = {record["logger"] for record in records}
+    assert {"uvicorn.error", "vae.access"} <= loggers, loggers
+    messages = [record["message"] for record in records if record["logger"] == "uvicorn.error"]
+    assert "Application startup complete." in messages
+    assert "Shutting down" in messages
