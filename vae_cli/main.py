@@ -163,21 +163,42 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     import uvicorn
     from pydantic import ValidationError
 
-    from service.core.errors import ArtifactError
-    from service.http.app import create_app
-    from service.http.observability import uvicorn_log_config
     from service.http.settings import Settings, describe_settings_error
 
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         settings = Settings(**overrides)
-        app = create_app(settings)
     except ValidationError as exc:
         print(f"vae serve: {describe_settings_error(exc)}", file=sys.stderr)
         return 2
+    # Several workers share their metrics through files in a fresh directory (prometheus_client's multiprocess
+    # mode), named before prometheus_client is first imported here or in any worker; one worker keeps them in
+    # memory, whatever the environment says.
+    metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-") if settings.workers > 1 else None
+    if metrics_dir is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _run_uvicorn(uvicorn, settings, overrides)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
+    from service.core.errors import ArtifactError
+    from service.http.app import create_app
+    from service.http.observability import uvicorn_log_config
+
+    try:
+        app = create_app(settings)
     except ArtifactError as exc:
         print(f"vae serve: {exc}", file=sys.stderr)
         return 2

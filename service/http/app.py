@@ -137,7 +137,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
     artifact = artifact or load_artifact(settings.model_dir)
     configure_logging(settings.log_level)
-    metrics = Metrics()
+    metrics = Metrics(model=artifact.manifest.name)
 
     host = ModelHost(settings, metrics)
 
@@ -154,6 +154,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         log.info("serving %s (version %s) with the %s runtime", artifact.dir, live.version, live.engine.runtime.name)
         yield
         await host.close()
+        metrics.close()
 
     app = FastAPI(
         title="VAE anomaly-scoring service",
