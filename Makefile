@@ -30,7 +30,7 @@ run: $(STAMP) train
 	$(BIN)/vae serve $(MODEL_DIR) --host $(HOST) --port $(PORT)
 
 # What the tests need from Debian (podman, runc and debootstrap with a local base image; docker-compose and
-# shellcheck; chromium and its driver; nginx), installed where missing: each script does nothing when all is
+# shellcheck; chromium and its driver; nginx; promtool), installed where missing: each script does nothing when all is
 # there. Installing needs root and apt-get; without them the step says so, and the tests that need the
 # missing tools fail in CI and skip loudly elsewhere.
 system:
@@ -39,6 +39,7 @@ system:
 	bash scripts/browser_setup.sh || echo "make system: browser_setup.sh failed; the browser tests will say so"
 	bash scripts/proxy_setup.sh || echo "make system: proxy_setup.sh failed; the proxy tests will say so"
 	bash scripts/deploy_setup.sh || echo "make system: deploy_setup.sh failed; the manifest tests will say so"
+	bash scripts/promtool_setup.sh || echo "make system: promtool_setup.sh failed; the metrics format tests will say so"
 
 # ruff (lint and format check), mypy (strict on the torch-free core) and the import contracts
 # (lint-imports: which layer may import which); settings in pyproject.toml.

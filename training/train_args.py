@@ -31,32 +31,64 @@ def image_size(text: str) -> list[int]:
     return sizes * 2 if len(sizes) == 1 else sizes
 
 
+# argparse names a type function in its error ("invalid positive_int value: 'x'") when the function raises
+# ValueError; each type below raises ArgumentTypeError instead, whose message argparse prints as it is:
+# "argument --epochs: expected a positive integer, got 'x'".
+
+
+def _parse(text: str, parse: type[int] | type[float], expected: str) -> int | float:
+    try:
+        return parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def integer(text: str) -> int:
+    return int(_parse(text, int, "an integer"))
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = int(_parse(text, int, "a positive integer"))
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
+    value = int(_parse(text, int, "an integer >= 0"))
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
+def number(text: str) -> float:
+    return float(_parse(text, float, "a number"))
+
+
 def fraction(text: str) -> float:
-    value = float(text)
+    value = float(_parse(text, float, "a fraction strictly between 0 and 1"))
     if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text!r}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    value = float(_parse(text, float, "a number >= 0"))
     if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help where it says something: not to on/off switches such as
+    --no-progress (whose stored default, True, reads backwards), not where the help already gives the
+    default, and not for a default of None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.nargs == 0 or action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,7 +140,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--channels",
-        type=int,
+        type=integer,
         choices=[1, 3],
         default=argparse.SUPPRESS,
         help="image folders: 1 (grayscale) or 3 (RGB) (default: 3 if any image has colour)",
@@ -131,9 +163,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="rows per gradient step (default: training rows / 8, within 16 to 128)",
     )
-    p.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate")
+    p.add_argument("--lr", type=number, default=defaults["lr"], help="Adam learning rate")
     p.add_argument("--beta", type=non_negative_float, default=defaults["beta"], help="KL weight in the loss")
-    p.add_argument("--seed", type=int, default=defaults["seed"], help="same seed, same weights and numbers")
+    p.add_argument("--seed", type=integer, default=defaults["seed"], help="same seed, same weights and numbers")
     p.add_argument(
         "--val-fraction",
         type=fraction,
@@ -202,7 +234,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vae train",
         description="train a VAE and write a model directory",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_train_arguments(parser)
     return parser

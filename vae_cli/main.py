@@ -6,14 +6,20 @@ import argparse
 import os
 import sys
 
-from training.train_args import add_train_arguments, positive_int  # no torch
+from training.train_args import (  # no torch
+    DefaultsHelpFormatter,
+    add_train_arguments,
+    integer,
+    number,
+    positive_int,
+)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a VAE and write a model directory",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_train_arguments(p)
 
@@ -32,7 +38,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model_dir", nargs="?", default=None, help="model directory (default: $VAE_MODEL_DIR)")
     p.add_argument("--host", default=None, help="bind address (default: $VAE_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: $VAE_PORT or 8000)")
+    p.add_argument("--port", type=integer, default=None, help="port (default: $VAE_PORT or 8000)")
     p.add_argument(
         "--runtime",
         choices=["onnx", "torchscript"],
@@ -47,20 +53,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--keep-alive-s",
-        type=float,
+        type=number,
         default=None,
         help="close a keep-alive connection idle this long (default: $VAE_KEEP_ALIVE_S or 5)",
     )
     p.add_argument(
         "--limit-concurrency",
-        type=int,
+        type=integer,
         default=None,
         help="connections and requests at once per worker; more get 503 at once "
         "(default: $VAE_LIMIT_CONCURRENCY or 1024)",
     )
     p.add_argument(
         "--backlog",
-        type=int,
+        type=integer,
         default=None,
         help="connections queued before they are accepted (default: $VAE_BACKLOG or 2048)",
     )
@@ -70,7 +76,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a data set with a model directory and print metrics as JSON",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("model_dir", help="a model directory")
     p.add_argument("--data", required=True, help="'digits', or a .npy, .npz or .csv file")
@@ -82,7 +88,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--label-column", default=None, help="CSV column holding labels (name or 0-based index)")
     p.add_argument("--normal-label", default=None, help="the label value that means normal; others are anomalies")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    p.add_argument("--seed", type=integer, default=0, help="seed of the Monte Carlo draws")
     p.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx", help="network runtime")
     p.add_argument("--plot", default=None, help="write a PNG histogram of the scores here")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -92,7 +98,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
         help="score a .npy or .csv file of any size, chunk by chunk, into a CSV of /elbo's fields",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("model_dir", help="a model directory")
     p.add_argument("--data", required=True, help="a .npy (memory-mapped) or .csv file of raw rows")
@@ -104,7 +110,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="K of L_K (default: the K the threshold was calibrated with)",
     )
     p.add_argument("--n-samples", type=positive_int, default=1, help="draws of the ELBO")
-    p.add_argument("--seed", type=int, default=0, help="chunk i uses seed + i, as an /elbo request would")
+    p.add_argument("--seed", type=integer, default=0, help="chunk i uses seed + i, as an /elbo request would")
     p.add_argument("--chunk-rows", type=positive_int, default=1024, help="rows scored at a time (bounds memory)")
     p.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx", help="network runtime")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -115,8 +121,19 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", help="a model directory")
 
 
+def package_version() -> str:
+    """The installed vae-service distribution's version (pyproject.toml's, once installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vae-service")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae", description="Variational autoencoder anomaly scoring.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_export(sub)
@@ -146,24 +163,47 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     import uvicorn
     from pydantic import ValidationError
 
-    from service.core.errors import ArtifactError
-    from service.http.app import create_app
     from service.http.settings import Settings, describe_settings_error
 
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         settings = Settings(**overrides)
-        app = create_app(settings)
     except ValidationError as exc:
         print(f"vae serve: {describe_settings_error(exc)}", file=sys.stderr)
         return 2
+    # Several workers share their metrics through files in a fresh directory (prometheus_client's multiprocess
+    # mode), named before prometheus_client is first imported here or in any worker; one worker keeps them in
+    # memory, whatever the environment says.
+    metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-") if settings.workers > 1 else None
+    if metrics_dir is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _run_uvicorn(uvicorn, settings, overrides)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
+    from service.core.errors import ArtifactError
+    from service.http.app import create_app
+    from service.http.observability import uvicorn_log_config
+
+    try:
+        app = create_app(settings)
     except ArtifactError as exc:
         print(f"vae serve: {exc}", file=sys.stderr)
         return 2
     common = dict(
+        log_config=uvicorn_log_config(settings.log_level),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -69,9 +69,14 @@ def checker(deadline: Deadline | None) -> Callable[[], None] | None:
     return deadline.check if deadline is not None else None
 
 
+# Fresh seeds stay below 2**53, so a JSON client that parses numbers as doubles (JavaScript, many
+# JSON libraries) reads back the exact seed, and replaying it gives the same numbers.
+FRESH_SEED_BITS = 53
+
+
 def new_seed() -> int:
     """A fresh seed for a request that gave none; it is returned so the request can be repeated."""
-    return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> (64 - FRESH_SEED_BITS))
 
 
 @dataclass(frozen=True)

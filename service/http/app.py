@@ -18,13 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.artifact import Artifact, Manifest, load_artifact
 from service.core.errors import ServiceError
 from service.core.runtime import Runtime
-from service.http.api import health, inference, oip, web
-from service.http.api.access import ApiKeyMiddleware
+from service.http.api import docs, health, inference, oip, web
+from service.http.api.access import ApiKeyMiddleware, is_public
 from service.http.api.fast_path import FastPath
 from service.http.live_model import ModelHost
 from service.http.observability import Metrics, ObservabilityMiddleware, RouteLabels, configure_logging
@@ -86,17 +87,82 @@ def _request_examples(manifest: Manifest) -> dict[str, dict]:
     }
 
 
-def _install_openapi(app: FastAPI, manifest: Manifest) -> None:
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "description": "what was expected and what arrived"},
+        "code": {"type": "string", "description": "a stable code: invalid_input, limit_exceeded, timeout, ..."},
+    },
+    "required": ["error", "code"],
+}
+# The statuses each native route can answer besides 200, with the {"error", "code"} body
+# (service/core/errors.py); 401 is added to every route behind the key.
+NATIVE_ERRORS: dict[str, dict[str, str]] = {
+    "bad_body": {"400": "the body is not valid JSON, .npy or multipart"},
+    "too_large": {"413": "the body, the batch or the answer is over a limit (VAE_MAX_*)"},
+    "media": {"415": "a Content-Type the route does not take"},
+    "invalid": {"422": "a value is out of range or of the wrong shape; the message names it"},
+    "busy": {"503": "the model is not loaded yet, or the request did not finish within VAE_REQUEST_TIMEOUT_S"},
+    "no_images": {"406": "a PNG was asked of a model whose inputs are not images"},
+}
+_INFERENCE = ("bad_body", "too_large", "media", "invalid", "busy")
+ROUTE_ERRORS: dict[str, tuple[str, ...]] = {
+    "/encode": _INFERENCE,
+    "/sample": (*_INFERENCE, "no_images"),
+    "/decode": (*_INFERENCE, "no_images"),
+    "/elbo": _INFERENCE,
+    "/heatmap": (*_INFERENCE, "no_images"),
+    "/v1/model": ("busy",),
+    "/v1/model/reload": (),
+}
+ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+def _document_errors_and_security(schema: dict, api_key: bool) -> None:
+    """The native routes' error answers with the Error schema (not FastAPI's HTTPValidationError, which
+    they never send), and the bearer scheme on every route behind the key (so /docs has Authorize)."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    schema["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "VAE_API_KEY, when the service has one"}
+    }
+    # With a key every protected route needs it; without one, sending it is allowed and changes nothing.
+    required = [{"bearer": []}] if api_key else [{"bearer": []}, {}]
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if path in ROUTE_ERRORS:
+                responses.pop("422", None)  # FastAPI's HTTPValidationError
+                for group in ROUTE_ERRORS[path]:
+                    for status, description in NATIVE_ERRORS[group].items():
+                        responses[status] = {"description": description, "content": ERROR_REF}
+                for status in ("409", "415"):  # declared on the route with a description; the body is an Error
+                    if status in responses:
+                        responses[status]["content"] = ERROR_REF
+            if not is_public(path):
+                operation["security"] = required
+                if path in ROUTE_ERRORS or path == "/metrics":
+                    responses["401"] = {"description": "no or a wrong API key", "content": ERROR_REF}
+
+
+def _install_openapi(app: FastAPI, manifest: Manifest, api_key: bool) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             for path, example in _request_examples(manifest).items():
                 body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
                 body["example"] = example
+            _document_errors_and_security(schema, api_key)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _operation_id(route: APIRoute) -> str:
+    """The route function's name (`elbo`, `model_card`): short, and stable while the function keeps its name.
+    tests/service/test_openapi.py checks that they are unique."""
+    return route.name
 
 
 def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
@@ -137,7 +203,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
     artifact = artifact or load_artifact(settings.model_dir)
     configure_logging(settings.log_level)
-    metrics = Metrics()
+    metrics = Metrics(model=artifact.manifest.name)
 
     host = ModelHost(settings, metrics)
 
@@ -154,6 +220,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         log.info("serving %s (version %s) with the %s runtime", artifact.dir, live.version, live.engine.runtime.name)
         yield
         await host.close()
+        metrics.close()
 
     app = FastAPI(
         title="VAE anomaly-scoring service",
@@ -164,6 +231,9 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
             "All log-densities are in nats per input."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served from the app's own assets instead (service/http/api/docs.py)
+        redoc_url=None,
+        generate_unique_id_function=_operation_id,
     )
     app.state.host = host
     app.state.draining = False
@@ -179,10 +249,11 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         oip.router,
         web.router,
         web.protected,
+        docs.router,
     ):
         app.include_router(router)
     _install_error_handlers(app)
-    _install_openapi(app, artifact.manifest)
+    _install_openapi(app, artifact.manifest, settings.api_key is not None)
     app.add_middleware(FastPath)  # innermost: the key, CORS and observability still wrap the routes it serves
     if settings.api_key is not None:
         # Inside CORS, whose preflights carry no key; before the fast path and any route reads a body.

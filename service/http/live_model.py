@@ -175,14 +175,7 @@ class ModelHost:
     def _go_live(self, live: LiveModel) -> None:
         self.current = live  # one assignment: a request sees the old version or the new, never a mix
         manifest = live.artifact.manifest
-        self.metrics.model.info(
-            {
-                "name": manifest.name,
-                "version": live.version,
-                "format_version": str(manifest.format_version),
-                "runtime": live.engine.runtime.name,
-            }
-        )
+        self.metrics.set_model(manifest.name, live.version, str(manifest.format_version), live.engine.runtime.name)
 
     async def close(self) -> None:
         live, self.current = self.current, None

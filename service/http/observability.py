@@ -14,25 +14,57 @@ import time
 from functools import cached_property
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
-class Metrics:
-    """The service's metrics, in a registry of its own (one per app, so tests can build many apps)."""
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The v2 operations a route may name for the `operation` label (Metrics.count); any other name counts as "".
+OPERATIONS = frozenset({"encode", "decode", "sample", "elbo", "heatmap"})
+REQUEST_LABELS = ["endpoint", "status", "model", "version", "operation"]
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """The service's metrics, in a registry of its own (one per app, so tests can build many apps).
+
+    Several worker processes (`vae serve --workers N`) share counts through prometheus_client's multiprocess
+    mode: `vae serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before any worker starts, each
+    worker writes its values there, and a scrape of any worker sums them all (`exposition`).
+    """
+
+    def __init__(self, model: str = "") -> None:
+        self.model_name = model  # the `model` label: the manifest's name, one per app
+        self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "vae_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+            "vae_requests",
+            "HTTP requests by endpoint, status, model, version and v2 operation",
+            REQUEST_LABELS,
+            registry=r,
         )
         self.latency = Histogram(
-            "vae_request_seconds", "request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+            "vae_request_seconds",
+            "request latency",
+            [label for label in REQUEST_LABELS if label != "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.in_flight = Gauge("vae_requests_in_flight", "requests being handled", registry=r)
+        self.in_flight = Gauge(
+            "vae_requests_in_flight", "requests being handled", registry=r, multiprocess_mode="livesum"
+        )
         self.queue_wait = Histogram(
             "vae_batch_queue_seconds",
             "time a request waited for its batch",
@@ -46,14 +78,61 @@ class Metrics:
         self.batch_requests = Histogram(
             "vae_batch_requests", "requests combined per runtime call", ["endpoint"], buckets=BATCH_BUCKETS, registry=r
         )
-        self.model = Info("vae_model", "the model being served", registry=r)
+        # A gauge of 1, not an Info, which multiprocess mode cannot share; exposed as before (vae_model_info).
+        self._model_labels: tuple[str, ...] | None = None
+        self.model = Gauge(
+            "vae_model_info",
+            "the model being served (1)",
+            ["name", "version", "format_version", "runtime"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.reloads = Counter("vae_model_reloads", "model reloads by result (ok, failed)", ["result"], registry=r)
+        if self.multiproc_dir is None:
+            # The process's CPU, memory and file descriptors, and Python's version and garbage collector. With
+            # several workers these would describe whichever worker answered the scrape, so they are left out.
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+    def count(self, endpoint: str, status: int, seconds: float, version: str, operation: str = "") -> None:
+        """One finished request. `version` is the model version that answered ("" when none did); `operation`
+        is a v2 operation from OPERATIONS, set by a route as `request.state.operation` ("" otherwise)."""
+        # Note for /v2 (service/http/api/oip.py, not wired here): set `request.state.operation` to the
+        # operation a request runs, and ObservabilityMiddleware passes it on; nothing else changes.
+        operation = operation if operation in OPERATIONS else ""
+        self.requests.labels(endpoint, str(status), self.model_name, version, operation).inc()
+        self.latency.labels(endpoint, self.model_name, version, operation).observe(seconds)
+
+    def set_model(self, name: str, version: str, format_version: str, runtime: str) -> None:
+        """The live version: its series reads 1; the one it replaced goes (reads 0 with several workers)."""
+        if self._model_labels is not None:  # 0 stays in a worker's file in multiprocess mode; else it goes
+            self.model.labels(*self._model_labels).set(0)
+            self.model.remove(*self._model_labels)
+        self._model_labels = (name, version, format_version, runtime)
+        self.model.labels(*self._model_labels).set(1)
+
+    def exposition(self) -> bytes:
+        """The text a scrape reads: this registry, or with several workers the sum of all of theirs."""
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
+        PlatformCollector(registry=registry)  # python_info: the same in every worker
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """At a worker's exit: its live gauges (in flight, the model) stop counting; its counts stay."""
+        if self.multiproc_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name}
         line.update(getattr(record, "fields", {}) or {"message": record.getMessage()})
+        if record.exc_info:  # a traceback stays inside the one JSON line
+            line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
 
 
@@ -65,6 +144,20 @@ def configure_logging(level: str) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+
+
+def uvicorn_log_config(level: str) -> dict:
+    """uvicorn's `log_config`: its loggers (uvicorn, uvicorn.error, uvicorn.access) write the same JSON
+    lines as the service's, so every line `vae serve` logs is one JSON object."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    logger = {"handlers": ["json"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {"uvicorn": logger, "uvicorn.error": logger, "uvicorn.access": logger},
+    }
 
 
 access_log = logging.getLogger("vae.access")
@@ -160,9 +253,8 @@ class ObservabilityMiddleware:
                 live.release()
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
-            label = self.labels(endpoint)
-            self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.latency.labels(label).observe(seconds)
+            version = live.version if live is not None else ""
+            self.metrics.count(self.labels(endpoint), status, seconds, version, state.get("operation", ""))
             access_log.info(
                 "request",
                 extra={

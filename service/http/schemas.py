@@ -64,7 +64,7 @@ class EncodeResponse(BaseModel):
 class SampleResponse(BaseModel):
     z: list[Any] = Field(description="[B][n][d] draws z = mu + sigma * eps")
     x: list[Any] | None = Field(None, description="[B][n] + input_shape: mean of p(x|z) in raw units")
-    seed: int = Field(description="the seed used; send it back to repeat the draws")
+    seed: int = Field(description="the seed used; send it back to repeat the draws; a fresh one is below 2**53")
 
 
 class DecodeResponse(BaseModel):

@@ -137,6 +137,17 @@ def test_unseeded_request_reports_a_seed_that_repeats_it(client):
     assert again == first
 
 
+def test_fresh_seeds_survive_a_float64_round_trip(client):
+    request = {"instances": instances_for(client, 2), "n_samples": 2}
+    for _ in range(20):
+        first = client.post("/elbo", json=request).json()
+        assert 0 <= first["seed"] < 2**53
+        as_double = int(float(first["seed"]))  # what a JavaScript client reads and sends back
+        assert as_double == first["seed"]
+        again = client.post("/elbo", json=request | {"seed": as_double}).json()
+        assert again == first
+
+
 @pytest.mark.parametrize("model", ["digits", "tabular"])
 def test_runtimes_agree_on_seeded_requests(clients, model):
     onnx, torchscript = clients[model, "onnx"], clients[model, "torchscript"]

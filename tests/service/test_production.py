@@ -14,7 +14,7 @@ import pytest
 from service.core.artifact import load_artifact
 from service.core.runtime import OnnxRuntime
 from service.http.batching import MicroBatcher
-from service.http.observability import JsonFormatter
+from service.http.observability import JsonFormatter, Metrics
 from service.http.settings import Settings
 
 DIGIT = [0.0] * 64
@@ -121,12 +121,18 @@ def test_timeout_gives_503_and_the_server_stays_healthy(make_client, digits_mode
 
 # --- metrics -------------------------------------------------------------------------------------------------
 def metric(text: str, metric_name: str, **labels) -> float:
-    name = metric_name
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    assert match, f"{name} {labels} not in metrics"
-    return float(match.group(1))
+    """The value of the one sample of `metric_name` whose labels include `labels`."""
+    values = [
+        float(value)
+        for name, found, value in re.findall(r"^(\w+)(?:{(.*)})? (\S+)$", text, re.MULTILINE)
+        if name == metric_name and set(f'{k}="{v}"' for k, v in labels.items()) <= set(split_labels(found))
+    ]
+    assert len(values) == 1, f"{metric_name} {labels}: {len(values)} samples"
+    return values[0]
+
+
+def split_labels(text: str) -> list[str]:
+    return re.findall(r'\w+="(?:[^"\\]|\\.)*"', text)
 
 
 def test_metrics_count_requests_latencies_batches_and_the_model(make_client):
@@ -146,6 +152,45 @@ def test_metrics_count_requests_latencies_batches_and_the_model(make_client):
     assert metric(text, "vae_batch_queue_seconds_count", endpoint="/elbo") == 3
     version = client.get("/v1/model").json()["version"]
     assert metric(text, "vae_model_info", format_version="1", name="digits", runtime="onnx", version=version) == 1
+
+
+def test_requests_are_labelled_with_the_model_and_the_version_that_answered(make_client):
+    client = make_client()
+    version = client.get("/v1/model").json()["version"]
+    assert client.post("/elbo", json={"instances": [DIGIT], "seed": 0}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    text = client.get("/metrics").text
+    assert metric(text, "vae_requests_total", endpoint="/elbo", status="200", model="digits", version=version) == 1
+    assert metric(text, "vae_request_seconds_count", endpoint="/elbo", model="digits", version=version) == 1
+    assert metric(text, "vae_requests_total", endpoint="/v1/model", model="digits", version=version) == 1
+    # A request no model answered has no version; nothing sets an operation outside /v2.
+    assert metric(text, "vae_requests_total", endpoint="/healthz", model="digits", version="", operation="") == 1
+
+
+def test_metrics_include_the_process_and_python(make_client):
+    text = make_client().get("/metrics").text
+    assert metric(text, "process_resident_memory_bytes") > 0
+    assert metric(text, "process_open_fds") > 0
+    assert metric(text, "python_gc_collections_total", generation="0") >= 0
+    assert re.search(r'^python_info{implementation="CPython",.*} 1\.0$', text, re.MULTILINE)
+
+
+def test_head_metrics_answers_like_get_without_a_body(make_client):
+    client = make_client()
+    response = client.head("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
+    assert response.content == b""
+
+
+def test_the_operation_label_takes_only_known_operations():
+    metrics = Metrics(model="digits")
+    metrics.count("/v2/models/{model_name}/infer", 200, 0.01, "abc", "elbo")
+    metrics.count("/v2/models/{model_name}/infer", 200, 0.01, "abc", "made-up")
+    text = metrics.exposition().decode()
+    labels = dict(endpoint="/v2/models/{model_name}/infer", status="200", model="digits", version="abc")
+    assert metric(text, "vae_requests_total", **labels, operation="elbo") == 1
+    assert metric(text, "vae_requests_total", **labels, operation="") == 1
 
 
 def series(client, **headers) -> set[str]:

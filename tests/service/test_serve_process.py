@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -90,3 +92,44 @@ def test_vae_serve_refuses_a_bad_limit_with_one_line(digits_model_dir, flag, var
     )
     assert result.returncode == 2
     assert result.stderr == f"vae serve: invalid setting {variable}: {message}\n"
+
+
+def test_vae_serve_logs_only_json_lines_uvicorns_included(digits_model_dir):
+    server, base = start_server(digits_model_dir)
+    try:
+        assert httpx.post(f"{base}/elbo", json={"instances": [[0.0] * 64], "seed": 1}).status_code == 200
+    finally:
+        stop(server)
+    lines = Path(server.log_path).read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    loggers = {record["logger"] for record in records}
+    assert {"uvicorn.error", "vae.access"} <= loggers, loggers
+    messages = [record["message"] for record in records if record["logger"] == "uvicorn.error"]
+    assert "Application startup complete." in messages
+    assert "Shutting down" in messages
+
+
+def _requests_total(text: str, endpoint: str, status: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vae_requests_total{") and f'endpoint="{endpoint}"' in line and f'status="{status}"' in line
+    )
+
+
+def test_vae_serve_with_two_workers_counts_every_request_once(digits_model_dir, tmp_path):
+    server, base = start_server(digits_model_dir, "--workers", "2", env={"TMPDIR": str(tmp_path)})
+    try:
+        assert len(list(tmp_path.glob("vae-metrics-*"))) == 1
+        with httpx.Client(base_url=base) as client:  # new connections spread over the two workers
+            for i in range(20):
+                response = httpx.post(f"{base}/elbo", json={"instances": [[0.0] * 64], "seed": i})
+                assert response.status_code == 200
+            # Every scrape, whichever worker answers it, reads all 20.
+            scrapes = [httpx.get(f"{base}/metrics").text for _ in range(6)]
+            assert client.head("/metrics").status_code == 200
+    finally:
+        stop(server)
+    assert [_requests_total(text, "/elbo", "200") for text in scrapes] == [20.0] * 6
+    assert all("vae_model_info{" in text for text in scrapes)
+    assert list(tmp_path.glob("vae-metrics-*")) == []  # the metrics directory goes with the server

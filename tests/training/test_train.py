@@ -119,7 +119,7 @@ def test_help_shows_every_default():
     [
         (["--data", "nope.csv"], "vae train: nope.csv: "),
         (["--hidden", "a,b"], "argument --hidden: expected comma-separated integers like 256,128, got 'a,b'"),
-        (["--val-fraction", "1.5"], "argument --val-fraction: expected a fraction strictly between 0 and 1, got 1.5"),
+        (["--val-fraction", "1.5"], "argument --val-fraction: expected a fraction strictly between 0 and 1, got '1.5'"),
     ],
 )
 def test_cli_errors_name_the_problem(tmp_path, args, message):

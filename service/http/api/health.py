@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.core.errors import UnsupportedMediaType
 from service.http.api.deps import LiveDep
@@ -31,8 +31,14 @@ async def readyz(request: Request) -> JSONResponse:
 
 @protected.get("/metrics", tags=["observability"], response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics: requests, latencies, batching, in-flight requests, model info."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics: requests, latencies, batching, in-flight requests, model info, the process."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@protected.head("/metrics", include_in_schema=False)
+async def metrics_head(request: Request) -> Response:
+    """What GET /metrics would answer, without the body (uvicorn sends none to a HEAD)."""
+    return await metrics(request)
 
 
 @protected.get("/v1/model")

@@ -1,0 +1,82 @@
+"""The `vae` command's own texts: --version, --help and argument errors (vae_cli/main.py)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+
+from vae_cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help at the terminal's width
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def test_version_prints_the_installed_package_version(capsys):
+    code, out, err = run(capsys, "--version")
+    assert code == 0
+    assert out == f"vae {version('vae-service')}\n"
+    assert err == ""
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "score"])
+def test_no_progress_help_reads_right(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    assert out.endswith("  --no-progress         hide the progress bar\n")
+    assert "(default: True)" not in out
+    assert "(default: None)" not in out
+
+
+def test_help_shows_a_real_default_once(capsys):
+    _, out, _ = run(capsys, "score", "--help")
+    indent = "\n" + " " * 24
+    assert f"  --chunk-rows CHUNK_ROWS{indent}rows scored at a time (bounds memory) (default: 1024)\n" in out
+    assert f"  --iw-samples IW_SAMPLES{indent}K of L_K (default: the K the threshold was calibrated with)\n" in out
+    assert out.count("(default:") == 5  # --iw-samples, --n-samples, --seed, --chunk-rows, --runtime
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["score", "m", "--data", "d.npy", "--out", "o.csv", "--chunk-rows", "x"],
+            "vae score: error: argument --chunk-rows: expected a positive integer, got 'x'",
+        ),
+        (
+            ["score", "m", "--data", "d.npy", "--out", "o.csv", "--chunk-rows", "0"],
+            "vae score: error: argument --chunk-rows: expected a positive integer, got '0'",
+        ),
+        (
+            ["score", "m", "--data", "d.npy", "--out", "o.csv", "--seed", "1.5"],
+            "vae score: error: argument --seed: expected an integer, got '1.5'",
+        ),
+        (["train", "--epochs", "ten"], "vae train: error: argument --epochs: expected a positive integer, got 'ten'"),
+        (["train", "--threads", "-1"], "vae train: error: argument --threads: expected an integer >= 0, got '-1'"),
+        (
+            ["train", "--fpr", "high"],
+            "vae train: error: argument --fpr: expected a fraction strictly between 0 and 1, got 'high'",
+        ),
+        (["train", "--lr", "fast"], "vae train: error: argument --lr: expected a number, got 'fast'"),
+        (["serve", "--port", "http"], "vae serve: error: argument --port: expected an integer, got 'http'"),
+        (["serve", "--workers", "two"], "vae serve: error: argument --workers: expected a positive integer, got 'two'"),
+        (
+            ["serve", "--keep-alive-s", "soon"],
+            "vae serve: error: argument --keep-alive-s: expected a number, got 'soon'",
+        ),
+    ],
+)
+def test_bad_values_are_refused_in_plain_words(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert err.splitlines()[-1] == message
