@@ -8,6 +8,7 @@ scripts can add TrainConfig fields for diagnosis; a table made with them says so
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -46,6 +47,20 @@ class VaeResult:
     train_seconds: float = float("nan")
     epochs: int = 0
     manifest: object = None
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both anomaly benchmarks take: seed, threads, diagnosis overrides and where to write."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (0: torch's default)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="diagnosis only: a TrainConfig field to set (repeatable); the table then says it is not the defaults",
+    )
+    parser.add_argument("--out", default="docs/benchmark-anomaly.md", help="where to write the tables ('' for nowhere)")
 
 
 def parse_overrides(pairs: list[str]) -> dict:

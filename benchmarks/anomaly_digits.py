@@ -30,6 +30,7 @@ from anomaly_common import (  # noqa: E402
     REFERENCE_K,
     REQUEST_ROWS,
     TIMING_PASSES,
+    add_common_arguments,
     auroc,
     describe_overrides,
     fmt,
@@ -169,16 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--digits", default=ALL_DIGITS, help="normal classes to run")
     parser.add_argument("--quick", action="store_true", help="digits 3,8 only, and write nothing")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (0: torch's default)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="diagnosis only: a TrainConfig field to set (repeatable); the table then says it is not the defaults",
-    )
-    parser.add_argument("--out", default="docs/benchmark-anomaly.md", help="where to write the table ('' for nowhere)")
+    add_common_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.digits, args.out = "3,8", ""

@@ -43,6 +43,7 @@ from anomaly_common import (  # noqa: E402
     REFERENCE_K,
     REQUEST_ROWS,
     TIMING_PASSES,
+    add_common_arguments,
     auroc,
     describe_overrides,
     fmt,
@@ -463,16 +464,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", default="", help=f"comma-separated subset of: {', '.join(PROBLEMS)}")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}, and write nothing")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (0: torch's default)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="diagnosis only: a TrainConfig field to set (repeatable); the table then says it is not the defaults",
-    )
-    parser.add_argument("--out", default="docs/benchmark-anomaly.md", help="where to write the tables ('' for nowhere)")
+    add_common_arguments(parser)
     args = parser.parse_args()
     names = QUICK if args.quick else [p for p in args.problems.split(",") if p] or list(PROBLEMS)
     unknown = [p for p in names if p not in PROBLEMS]
