@@ -12,13 +12,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import httpx
 import numpy as np
+import pytest
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing_tool(request: pytest.FixtureRequest, what: str, untested: str) -> NoReturn:
+    """A tool `make system` installs is missing (`what`: "nginx is"): the test fails in CI, and elsewhere skips
+    with one loud line that says what went `untested`, written past the output capture so -q runs show it."""
+    if IN_CI:
+        pytest.fail(f"{what} missing: `make system` installs it")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"!!!!! {what} missing: {untested} !!!!!", red=True, bold=True)
+    pytest.skip(f"{what} missing (`make system` installs it)")
+
 
 # Small enough to train in seconds, large enough to learn digits.
 FAST = dict(hidden=[64, 32], latent_dim=4, epochs=12, patience=50, progress=False)

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import IN_CI, missing_tool
+
 ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SCRIPTS = sorted((ROOT / "scripts").glob("container_*.sh")) + [ROOT / "scripts" / "rolling_restart.sh"]
 
 
@@ -63,14 +64,7 @@ def compose_config(request) -> dict:
     """docker-compose.yml as `docker-compose config` resolves it, with no variables set."""
     docker_compose = lint_tool("docker-compose")
     if docker_compose is None:
-        if IN_CI:
-            pytest.fail("docker-compose is missing: `make system` installs it")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                "!!!!! docker-compose is missing: compose file not validated !!!!!", red=True, bold=True
-            )
-        pytest.skip("docker-compose is missing (apt-get install docker-compose)")
+        missing_tool(request, "docker-compose is", "compose file not validated")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     result = subprocess.run(
         [docker_compose, "-f", "docker-compose.yml", "config"], cwd=ROOT, env=env, capture_output=True, text=True

@@ -18,12 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, start_server, stop
+from tests.helpers import free_port, missing_tool, start_server, stop
 
 pytestmark = pytest.mark.proxy
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # nginx is in /usr/sbin, off a user's PATH
 # The shipped config's values (scripts/nginx.conf.template, docker-compose.yml).
 HEADER_TIMEOUT_S = 10
@@ -38,14 +37,7 @@ def _have_nginx() -> bool:
 @pytest.fixture(scope="module")
 def nginx(request):
     if not _have_nginx():
-        if IN_CI:
-            pytest.fail("nginx is missing: `make system` (scripts/proxy_setup.sh) installs it")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line("!!!!! nginx is missing: the proxy was not tested !!!!!", red=True, bold=True)
-        pytest.skip("nginx is missing (`make system` installs it)")
+        missing_tool(request, "nginx is", "the proxy was not tested")
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,14 @@ never install it. Without it they fail in CI and skip loudly elsewhere.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
 import httpx
 import pytest
 
-from tests.helpers import start_server, stop
+from tests.helpers import missing_tool, start_server, stop
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 DIGIT = [0.0] * 64
 
 
@@ -24,14 +22,7 @@ def promtool(request) -> str:
     found = shutil.which("promtool")
     if found is not None:
         return found
-    if IN_CI:
-        pytest.fail("promtool is missing: `make system` (scripts/promtool_setup.sh) installs it")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("!!!!! promtool is missing: /metrics was not linted !!!!!", red=True, bold=True)
-    pytest.skip("promtool is missing (`make system` installs it)")
+    missing_tool(request, "promtool is", "/metrics was not linted")
 
 
 def check(promtool: str, text: str) -> subprocess.CompletedProcess:

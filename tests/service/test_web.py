@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import shutil
 from pathlib import Path
 
@@ -22,10 +21,9 @@ from PIL import Image
 from service.http.api import web
 from service.http.app import create_app
 from service.http.settings import Settings
-from tests.helpers import start_server, stop
+from tests.helpers import missing_tool, start_server, stop
 
 ROOT = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 30
 
@@ -159,16 +157,7 @@ def _have_browser() -> bool:
 def browser(request, tmp_path_factory):
     """Headless Chromium through Selenium, with a fresh profile; `make system` installs it."""
     if not _have_browser():
-        if IN_CI:
-            pytest.fail("chromium and chromedriver are missing: `make system` (scripts/browser_setup.sh) installs them")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():  # past the output capture: seen even in -q runs
-                reporter.write_line(
-                    "!!!!! chromium is missing: the web page was not tested in a browser !!!!!", red=True, bold=True
-                )
-        pytest.skip("chromium and chromedriver are missing (`make system` installs them)")
+        missing_tool(request, "chromium and chromedriver are", "the web page was not tested in a browser")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
