@@ -33,6 +33,9 @@ _CHUNK = "_vae_chunk"  # the chunk a row belongs to; internal, not in the output
 _SPARK_TYPES = {float: "double", bool: "boolean", int: "bigint"}
 # spark_partition_id() << 33 | the row's position in its partition (Spark's documented layout of the id)
 _PARTITION_SHIFT = 33
+# Partitions of the scoring stage per core (defaultParallelism): a few, so a slow one does not hold up the
+# rest, while each Python worker still loads the model once and scores many chunks.
+PARTITIONS_PER_CORE = 2
 _NUMERIC_SPARK_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double")
 
 
@@ -72,7 +75,8 @@ def score_dataframe(
     runtime: str = "onnx",
     ship: bool = False,
 ) -> DataFrame:
-    """Score every row of `df`; returns a DataFrame with `row` and /elbo's per-input fields (output_ddl()).
+    """Score every row of `df`; returns a DataFrame with `row` and /elbo's per-input fields (output_ddl()),
+    its partitions in row order.
 
     `columns`: the features, in the model's order (default: the manifest's feature_names, else every
     numeric column). `model_dir` must be readable at the same path on every executor (shared storage),
@@ -124,7 +128,12 @@ def _score(
         out |= {o.name: pa.array(np.asarray(scored.value(o.name))) for o in PER_INPUT_OUTPUTS}
         return pa.table(out)
 
-    scored = indexed.groupBy(_CHUNK).applyInArrow(score_chunk, output_ddl())
+    # Range partitioning by chunk puts whole chunks, in order, into a few partitions per core: the grouping
+    # needs no second shuffle, and the output is sorted by row once each partition is.
+    n_chunks = -(-n_rows // chunk_rows)
+    n_partitions = max(1, min(n_chunks, PARTITIONS_PER_CORE * df.sparkSession.sparkContext.defaultParallelism))
+    grouped = indexed.repartitionByRange(n_partitions, _CHUNK).groupBy(_CHUNK)
+    scored = grouped.applyInArrow(score_chunk, output_ddl()).sortWithinPartitions(ROW)
     return scored, n_rows
 
 
@@ -193,7 +202,7 @@ def score_parquet(
     **options: Any,
 ) -> int:
     """`vae score --engine spark`: a Parquet file (or directory of them) in, a directory of Parquet part files
-    out, sorted by row; returns the number of rows. `options` are score_dataframe's. An existing `out` is
+    out, in row order; returns the number of rows. `options` are score_dataframe's. An existing `out` is
     refused, never replaced: Spark would delete the whole directory first."""
     from pyspark.errors import PythonException
 
@@ -206,7 +215,7 @@ def score_parquet(
     spark = spark if spark is not None else local_session()
     try:
         scored, n_rows = _score(spark.read.parquet(str(data)), model_dir, **_score_options(options))
-        scored.orderBy(ROW).write.parquet(str(out))
+        scored.write.parquet(str(out))  # sorted by row already: part files in row order
     except PythonException as exc:
         raise SparkScoringError(f"{data}: {_worker_message(exc)}") from None
     return n_rows
