@@ -149,7 +149,13 @@ def test_training_keeps_the_feature_names_in_the_manifest(parquet_model):
     model_dir, _ = parquet_model
     manifest = load_artifact(model_dir).manifest
     assert manifest.feature_names == FEATURES
-    assert manifest.public()["feature_names"] == FEATURES  # what GET /v1/model serves
+    from fastapi.testclient import TestClient
+
+    from service.http.app import create_app
+    from service.http.settings import Settings
+
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        assert client.get("/v1/model").json()["feature_names"] == FEATURES
 
 
 def test_a_manifest_without_feature_names_still_loads(parquet_model, tmp_path):
