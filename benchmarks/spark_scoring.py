@@ -78,10 +78,10 @@ def spark_run(
 ) -> tuple[float, float, np.ndarray]:
     import pyarrow.parquet as pq
 
-    from service.core.spark_scoring import local_session, score_parquet
+    from service.core.spark_scoring import score_parquet, spark_session
 
     started = time.perf_counter()
-    spark = local_session(master, f"vae benchmark {master}")
+    spark = spark_session(master, f"vae benchmark {master}")
     spark.range(1).count()  # the JVM and the first job are up
     session_s = time.perf_counter() - started
     try:

@@ -175,20 +175,21 @@ def _numbered(df: DataFrame, chunk_rows: int) -> tuple[DataFrame, int]:
     return numbered, int(offsets[-1])
 
 
-def local_session(master: str = "local[*]", app_name: str = "vae score") -> SparkSession:
-    """A Spark session whose Python workers run this interpreter (with this package installed), quiet."""
+def spark_session(master: str | None = None, app_name: str = "vae score") -> SparkSession:
+    """A Spark session whose Python workers run this interpreter (with this package installed), quiet.
+
+    Without `master`, Spark's own default applies: spark-submit's --master, or PYSPARK_SUBMIT_ARGS's, else
+    local[*].
+    """
     from pyspark.sql import SparkSession
 
     # Local workers otherwise run the `python3` on PATH, which need not have pyarrow or this package;
     # the environment variable is what the local launcher reads (spark.pyspark.python was not honoured here).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None:
+        builder = builder.master(master)
+    spark = builder.config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -212,7 +213,7 @@ def score_parquet(
     if out.exists():
         raise SparkScoringError(f"{out}: already exists; Spark writes a new directory, so name one that does not")
     options.pop("progress", None)  # Spark shows its own progress
-    spark = spark if spark is not None else local_session()
+    spark = spark if spark is not None else spark_session()
     try:
         scored, n_rows = _score(spark.read.parquet(str(data)), model_dir, **_score_options(options))
         scored.write.parquet(str(out))  # sorted by row already: part files in row order

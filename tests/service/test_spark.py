@@ -13,7 +13,7 @@ import pytest
 from service.core.artifact import load_artifact
 from service.core.engine import PER_INPUT_OUTPUTS, ElboOptions, VaeEngine, score_in_chunks
 from service.core.runtime import OnnxRuntime
-from service.core.spark_scoring import SparkScoringError, local_session, score_dataframe
+from service.core.spark_scoring import SparkScoringError, score_dataframe, spark_session
 from tests.helpers import missing_tool
 
 FEATURES = ["a", "b", "c", "d", "e", "constant"]  # tests/helpers.py write_tabular_csv's header
@@ -25,7 +25,7 @@ def spark(request):
     """One local[2] session for the module: starting a JVM takes seconds."""
     if shutil.which("java") is None:
         missing_tool(request, "Java is", "Spark scoring untested")
-    session = local_session("local[2]", "vae tests")
+    session = spark_session("local[2]", "vae tests")
     yield session
     session.stop()
 
