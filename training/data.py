@@ -62,15 +62,18 @@ def load_dataset(
     CSV without one. For a folder of images: `channels` 1 or 3 (default: 3 if any image has colour), and
     `image_size` (H, W) to resize to (default: every image must already share one size).
     """
+    path = Path(source)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        if columns is not None:
+            raise DataError(source, "columns can be chosen in .csv and .parquet tables only")
+        if label_column is not None:
+            raise DataError(source, "a label column can be chosen in .csv and .parquet tables only")
     if source == "digits":
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         x = digits.data.reshape(-1, 1, 8, 8).astype(np.float32)
         return Dataset(x, digits.target.astype(np.int64), "digits", "digits", value_range=(0.0, 16.0))
-    path = Path(source)
-    if columns is not None and path.suffix.lower() not in TABLE_SUFFIXES:
-        raise DataError(source, "columns can be chosen in .csv and .parquet tables only")
     if path.is_dir():
         x, y = _read_images(source, path, channels, image_size)
         return Dataset(

@@ -60,7 +60,7 @@ def reference(model_dir: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def collected(df) -> dict[str, np.ndarray]:
-    table = pa.Table.from_batches(df.orderBy("row")._collect_as_arrow())
+    table = df.orderBy("row").toArrow()
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 

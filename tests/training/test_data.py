@@ -271,3 +271,5 @@ def test_columns_only_for_tables(tmp_path):
         error_of(tmp_path / "x.npy", columns=["a"])
         == f"{tmp_path / 'x.npy'}: columns can be chosen in .csv and .parquet tables only"
     )
+    only_tables = "a label column can be chosen in .csv and .parquet tables only"
+    assert error_of("digits", label_column="y") == f"digits: {only_tables}"
