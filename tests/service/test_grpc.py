@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as kserve_pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-from tests.helpers import free_port, start_server, stop
+from tests.helpers import VAE, free_port, start_server, stop
 
 TRITON_CALLS = Path(__file__).with_name("triton_grpc_calls.py")
 ELBO_OUTPUTS = ["elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "is_anomaly", "p_value"]
@@ -120,8 +121,10 @@ def test_triton_errors_carry_grpc_codes(triton_answers):
         "message": "instances: each instance must be 64 numbers or nested lists shaped [1, 8, 8]; "
         "got instances shaped [5]",
     }
-    assert errors["bad_parameter"]["status"] == "StatusCode.INVALID_ARGUMENT"
-    assert errors["bad_parameter"]["message"].startswith("fpr: ")
+    assert errors["bad_parameter"] == {
+        "status": "StatusCode.INVALID_ARGUMENT",
+        "message": "fpr: Input should be less than 1 (got 2.0)",
+    }
     assert errors["unknown_parameter"] == {
         "status": "StatusCode.INVALID_ARGUMENT",
         "message": "parameters: digits-elbo takes no parameter 'n_sample'; it takes binary_data_output, fpr, "
@@ -279,8 +282,49 @@ def test_bad_requests_are_invalid_argument(server, request_, message):
 
 def test_a_negative_dimension_is_invalid_argument(server):
     error = rpc_error(server[1], infer_request([tensor(shape=(-1, 64))], raw=[b""]))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details().startswith("inputs.0.shape.0: Input should be greater than or equal to 0")
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs.0.shape.0: Input should be greater than or equal to 0 (got -1)",
+    )
+
+
+def test_a_string_where_a_number_belongs_is_invalid_argument(server):
+    request = infer_request([tensor()], raw=[b"\0" * 512], model="digits-elbo")
+    request.parameters["fpr"].string_param = "x"
+    error = rpc_error(server[1], request)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "fpr: Input should be a valid number, unable to parse string as a number (got 'x')",
+    )
+
+
+def test_a_request_past_its_timeout_is_deadline_exceeded(server):
+    """REST's 503 `timeout` is DEADLINE_EXCEEDED; the `timeout` parameter (microseconds) shortens the deadline."""
+    request = infer_request([tensor()], raw=[b"\0" * 512], model="digits-elbo")
+    request.parameters["timeout"].int64_param = 1
+    request.parameters["n_samples"].int64_param = 2000
+    error = rpc_error(server[1], request)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "the request did not finish within its parameters.timeout of 1 us",
+    )
+
+
+def batched_instances(base: str, endpoint: str) -> float:
+    """Instances the micro-batcher of `endpoint` has run so far (its vae_batch_instances histogram's sum)."""
+    metrics = httpx.get(f"{base}/metrics").text
+    prefix = f'vae_batch_instances_sum{{endpoint="{endpoint}"'
+    line = next(line for line in metrics.splitlines() if line.startswith(prefix))
+    return float(line.rpartition(" ")[2])
+
+
+def test_grpc_calls_go_through_the_http_batchers(server, digits):
+    base, address, _ = server
+    before = batched_instances(base, "/encode")
+    with grpc.insecure_channel(address) as channel:
+        request = infer_request([tensor(shape=(3, 64))], raw=[digits.astype("<f8").tobytes()])
+        GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert batched_instances(base, "/encode") == before + 3
 
 
 # --- limits, the API key, reload -------------------------------------------------------------------------------------
@@ -355,3 +399,33 @@ def test_grpc_sees_a_reload(digits_model_dir, tmp_path, digits):
             assert not stub.ModelReady(kserve_pb.ModelReadyRequest(name="digits-encode", version=before)).ready
     finally:
         stop(process)
+
+
+# --- the setting -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "port"), [("8001", 8001), ("0", 0), ("", None)])
+def test_the_setting_reads_a_port_and_empty_is_off(monkeypatch, digits_model_dir, value, port):
+    from service.http.settings import Settings
+
+    monkeypatch.setenv("VAE_GRPC_PORT", value)
+    assert Settings(model_dir=digits_model_dir).grpc_port == port
+
+
+def test_a_bad_port_stops_start_up(digits_model_dir):
+    env = {**os.environ, "VAE_GRPC_PORT": "70000"}
+    result = subprocess.run([VAE, "serve", str(digits_model_dir)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "invalid setting VAE_GRPC_PORT: Input should be less than or equal to 65535 (got '70000')"
+    )
+
+
+def test_without_the_setting_grpc_is_never_imported(digits_model_dir):
+    code = (
+        "import sys; from fastapi.testclient import TestClient; from service.http.main import app\n"
+        "with TestClient(app) as client: assert client.get('/readyz').status_code == 200\n"
+        "print(sorted(m for m in sys.modules if m == 'grpc' or m.startswith(('grpc.', 'service.http.grpc'))))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VAE_GRPC_PORT"} | {"VAE_MODEL_DIR": str(digits_model_dir)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
