@@ -327,6 +327,41 @@ def test_grpc_calls_go_through_the_http_batchers(server, digits):
     assert batched_instances(base, "/encode") == before + 3
 
 
+def grpc_counts(base: str) -> dict[tuple[str, str, str, str], float]:
+    """vae_requests of the gRPC calls: (RPC, REST status, version, operation) -> count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "vae_requests_total" and labels["endpoint"].startswith(
+                "/inference.GRPCInferenceService/"
+            ):
+                key = (labels["endpoint"].rpartition("/")[2], labels["status"], labels["version"], labels["operation"])
+                counts[key] = sample.value
+    return counts
+
+
+def test_grpc_calls_are_counted_in_the_request_metrics(server, digits):
+    base, address, _ = server
+    version = httpx.get(f"{base}/v1/model").json()["version"]
+    before = grpc_counts(base)
+    with grpc.insecure_channel(address) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(infer_request([tensor(shape=(3, 64))], raw=[digits.astype("<f8").tobytes()]), timeout=30)
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(infer_request([tensor(shape=(3, 64))], raw=[b""], model="digits-elbo"), timeout=30)
+        stub.ServerLive(kserve_pb.ServerLiveRequest())
+    after = grpc_counts(base)
+    grown = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    assert grown == {
+        ("ModelInfer", "200", version, "encode"): 1,
+        ("ModelInfer", "400", "", "elbo"): 1,
+        ("ServerLive", "200", "", ""): 1,
+    }
+
+
 # --- limits, the API key, reload -------------------------------------------------------------------------------------
 def test_limits_are_resource_exhausted(digits_model_dir):
     process, _, address = grpc_server(digits_model_dir, VAE_MAX_BODY_BYTES="4096", VAE_MAX_INSTANCES="2")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from service.http.grpc import grpc_predict_v2_pb2 as pb
 from service.http.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.http.grpc.tensors import grpc_response, rest_request
 from service.http.live_model import LiveModel
+from service.http.observability import Metrics
 from service.http.oip_tensors import response_bound
 from service.http.settings import Settings
 
@@ -51,18 +53,18 @@ CODES = {
 
 
 class ErrorRenderer:
-    """An exception as (gRPC code, message), through the app's own handlers: the message REST gives."""
+    """An exception as (REST status, gRPC code, message), through the app's own handlers: REST's message."""
 
     def __init__(self, app: FastAPI) -> None:
         # A request with nothing in it but the app: all the handlers read (render_error finds them on it).
         self._request = Request({"type": "http", "app": app, "method": "POST", "path": "/", "headers": []})
 
-    async def __call__(self, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    async def __call__(self, exc: Exception) -> tuple[int, grpc.StatusCode, str]:
         rendered = await protocol_error(self._request, exc)
-        message = orjson.loads(rendered.body)["error"]
+        status, message = rendered.status_code, orjson.loads(rendered.body)["error"]
         if isinstance(exc, Timeout):
-            return grpc.StatusCode.DEADLINE_EXCEEDED, message
-        return CODES.get(rendered.status_code, grpc.StatusCode.INVALID_ARGUMENT), message
+            return status, grpc.StatusCode.DEADLINE_EXCEEDED, message
+        return status, CODES.get(status, grpc.StatusCode.INVALID_ARGUMENT), message
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -70,21 +72,32 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 def _answers(protected: bool) -> Callable[[Handler], Handler]:
     """An RPC that checks the API key first (when `protected` and VAE_API_KEY is set) and turns the service's
-    errors into gRPC statuses; any other exception is a bug, logged, and INTERNAL."""
+    errors into gRPC statuses; any other exception is a bug, logged, and INTERNAL. Every call is counted in
+    vae_requests and vae_request_seconds as endpoint `/inference.GRPCInferenceService/<RPC>`, with the REST
+    status of the same answer."""
 
     def wrap(handler: Handler) -> Handler:
+        endpoint = f"/inference.GRPCInferenceService/{handler.__name__}"
+
         @functools.wraps(handler)
         async def rpc(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, status, version = time.perf_counter(), 200, ""
             try:
                 if protected:
                     self.authorize(context)
-                return await handler(self, request, context)
+                answer = await handler(self, request, context)
+                version = getattr(answer, "model_version", "")
+                return answer
             except (ServiceError, ValidationError) as exc:
-                code, message = await self.render(exc)
+                status, code, message = await self.render(exc)
                 await context.abort(code, message)
             except Exception:
+                status = 500
                 log.exception("gRPC %s failed", handler.__name__)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {handler.__name__}")
+            finally:
+                operation = getattr(request, "model_name", "").rpartition("-")[2]
+                self.metrics.count(endpoint, status, time.perf_counter() - started, version, operation)
 
         return rpc
 
@@ -98,6 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.app = app
         self.key = api_key
         self.render = ErrorRenderer(app)
+        self.metrics: Metrics = app.state.metrics
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
         """The metadata `authorization: Bearer <key>`, checked as REST checks the header (access.has_key)."""
