@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -464,3 +466,43 @@ def test_without_the_setting_grpc_is_never_imported(digits_model_dir):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_sigterm_turns_server_ready_false_and_the_server_stops(digits_model_dir):
+    process, _, address = grpc_server(digits_model_dir, VAE_DRAIN_DELAY_S="4")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(kserve_pb.ServerReadyRequest(), timeout=10).ready
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1)  # within the drain delay: still serving, no longer ready
+            assert not stub.ServerReady(kserve_pb.ServerReadyRequest(), timeout=10).ready
+            assert stub.ServerLive(kserve_pb.ServerLiveRequest(), timeout=10).live
+        # uvicorn re-raises the signal once it has drained, so the exit status says "ended by SIGTERM"
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete." in Path(process.log_path).read_text()
+    finally:
+        stop(process)
+
+
+def test_a_call_in_flight_at_sigterm_is_answered(digits_model_dir):
+    """uvicorn drains HTTP, then the lifespan stops gRPC with VAE_REQUEST_TIMEOUT_S of grace for its calls."""
+    from sklearn.datasets import load_digits
+
+    process, _, address = grpc_server(digits_model_dir)
+    try:
+        x = load_digits().data[:48].astype("<f8")  # 48 x (10000 + 10000) draws: over a second on this machine
+        request = infer_request([tensor(shape=(48, 64))], raw=[x.tobytes()], model="digits-elbo")
+        for name, value in (("n_samples", 10_000), ("iw_samples", 10_000), ("seed", 1)):
+            request.parameters[name].int64_param = value
+        with grpc.insecure_channel(address) as channel:
+            call = GRPCInferenceServiceStub(channel).ModelInfer.future(request, timeout=120)
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            answer = call.result()
+            assert call.code() == grpc.StatusCode.OK
+        assert [o.name for o in answer.outputs] == ELBO_OUTPUTS
+        assert np.frombuffer(answer.raw_output_contents[0], "<f8").shape == (48,)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        stop(process)
