@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -506,3 +507,15 @@ def test_a_call_in_flight_at_sigterm_is_answered(digits_model_dir):
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
         stop(process)
+
+
+def test_a_port_taken_stops_start_up_naming_it(digits_model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "VAE_GRPC_PORT": str(port)}
+        command = [VAE, "serve", str(digits_model_dir), "--port", str(free_port())]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3  # uvicorn's "Application startup failed"
+    assert f"VAE_GRPC_PORT: cannot bind 127.0.0.1:{port}: Failed to bind to address 127.0.0.1:{port}" in result.stderr

@@ -28,7 +28,17 @@ from service.core.errors import ModelNotReady, ServiceError, Timeout, Unauthoriz
 from service.http.api.access import NEEDS_KEY, has_key
 from service.http.api.answers import INLINE_BYTES as INLINE_ANSWER_BYTES
 from service.http.api.body import INLINE_BYTES as INLINE_BODY_BYTES
-from service.http.api.oip import EXTENSIONS, SERVER_NAME, metadata, parse_request, protocol_error, run_parsed, served
+from service.http.api.oip import (
+    EXTENSIONS,
+    SERVER_NAME,
+    Operation,
+    Parsed,
+    metadata,
+    parse_request,
+    protocol_error,
+    run_parsed,
+    served,
+)
 from service.http.grpc import grpc_predict_v2_pb2 as pb
 from service.http.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.http.grpc.tensors import grpc_response, rest_request
@@ -188,7 +198,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return grpc_response(*answer)
 
 
-def _parse(request: pb.ModelInferRequest, op, live: LiveModel):
+def _parse(request: pb.ModelInferRequest, op: Operation, live: LiveModel) -> Parsed:
     body, binary = rest_request(request)
     return parse_request(body, binary, request.model_name, op, live)
 
