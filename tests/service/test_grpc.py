@@ -283,6 +283,31 @@ def test_bad_requests_are_invalid_argument(server, request_, message):
     assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def raw_call(address: str, method: str, body: bytes) -> grpc.RpcError:
+    """`body` sent as it is to /inference.GRPCInferenceService/<method>."""
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}", lambda b: b, lambda b: b)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(body, timeout=30)
+    return caught.value
+
+
+def test_bytes_that_are_no_message_are_invalid_argument(server):
+    error = raw_call(server[1], "ModelInfer", b"\xff\xff\xff")
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the request is not a valid inference.ModelInferRequest message (Error parsing message with type "
+        "'inference.ModelInferRequest')",
+    )
+
+
+def test_the_repository_rpcs_are_unimplemented(server):
+    error = raw_call(
+        server[1], "RepositoryModelLoad", kserve_pb.RepositoryModelLoadRequest(model_name="x").SerializeToString()
+    )
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_a_negative_dimension_is_invalid_argument(server):
     error = rpc_error(server[1], infer_request([tensor(shape=(-1, 64))], raw=[b""]))
     assert (error.code(), error.details()) == (

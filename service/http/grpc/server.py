@@ -17,14 +17,16 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import orjson
 from fastapi import FastAPI, Request
+from google.protobuf.message import DecodeError, Message
 from pydantic import ValidationError
 
-from service.core.errors import ModelNotReady, ServiceError, Timeout, Unauthorized
+from service.core.errors import MalformedRequest, ModelNotReady, ServiceError, Timeout, Unauthorized
 from service.http.api.access import NEEDS_KEY, has_key
 from service.http.api.answers import INLINE_BYTES as INLINE_ANSWER_BYTES
 from service.http.api.body import INLINE_BYTES as INLINE_BODY_BYTES
@@ -78,6 +80,25 @@ class ErrorRenderer:
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+SERVICE = "inference.GRPCInferenceService"
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes are not the message its RPC takes: answered INVALID_ARGUMENT by the RPC, where
+    grpc's own deserializer would have answered UNKNOWN with an exception's repr."""
+
+    reason: str
+
+
+def _decoder(message: type[Message]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(f"the request is not a valid {message.DESCRIPTOR.full_name} message ({exc})")
+
+    return decode
 
 
 def _answers(protected: bool) -> Callable[[Handler], Handler]:
@@ -87,7 +108,7 @@ def _answers(protected: bool) -> Callable[[Handler], Handler]:
     status of the same answer."""
 
     def wrap(handler: Handler) -> Handler:
-        endpoint = f"/inference.GRPCInferenceService/{handler.__name__}"
+        endpoint = f"/{SERVICE}/{handler.__name__}"
 
         @functools.wraps(handler)
         async def rpc(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -95,6 +116,8 @@ def _answers(protected: bool) -> Callable[[Handler], Handler]:
             try:
                 if protected:
                     self.authorize(context)
+                if isinstance(request, Undecodable):
+                    raise MalformedRequest(request.reason)
                 answer = await handler(self, request, context)
                 version = getattr(answer, "model_version", "")
                 return answer
@@ -203,6 +226,31 @@ def _parse(request: pb.ModelInferRequest, op: Operation, live: LiveModel) -> Par
     return parse_request(body, binary, request.model_name, op, live)
 
 
+# The RPCs answered, with their request and response messages; the repository RPCs are left out (UNIMPLEMENTED).
+RPCS = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+
+
+def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The servicer's RPCs, as the generated add_GRPCInferenceServiceServicer_to_server registers them but with
+    a request decoder that hands a malformed message to the RPC (Undecodable) instead of failing in grpc."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_decoder(request),
+            response_serializer=response.SerializeToString,
+        )
+        for name, (request, response) in RPCS.items()
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -228,7 +276,7 @@ class GrpcServer:
         ]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.limit_concurrency)
         key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(app, key), server)
+        server.add_generic_rpc_handlers((_handlers(InferenceServicer(app, key)),))
         address = _address(settings.host, settings.grpc_port)
         try:
             port = server.add_insecure_port(address)
