@@ -380,12 +380,17 @@ def test_grpc_calls_are_counted_in_the_request_metrics(server, digits):
         stub.ModelInfer(infer_request([tensor(shape=(3, 64))], raw=[digits.astype("<f8").tobytes()]), timeout=30)
         with pytest.raises(grpc.RpcError):
             stub.ModelInfer(infer_request([tensor(shape=(3, 64))], raw=[b""], model="digits-elbo"), timeout=30)
+        with pytest.raises(grpc.RpcError):  # an unknown model counts under no operation, as on /v2
+            stub.ModelMetadata(kserve_pb.ModelMetadataRequest(name="digits-heatmap"), timeout=30)
+        stub.ModelReady(kserve_pb.ModelReadyRequest(name="digits-decode"), timeout=30)
         stub.ServerLive(kserve_pb.ServerLiveRequest())
     after = grpc_counts(base)
     grown = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
     assert grown == {
         ("ModelInfer", "200", version, "encode"): 1,
         ("ModelInfer", "400", "", "elbo"): 1,
+        ("ModelMetadata", "404", "", ""): 1,
+        ("ModelReady", "200", "", "decode"): 1,
         ("ServerLive", "200", "", ""): 1,
     }
 

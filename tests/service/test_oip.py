@@ -786,3 +786,45 @@ def test_a_cut_short_gzip_body_is_400(digits_client):
         headers={"content-type": "application/json", "content-encoding": "gzip"},
     )
     assert error(response, 400) == "the body is cut short: its gzip data does not end"
+
+
+# --- metrics -------------------------------------------------------------------------------------------------
+def requests_by_operation(client: TestClient) -> dict[tuple[str, str, str], float]:
+    """vae_requests_total of the /v2 routes by (endpoint, status, operation)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "vae_requests_total" and labels["endpoint"].startswith("/v2"):
+                counts[labels["endpoint"], labels["status"], labels["operation"]] = sample.value
+    return counts
+
+
+def test_v2_requests_are_counted_per_operation(digits_model_dir):
+    infer_path, ready, metadata = (
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/ready",
+        "/v2/models/{model_name}",
+    )
+    with app_client(digits_model_dir) as client:
+        for _ in range(2):
+            assert infer(client, "digits-elbo", [tensor("instances", DIGIT)]).status_code == 200
+        assert infer(client, "digits-encode", [tensor("instances", DIGIT)]).status_code == 200
+        assert infer(client, "digits-decode", [tensor("z", np.zeros((1, 4)))]).status_code == 200
+        assert infer(client, "digits-elbo", [tensor("x", DIGIT)]).status_code == 400
+        assert client.get("/v2/models/digits-sample").status_code == 200
+        assert client.get("/v2/models/digits-encode/ready").status_code == 200
+        assert infer(client, "made-up", []).status_code == 404  # no operation: the label stays bounded
+        assert client.get("/v2").status_code == 200
+        assert requests_by_operation(client) == {
+            (infer_path, "200", "elbo"): 2,
+            (infer_path, "200", "encode"): 1,
+            (infer_path, "200", "decode"): 1,
+            (infer_path, "400", "elbo"): 1,
+            (infer_path, "404", ""): 1,
+            (metadata, "200", "sample"): 1,
+            (ready, "200", "encode"): 1,
+            ("/v2", "200", ""): 1,  # the server's metadata is no operation's
+        }

@@ -33,9 +33,11 @@ from service.http.api.body import INLINE_BYTES as INLINE_BODY_BYTES
 from service.http.api.oip import (
     EXTENSIONS,
     SERVER_NAME,
+    ModelNotFound,
     Operation,
     Parsed,
     metadata,
+    operation,
     parse_request,
     protocol_error,
     run_parsed,
@@ -129,8 +131,8 @@ def _answers(protected: bool) -> Callable[[Handler], Handler]:
                 log.exception("gRPC %s failed", handler.__name__)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {handler.__name__}")
             finally:
-                operation = getattr(request, "model_name", "").rpartition("-")[2]
-                self.metrics.count(endpoint, status, time.perf_counter() - started, version, operation)
+                seconds = time.perf_counter() - started
+                self.metrics.count(endpoint, status, seconds, version, self.operation_of(request))
 
         return rpc
 
@@ -156,6 +158,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ]
         if not has_key(headers, self.key):
             raise Unauthorized(NEEDS_KEY.replace("the header", "the metadata"))
+
+    def operation_of(self, request: Any) -> str:
+        """The operation of the model a call names, for the metrics' `operation` label as the /v2 routes set it:
+        empty for no model or an unknown one."""
+        name = getattr(request, "model_name", None) or getattr(request, "name", None)
+        live = self.app.state.host.current
+        if not name or live is None:
+            return ""
+        try:
+            return operation(name, live.artifact.manifest).name
+        except ModelNotFound:
+            return ""
 
     def live(self) -> LiveModel:
         live = self.app.state.host.current
