@@ -83,7 +83,9 @@ async def drive(call, seconds: float, concurrency: int) -> tuple[float, float, f
     return len(latencies) / elapsed, statistics.median(ordered) * 1e3, p99 * 1e3
 
 
-async def measure(base: str, address: str, seconds: float, concurrency: int) -> dict[str, tuple[float, float, float]]:
+async def measure(
+    base: str, address: str, seconds: float, concurrency: int, rest: bool
+) -> dict[str, tuple[float, float, float]]:
     x = np.ascontiguousarray(load_digits().data[:1], dtype="<f8")  # (1, 64), raw units
     request = pb.ModelInferRequest(
         model_name="digits-elbo",
@@ -105,15 +107,17 @@ async def measure(base: str, address: str, seconds: float, concurrency: int) -> 
         stub = GRPCInferenceServiceStub(channel)
         await stub.ModelInfer(request)  # connect and warm up
         results["gRPC ModelInfer"] = await drive(lambda: stub.ModelInfer(request), seconds, concurrency)
+    if not rest:
+        return results
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits) as client:
 
-        async def rest():
+        async def post():
             response = await client.post("/v2/models/digits-elbo/infer", content=header + x.tobytes(), headers=headers)
             response.raise_for_status()
 
-        await rest()
-        results["REST /v2 infer"] = await drive(rest, seconds, concurrency)
+        await post()
+        results["REST /v2 infer"] = await drive(post, seconds, concurrency)
     return results
 
 
@@ -122,26 +126,30 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--seconds", type=float, default=5.0, help="time driven per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16], help="calls in flight")
+    parser.add_argument("--no-rest", action="store_true", help="gRPC only (the REST rows are client-bound anyway)")
+    parser.add_argument("--rounds", type=int, default=1, help="start both servers this many times, alternating")
     args = parser.parse_args()
     print("| server loop | protocol | c | calls/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
-    rates: dict[tuple[str, str, int], float] = {}
-    for loop in ("uvloop", "asyncio"):
-        process, base, address = start(args.model_dir, loop)
-        try:
-            for concurrency in args.concurrency:
-                measured = asyncio.run(measure(base, address, args.seconds, concurrency))
-                for protocol, (rate, p50, p99) in measured.items():
-                    rates[loop, protocol, concurrency] = rate
-                    print(f"| {loop} | {protocol} | {concurrency} | {rate:.0f} | {p50:.2f} | {p99:.2f} |")
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    rates: dict[tuple[str, str, int], list[float]] = {}
+    for _ in range(args.rounds):
+        for loop in ("uvloop", "asyncio"):
+            process, base, address = start(args.model_dir, loop)
+            try:
+                for concurrency in args.concurrency:
+                    measured = asyncio.run(measure(base, address, args.seconds, concurrency, not args.no_rest))
+                    for protocol, (rate, p50, p99) in measured.items():
+                        rates.setdefault((loop, protocol, concurrency), []).append(rate)
+                        print(f"| {loop} | {protocol} | {concurrency} | {rate:.0f} | {p50:.2f} | {p99:.2f} |")
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
     print()
     # Only the loops are compared: the REST rows are bound by httpx in this process, not by the server.
     for concurrency in args.concurrency:
-        ratio = rates["uvloop", "gRPC ModelInfer", concurrency] / rates["asyncio", "gRPC ModelInfer", concurrency]
-        print(f"c={concurrency}: gRPC calls/s on uvloop / on asyncio = {ratio:.2f}x")
+        uv, aio = (rates[loop, "gRPC ModelInfer", concurrency] for loop in ("uvloop", "asyncio"))
+        ratios = ", ".join(f"{a / b:.2f}x" for a, b in zip(uv, aio, strict=True))
+        print(f"c={concurrency}: gRPC calls/s on uvloop / on asyncio, each round: {ratios}")
 
 
 if __name__ == "__main__":
