@@ -432,18 +432,24 @@ async def server_ready(request: Request, engine: EngineDep) -> Response:
     return JSONResponse({"ready": True})
 
 
-def _served(request: Request, model_name: str, version: str | None, live: LiveModel) -> Operation:
+def served(model_name: str, version: str | None, live: LiveModel) -> Operation:
     """The operation of a model name, at a version (when the path names one) that must be the one served.
-    The operation becomes the request's `operation` metric label (service/http/observability.py), so /v2
-    traffic counts per operation: a fixed set, never a name from the request."""
+    Knows nothing of the request: gRPC (service/http/grpc) asks it too."""
     op = operation(model_name, live.artifact.manifest)
-    request.state.operation = op.name
     if version is not None and version not in (live.version, ORDINAL_VERSION):
         raise ModelNotFound(
             f"{model_name} has no version '{version}'; this server serves version {live.version} "
             f"(also called {ORDINAL_VERSION})"
         )
     return op
+
+
+def _served(request: Request, model_name: str, version: str | None, live: LiveModel) -> Operation:
+    """served(), and the operation becomes the request's `operation` metric label (service/http/observability.py),
+    set before the version is checked, so /v2 traffic counts per operation: a fixed set, never a name from the
+    request."""
+    request.state.operation = operation(model_name, live.artifact.manifest).name
+    return served(model_name, version, live)
 
 
 READY_ANSWER: dict[int | str, dict] = {200: {"description": "ready: an empty body"}}
@@ -486,7 +492,13 @@ async def model_version_metadata(model_name: str, model_version: str, request: R
 
 
 def _metadata(request: Request, model_name: str, version: str | None, live: LiveModel) -> dict:
-    op = _served(request, model_name, version, live)
+    _served(request, model_name, version, live)  # the request's operation label
+    return metadata(model_name, version, live)
+
+
+def metadata(model_name: str, version: str | None, live: LiveModel) -> dict:
+    """The model metadata of REST and gRPC."""
+    op = served(model_name, version, live)
     manifest = live.artifact.manifest
     return {
         "name": model_name,
@@ -536,9 +548,15 @@ def _parse(
     raw: bytes | memoryview, header_length: str | None, model_name: str, op: Operation, live: LiveModel
 ) -> Parsed:
     """Everything about a request's body that can fail before the model runs (in the worker pool when large)."""
-    manifest = live.artifact.manifest
     header, binary = split_body(raw, header_length, max_json_values(live.engine))
-    body = InferenceRequest.model_validate(header)
+    return parse_request(InferenceRequest.model_validate(header), binary, model_name, op, live)
+
+
+def parse_request(
+    body: InferenceRequest, binary: memoryview | None, model_name: str, op: Operation, live: LiveModel
+) -> Parsed:
+    """A request's tensors and parameters, checked for this model: REST's and gRPC's (service/http/grpc)."""
+    manifest = live.artifact.manifest
     timeout_s = _standard(body.parameters)
     options, binary_default = _options(model_name, op, body.parameters)
     _check_input_names(model_name, op, body, manifest)
@@ -573,7 +591,7 @@ def _check_answer_size(op: Operation, live: LiveModel, parsed: Parsed, chosen: l
 
 
 async def _infer(model_name: str, version: str | None, request: Request, live: LiveModel) -> Response:
-    executor, manifest = live.executor, live.artifact.manifest
+    executor = live.executor
     deadline = executor.deadline()
     op = _served(request, model_name, version, live)
     if "content-type" in request.headers:  # Triton's Python client sends none
@@ -584,11 +602,7 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
         raw = await executor.call(decompress, raw, encoding, limit, deadline=deadline)
     parse = (raw, request.headers.get(HEADER_LENGTH), model_name, op, live)
     parsed = _parse(*parse) if len(raw) <= INLINE_BYTES else await executor.call(_parse, *parse, deadline=deadline)
-    options, deadline = parsed.options, _deadline(deadline, parsed.timeout_s)
-    wants_x = parsed.wanted is not None and any(name == "x" for name, _ in parsed.wanted)
-    chosen = _chosen(op, manifest, parsed, wants_x or bool(getattr(options, "decode", False)))
-    _check_answer_size(op, live, parsed, chosen)
-    outputs, parameters = await op.run(executor, parsed.inputs, options, wants_x, state_of(request), deadline)
+    chosen, outputs, parameters = await run_parsed(op, live, parsed, state_of(request), deadline)
     body = parsed.body
     head = {"model_name": model_name, "model_version": live.version, **({"id": body.id} if body.id is not None else {})}
     if parameters:
@@ -600,6 +614,19 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+async def run_parsed(
+    op: Operation, live: LiveModel, parsed: Parsed, state: dict, deadline: Deadline
+) -> tuple[list[tuple[str, bool]], dict[str, np.ndarray], dict]:
+    """The model run on a parsed request (REST and gRPC): the outputs chosen (name, as binary), their arrays,
+    and the response parameters. The answer's size is checked against its limit before the model runs."""
+    options, deadline = parsed.options, _deadline(deadline, parsed.timeout_s)
+    wants_x = parsed.wanted is not None and any(name == "x" for name, _ in parsed.wanted)
+    chosen = _chosen(op, live.artifact.manifest, parsed, wants_x or bool(getattr(options, "decode", False)))
+    _check_answer_size(op, live, parsed, chosen)
+    outputs, parameters = await op.run(live.executor, parsed.inputs, options, wants_x, state, deadline)
+    return chosen, outputs, parameters
 
 
 def _streamed(parts, length: int | None, header_length: int | None) -> StreamingResponse:
