@@ -23,7 +23,7 @@ import yaml
 from tests.helpers import IN_CI, missing_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted((ROOT / "scripts").glob("container_*.sh")) + [ROOT / "scripts" / "rolling_restart.sh"]
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))  # every script the Makefile, the image or a user runs
 
 
 def tool(name: str) -> str | None:

@@ -674,6 +674,91 @@ def test_not_ready_is_503(digits_model_dir):
     assert client.get("/v2/health/live").status_code == 200
 
 
+# --- the body's Content-Type ---------------------------------------------------------------------------------
+INFER_TAKES = "/v2/models/digits-elbo/infer takes application/json or application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    "content_type, given",
+    [
+        ("text/plain", "'text/plain'"),  # what a web page may POST cross-site without a CORS preflight
+        ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+        ("application/x-npy", "'application/x-npy'"),  # the native routes' binary body, not a v2 one
+    ],
+)
+def test_a_declared_content_type_other_than_json_or_binary_is_415(digits_client, content_type, given):
+    body = json.dumps({"inputs": [tensor("instances", DIGIT)]}).encode()
+    response = digits_client.post("/v2/models/digits-elbo/infer", content=body, headers={"content-type": content_type})
+    assert error(response, 415) == f"Content-Type: {given}; {INFER_TAKES}"
+
+
+def test_json_with_a_charset_and_json_without_a_content_type_are_taken(digits_client):
+    request = {"inputs": [tensor("instances", DIGIT)], "parameters": {"seed": 0}}
+    declared = digits_client.post("/v2/models/digits-elbo/infer", json=request)
+    body = json.dumps(request).encode()
+    charset = digits_client.post(
+        "/v2/models/digits-elbo/infer", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    undeclared = digits_client.post("/v2/models/digits-elbo/infer", content=body)
+    assert "content-type" not in undeclared.request.headers
+    assert declared.status_code == charset.status_code == undeclared.status_code == 200
+    assert charset.json() == undeclared.json() == declared.json()
+
+
+def test_a_binary_body_without_a_content_type_is_taken(digits_client):
+    description, raw = binary_tensor("instances", DIGIT)
+    content, headers = binary_body({"inputs": [description], "parameters": {"seed": 0}}, [raw])
+    declared = digits_client.post("/v2/models/digits-elbo/infer", content=content, headers=headers)
+    del headers["content-type"]
+    undeclared = digits_client.post("/v2/models/digits-elbo/infer", content=content, headers=headers)
+    assert parse(undeclared)[0] == parse(declared)[0]  # the same outputs, data included, and the same seed
+
+
+def test_tritonclient_sends_no_content_type():
+    """Why a body without a Content-Type is taken: Triton's HTTP client (2.73.0) sends none, on JSON and on binary
+    bodies. A server that records the headers of its infer requests shows it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    seen: list[dict[str, str]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            answer = b'{"error": "recorded"}'
+            self.send_response(400)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.server_port}")
+    try:
+        for binary in (False, True):
+            tensor_in = httpclient.InferInput("instances", [1, 64], "FP64")
+            tensor_in.set_data_from_numpy(DIGIT, binary_data=binary)
+            with pytest.raises(InferenceServerException, match="recorded"):
+                client.infer("digits-elbo", [tensor_in])
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+    assert len(seen) == 2
+    assert [("content-type" in headers, "inference-header-content-length" in headers) for headers in seen] == [
+        (False, False),
+        (False, True),
+    ]
+
+
 # --- standard parameters, content_type, compressed bodies ------------------------------------------------------
 @pytest.mark.parametrize(
     "parameters",

@@ -594,7 +594,10 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
     executor = live.executor
     deadline = executor.deadline()
     op = _served(request, model_name, version, live)
-    if "content-type" in request.headers:  # Triton's Python client sends none
+    # A body without a Content-Type is taken: tritonclient's HTTP client sends none, on JSON and binary bodies
+    # alike (tests/service/test_oip.py records it). A declared one must be JSON or binary, so text/plain and
+    # forms, which a web page may POST cross-site without a CORS preflight, get 415.
+    if "content-type" in request.headers:
         check_media_type(request, [JSON, BINARY])
     raw = await read_raw(request)
     if encoding := request.headers.get("content-encoding"):  # tritonclient's request_compression_algorithm
