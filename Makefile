@@ -41,6 +41,7 @@ system:
 	bash scripts/proxy_setup.sh || echo "make system: proxy_setup.sh failed; the proxy tests will say so"
 	bash scripts/deploy_setup.sh || echo "make system: deploy_setup.sh failed; the manifest tests will say so"
 	bash scripts/promtool_setup.sh || echo "make system: promtool_setup.sh failed; the metrics format tests will say so"
+	bash scripts/java_setup.sh || echo "make system: java_setup.sh failed; the Spark tests will say so"
 	PYTHON=$(PYTHON) bash scripts/mlserver_setup.sh || echo "make system: mlserver_setup.sh failed; the MLServer codec tests will say so"
 
 # ruff (lint and format check), mypy (strict on the torch-free core) and the import contracts
