@@ -325,6 +325,9 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
         browser.find_element(By.ID, "api-key").send_keys("s3cret")
         browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
         _wait(browser, '#card-fields dd[data-field="threshold"]')
+        labels = browser.find_elements(By.CSS_SELECTOR, "#row-fields label")
+        # The fields carry the CSV's column names, which training kept in the manifest.
+        assert [label.text for label in labels] == ["a", "b", "c", "d", "e", "constant"]
         assert len(browser.find_elements(By.CSS_SELECTOR, "#row-fields input")) == 6
         assert not browser.find_element(By.ID, "image-input").is_displayed()
 
@@ -343,6 +346,13 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
         assert _value(cell("p_value")) == direct["p_value"][0]
         assert _value(cell("threshold")) == direct["threshold"]
         assert cell("is_anomaly").get_attribute("data-value") == str(direct["is_anomaly"][0]).lower()
+
+        # A field that is not a number is named by its column.
+        field = browser.find_element(By.CSS_SELECTOR, '#row-fields input[data-feature="1"]')
+        field.clear()
+        field.send_keys("many")
+        browser.find_element(By.CSS_SELECTOR, "#row-form button[type=submit]").click()
+        assert _wait(browser, "#table-error", lambda e: e.is_displayed()).text == 'b: "many" is not a finite number'
 
         # A row of the wrong width: the server's message, on the page.
         text = browser.find_element(By.ID, "csv-text")

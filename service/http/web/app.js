@@ -331,6 +331,11 @@ function scoreFiles(files) {
 
 // Rows: one input per feature, or CSV lines pasted into the box.
 
+// A feature's name: the data's column name when the model kept them (manifest feature_names), else x0, x1, …
+function featureName(j) {
+  return card.feature_names?.[j] ?? `x${j}`;
+}
+
 function buildRowForm() {
   const d = card.input_shape.reduce((a, b) => a * b, 1);
   const fields = $("row-fields");
@@ -342,7 +347,7 @@ function buildRowForm() {
   const offset = card.preprocessing.offset;
   for (let j = 0; j < d; j++) {
     const typical = Array.isArray(offset) ? offset[j] : offset;
-    fields.append(el("label", {}, `x${j}`,
+    fields.append(el("label", {}, featureName(j),
       el("input", { type: "text", inputmode: "decimal", "data-feature": String(j), value: fmt(typical) })));
   }
 }
@@ -437,7 +442,7 @@ function wire() {
     const values = inputs.map((input) => parseNumber(input.value));
     const bad = values.indexOf(null);
     if (bad !== -1) {
-      showError($("table-error"), `x${bad}: ${JSON.stringify(inputs[bad].value)} is not a finite number`);
+      showError($("table-error"), `${featureName(bad)}: ${JSON.stringify(inputs[bad].value)} is not a finite number`);
       return;
     }
     scoreRows([values]);
