@@ -6,10 +6,10 @@ draws, cut into scoring.DECODE_CHUNK_ROWS pieces as the engine cuts them; no noi
 reading or writing. `vae score` does all of that on top: it reads a .npy of raw rows, draws the seeded noise,
 scores ln p(x|z), KL and L_K, decides and writes every per-input field of /elbo.
 
-Prints one table per model with rows/s and the ratio to bare ORT at K = 1 and K = 100 for each output format,
-for score_file (in this process) and the `vae score` command (a fresh process: imports and model loading
-included). Trains its two models into --workdir the first time (digits, and a heavier 784-1024-512 MLP on
-synthetic binary data) and reuses them after.
+Prints a table with rows/s and the ratio to bare ORT at K = 1 and K = 100 for each output format, for
+score_file (in this process; model loading included) and the `vae score` command (a fresh process: imports
+and model loading included), each the best of --repeats runs taken in turn. Trains its two models into
+--workdir the first time (digits, and a heavier 784-1024-512 MLP on synthetic binary data) and reuses them.
 
     .venv/bin/python benchmarks/bulk_scoring.py [--workdir /tmp/vae-bulk-bench] [--no-scorer] [--chunk-rows N]
 """
@@ -117,7 +117,8 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=bulk.DEFAULT_CHUNK_ROWS)
     parser.add_argument("--no-scorer", action="store_true", help="A/B: score through the decoder graph and numpy")
     parser.add_argument("--no-cli", action="store_true", help="skip the `vae score` command runs")
-    parser.add_argument("--rows", type=int, nargs=4, default=[400_000, 40_000, 40_000, 1_000],
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each path; the best is reported")
+    parser.add_argument("--rows", type=int, nargs=4, default=[1_000_000, 20_000, 20_000, 600],
                         metavar=("DIGITS_K1", "DIGITS_K100", "HEAVY_K1", "HEAVY_K100"))  # fmt: skip
     args = parser.parse_args()
     if args.no_scorer:
@@ -125,22 +126,28 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     models = train_models(args.workdir)
     row_counts = dict(zip([(m, k) for m in models for k in KS], args.rows, strict=True))
-    print(f"chunk_rows {args.chunk_rows}, scorer graph {'off' if args.no_scorer else 'on'}, n_samples 1")
-    print("| model | K | bare ORT rows/s | output | score_file rows/s | ratio | `vae score` rows/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    scorer = "off" if args.no_scorer else "on"
+    print(f"chunk_rows {args.chunk_rows}, scorer graph {scorer}, n_samples 1, best of {args.repeats} runs")
+    print("| model | K | rows | bare ORT rows/s | output | score_file rows/s | ratio | `vae score` rows/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, model_dir in models.items():
         for k in KS:
             rows = row_counts[name, k]
             data = input_rows(model_dir, rows, args.workdir / f"{model_dir.name}-{rows}.npy")
             for suffix in FORMATS:
-                # Measured next to each run, so a change in the shared machine's load shows in both.
-                bare = bare_ort_rows_per_s(model_dir, rows, 1 + k, args.chunk_rows)
                 out = args.workdir / f"scores{suffix}"
-                function = function_rows_per_s(model_dir, data, out, k, args.chunk_rows)
-                cli = "" if args.no_cli else cli_rows_per_s(model_dir, data, out, k, args.chunk_rows, rows)
+                # Best of --repeats, each path measured next to the others in turn: on a shared machine the
+                # slow runs are other people's work, the best ones are ours.
+                bare, function, cli = 0.0, 0.0, 0.0
+                for _ in range(args.repeats):
+                    bare = max(bare, bare_ort_rows_per_s(model_dir, rows, 1 + k, args.chunk_rows))
+                    function = max(function, function_rows_per_s(model_dir, data, out, k, args.chunk_rows))
+                    if not args.no_cli:
+                        cli = max(cli, cli_rows_per_s(model_dir, data, out, k, args.chunk_rows, rows))
                 cli_cells = "| – | – |" if args.no_cli else f"| {cli:,.0f} | {cli / bare:.0%} |"
                 print(
-                    f"| {name} | {k} | {bare:,.0f} | {suffix} | {function:,.0f} | {function / bare:.0%} {cli_cells}",
+                    f"| {name} | {k} | {rows:,} | {bare:,.0f} | {suffix} | {function:,.0f} | {function / bare:.0%} "
+                    f"{cli_cells}",
                     flush=True,
                 )
 

@@ -110,7 +110,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         "--columns",
         type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
         default=None,
-        help="a Parquet input's feature columns by name, comma-separated, in the model's order (default: all)",
+        help="a Parquet input's feature columns by name, comma-separated, in the model's order; without it, all",
     )
     p.add_argument(
         "--iw-samples",
@@ -120,12 +120,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-samples", type=positive_int, default=1, help="draws of the ELBO")
     p.add_argument("--seed", type=integer, default=0, help="chunk i uses seed + i, as an /elbo request would")
-    p.add_argument(
-        "--chunk-rows",
-        type=positive_int,
-        default=None,
-        help="rows scored at a time, bounding memory (default: service.core.bulk.DEFAULT_CHUNK_ROWS, 4096)",
-    )
+    # service.core.bulk.DEFAULT_CHUNK_ROWS, written out so that parsing imports nothing (a test pins the two).
+    p.add_argument("--chunk-rows", type=positive_int, default=4096, help="rows scored at a time (bounds memory)")
     p.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx", help="network runtime")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
@@ -271,8 +267,6 @@ def _score(args: argparse.Namespace) -> int:
     from service.core.errors import ArtifactError
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "model_dir", "data", "out")}
-    if options["chunk_rows"] is None:
-        del options["chunk_rows"]  # score_file's default
     try:
         rows = score_file(args.model_dir, args.data, args.out, **options)
     except (ArtifactError, BulkError) as exc:

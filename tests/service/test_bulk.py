@@ -283,3 +283,16 @@ def test_the_parquet_reader_holds_about_one_row_group(tmp_path):
     assert peak < 3 * row_group_bytes, (
         f"Arrow held {peak / 2**20:.1f} MB for row groups of {row_group_bytes / 2**20:.1f} MB"
     )
+
+
+def test_the_commands_default_chunk_is_score_files():
+    from vae_cli.main import build_parser
+
+    args = build_parser().parse_args(["score", "m", "--data", "d.npy", "--out", "o.csv"])
+    assert args.chunk_rows == DEFAULT_CHUNK_ROWS == 4096
+    assert args.columns is None
+    assert build_parser().parse_args(["score", "m", "--data", "d", "--out", "o", "--columns", "a, b,c"]).columns == [
+        "a",
+        "b",
+        "c",
+    ]
