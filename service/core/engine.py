@@ -373,7 +373,7 @@ class VaeEngine:
         # Runtimes written before the scorer graph (tests' fakes among them) have no has_scorer.
         use_scorer = bool(getattr(self.runtime, "has_scorer", False))
         by_scorer = [i for i, r in enumerate(requests) if use_scorer and not r.feature_scores]
-        by_decoder = [i for i in range(len(requests)) if i not in set(by_scorer)]
+        by_decoder = sorted(set(range(len(requests))) - set(by_scorer))
         log_px: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         log_px |= self._log_px_by_scorer(
             x, [requests[i] for i in by_scorer], [draws[i] for i in by_scorer], by_scorer, deadline
