@@ -40,7 +40,7 @@ def test_no_progress_help_reads_right(capsys, command):
 def test_help_shows_a_real_default_once(capsys):
     _, out, _ = run(capsys, "score", "--help")
     indent = "\n" + " " * 24
-    assert f"  --chunk-rows CHUNK_ROWS{indent}rows scored at a time (bounds memory) (default: 1024)\n" in out
+    assert f"  --chunk-rows CHUNK_ROWS{indent}rows scored at a time (bounds memory) (default: 4096)\n" in out
     assert f"  --iw-samples IW_SAMPLES{indent}K of L_K (default: the K the threshold was calibrated with)\n" in out
     assert out.count("(default:") == 6  # --iw-samples, --n-samples, --seed, --chunk-rows, --runtime, --engine
 

@@ -42,11 +42,17 @@ from service.core.artifact import (
 from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
 from service.core.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
+from training.scorer import SCORER_INPUTS, SCORER_OUTPUTS, scorer_for
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 SAMPLE_NAME = "validation_sample.npz"  # raw validation rows and labels, for `vae report`
 CHECK_BATCH_SIZE = 64
+CHECK_DRAWS = 5  # draws per check row for the scorer graph's parity check
+# The scorer graph sums D float64 log-densities of float32 decoder outputs; its parity is relative to the
+# reference's magnitude, |exported - reference| / max(1, |reference|), since a gaussian feature far from its mean
+# scales the decoder's float32 rounding by (x - mean) / sigma^2.
+SCORER_PARITY_TOLERANCE = 1e-5
 
 
 class ExportError(RuntimeError):
@@ -169,17 +175,32 @@ def check_batches(config: ModelConfig, seed: int = 0) -> tuple[torch.Tensor, tor
     return x, z
 
 
-def _export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, graph: Graph) -> None:
+def check_draws(config: ModelConfig, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs for the scorer graph's parity check: x as check_batches makes it, z (B, CHECK_DRAWS, d) wider than
+    the prior."""
+    x, _ = check_batches(config, seed)
+    g = torch.Generator().manual_seed(seed)
+    return x, 2.0 * torch.randn(CHECK_BATCH_SIZE, CHECK_DRAWS, config.latent_dim, generator=g)
+
+
+def _export_onnx(
+    module: torch.nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    path: Path,
+    graph: Graph,
+    dynamic_shapes: dict[str, dict[int, torch.export.Dim]] | None = None,
+) -> None:
+    """One graph to ONNX; by default the first input's axis 0 is a dynamic batch."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silence "torchvision is not installed"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
-            (example,),
+            examples,
             str(path),
             input_names=graph.inputs,
             output_names=graph.outputs,
-            dynamic_shapes={graph.inputs[0]: {0: torch.export.Dim("batch")}},
+            dynamic_shapes=dynamic_shapes or {graph.inputs[0]: {0: torch.export.Dim("batch")}},
             dynamo=True,
             external_data=False,
             verbose=False,
@@ -196,16 +217,34 @@ def _max_abs_diff(expected: tuple[torch.Tensor, ...], actual: tuple[np.ndarray, 
     return max(float(np.max(np.abs(e.numpy() - a))) for e, a in zip(expected, actual, strict=False))
 
 
+def reference_log_px(model: VAE, x: torch.Tensor, z: torch.Tensor) -> np.ndarray:
+    """ln p(x|z_k) (B, K) by the numpy reference (scoring.log_prob_per_feature) over the eager decoder's outputs."""
+    b, k, d = z.shape
+    with torch.inference_mode():
+        params = tuple(p.reshape(b * k, -1).numpy() for p in model.decode(z.reshape(b * k, d)))
+    x_rows = np.repeat(x.reshape(b, -1).numpy().astype(np.float64), k, axis=0)
+    return scoring.log_prob_per_feature(x_rows, params, model.config.likelihood).sum(axis=1).reshape(b, k)
+
+
+def scorer_parity(reference: np.ndarray, exported: np.ndarray) -> float:
+    """Largest |exported - reference| / max(1, |reference|): see SCORER_PARITY_TOLERANCE."""
+    return float(np.max(np.abs(exported - reference) / np.maximum(1.0, np.abs(reference))))
+
+
 def _parity(model: VAE, staged: Artifact) -> dict[str, dict[str, float]]:
-    """Largest |exported - eager| for each runtime and graph on the check batches."""
+    """Largest |exported - eager| for each runtime and graph on the check batches; for the scorer, its
+    relative difference from the numpy reference."""
     x, z = check_batches(model.config)
+    x_draws, z_draws = check_draws(model.config)
     with torch.inference_mode():
         eager_encoded, eager_decoded = model.encode(x), model.decode(z)
+    reference = reference_log_px(model, x_draws, z_draws)
     parity = {}
     for runtime in (OnnxRuntime(staged), TorchScriptRuntime(staged)):
         parity[runtime.name] = {
             "encoder": _max_abs_diff(eager_encoded, runtime.encode(x.numpy())),
             "decoder": _max_abs_diff(eager_decoded, runtime.decode(z.numpy())),
+            "scorer": scorer_parity(reference, runtime.score(x_draws.numpy(), z_draws.numpy())),
         }
     return parity
 
@@ -214,6 +253,7 @@ def _graphs(likelihood: str) -> Graphs:
     return Graphs(
         encoder=Graph(onnx="encoder.onnx", torchscript="encoder.pt", inputs=["x"], outputs=["mu", "logvar"]),
         decoder=Graph(onnx="decoder.onnx", torchscript="decoder.pt", inputs=["z"], outputs=DECODER_OUTPUTS[likelihood]),
+        scorer=Graph(onnx="scorer.onnx", torchscript="scorer.pt", inputs=SCORER_INPUTS, outputs=SCORER_OUTPUTS),
     )
 
 
@@ -253,10 +293,11 @@ def export_model_dir(
     staged.mkdir()
     try:
         x, z = check_batches(config)
-        _export_onnx(model.encoder, x[:2], staged / graphs.encoder.onnx, graphs.encoder)
-        _export_onnx(model.decoder, z[:2], staged / graphs.decoder.onnx, graphs.decoder)
+        _export_onnx(model.encoder, (x[:2],), staged / graphs.encoder.onnx, graphs.encoder)
+        _export_onnx(model.decoder, (z[:2],), staged / graphs.decoder.onnx, graphs.decoder)
         _export_torchscript(model.encoder, staged / graphs.encoder.torchscript)
         _export_torchscript(model.decoder, staged / graphs.decoder.torchscript)
+        _export_scorer(model, staged, graphs)
         manifest = _manifest(checkpoint, out.name, graphs, files={})
         if calibration is not None:
             checkpoint = {
@@ -274,10 +315,16 @@ def export_model_dir(
             update={"scoring": Scoring(**checkpoint["scoring"])}
         )
         parity = _parity(model, Artifact(staged, manifest))
-        worst = max(v for by_graph in parity.values() for v in by_graph.values())
+        worst = max(v for by_graph in parity.values() for graph, v in by_graph.items() if graph != "scorer")
         if not worst <= PARITY_TOLERANCE:
             raise ExportError(
                 f"exported graphs differ from the eager model by {worst:.3g} > {PARITY_TOLERANCE:g}: {parity}"
+            )
+        worst_scorer = max(by_graph["scorer"] for by_graph in parity.values())
+        if not worst_scorer <= SCORER_PARITY_TOLERANCE:
+            raise ExportError(
+                f"the exported scorer graph differs from the numpy reference by {worst_scorer:.3g} (relative) > "
+                f"{SCORER_PARITY_TOLERANCE:g}: {parity}"
             )
         write_manifest(staged, manifest.model_copy(update={"parity": parity}))
         load_artifact(staged)  # read back through the one loader before anything is replaced
@@ -286,6 +333,17 @@ def export_model_dir(
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
     return load_artifact(out)
+
+
+def _export_scorer(model: VAE, staged: Path, graphs: Graphs) -> None:
+    """The scorer graph in both formats; its draws axis is dynamic as well as its batch."""
+    assert graphs.scorer is not None
+    scorer = scorer_for(model).eval()
+    x, z = check_draws(model.config)
+    batch, draws = torch.export.Dim("batch"), torch.export.Dim("draws")
+    dynamic = {"x": {0: batch}, "z": {0: batch, 1: draws}}
+    _export_onnx(scorer, (x[:2], z[:2, :3]), staged / graphs.scorer.onnx, graphs.scorer, dynamic)
+    _export_torchscript(scorer, staged / graphs.scorer.torchscript)
 
 
 def _write_sample(checkpoint: dict, path: Path) -> None:

@@ -24,6 +24,7 @@ MANIFEST_NAME = "manifest.json"
 PARITY_TOLERANCE = 1e-4
 RUNTIMES = ("onnx", "torchscript")
 Likelihood = Literal["bernoulli", "gaussian"]
+GraphName = Literal["encoder", "decoder", "scorer"]
 
 
 class Preprocessing(BaseModel):
@@ -90,6 +91,12 @@ class Graph(BaseModel):
 class Graphs(BaseModel):
     encoder: Graph
     decoder: Graph
+    # x (B, *input_shape), z (B, K, d) -> log_px (B, K) float64: the decoder and ln p(x|z) in one graph.
+    # Models exported before it existed have none; the engine then decodes and scores in numpy.
+    scorer: Graph | None = None
+
+    def present(self) -> list[Graph]:
+        return [g for g in (self.encoder, self.decoder, self.scorer) if g is not None]
 
 
 class TrainingSummary(BaseModel):
@@ -259,8 +266,10 @@ class Artifact:
         self.dir = model_dir
         self.manifest = manifest
 
-    def path(self, graph: Literal["encoder", "decoder"], runtime: str) -> Path:
-        graph_spec: Graph = getattr(self.manifest.graphs, graph)
+    def path(self, graph: GraphName, runtime: str) -> Path:
+        graph_spec: Graph | None = getattr(self.manifest.graphs, graph)
+        if graph_spec is None:
+            raise ArtifactError(f"{self.dir / MANIFEST_NAME} has no {graph} graph")
         return self.dir / graph_spec.file(runtime)
 
 
@@ -306,7 +315,7 @@ def load_artifact(model_dir: str | Path, *, verify: bool = True) -> Artifact:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ArtifactError(f"{manifest_path} is invalid: {where}: {first['msg']}") from None
-    graph_files = {getattr(g, rt) for g in (manifest.graphs.encoder, manifest.graphs.decoder) for rt in RUNTIMES}
+    graph_files = {getattr(g, rt) for g in manifest.graphs.present() for rt in RUNTIMES}
     for name in sorted(graph_files | manifest.files.keys()):
         problem = _not_a_plain_name(name)
         if problem:

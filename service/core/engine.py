@@ -122,6 +122,16 @@ class PreparedElbo:
 
 
 @dataclass(frozen=True)
+class _Draws:
+    """One request's draws: its rows in the batch, z (B, L, d) for the ELBO, z_iw (B, K, d) and eps_iw for L_K."""
+
+    rows: np.ndarray
+    z: np.ndarray
+    z_iw: np.ndarray
+    eps_iw: np.ndarray
+
+
+@dataclass(frozen=True)
 class Decisions:
     anomaly_score: np.ndarray  # (B,) -log_likelihood: higher is more anomalous
     threshold: float
@@ -344,52 +354,43 @@ class VaeEngine:
         )
 
     def elbo_batch(self, requests: list[PreparedElbo], deadline: Deadline | None = None) -> list[Scored]:
-        """Score many requests with one encoder call and shared decoder calls; each keeps its own noise.
+        """Score many requests with one encoder call and shared decoder (or scorer) calls; each keeps its own noise.
 
         Every request's numbers are those it gets alone: its noise comes from its own seed, and each draw's
-        log-likelihood depends only on its own input and z.
+        log-likelihood depends only on its own input and z. With a scorer graph, ln p(x|z) is computed inside
+        it (to float32 rounding of the decoder path); requests for feature_scores, and models without a
+        scorer graph, decode and score in numpy.
         """
         if deadline is not None:
             deadline.check()
-        d, likelihood, jacobian = self.manifest.latent_dim, self.manifest.likelihood, self.manifest.log_jacobian
         x = np.concatenate([r.x for r in requests])
         mu, logvar = self.runtime.encode(x.reshape([len(x), *self._shape]).astype(np.float32))
-        owners, zs, marks, plans = [], [], [], []
-        first_row, first_draw = 0, 0
+        draws, first_row = [], 0
         for r in requests:
             rows = np.arange(first_row, first_row + len(r.x))
-            rng = np.random.default_rng(r.seed)
-            eps = rng.standard_normal((len(r.x), r.n_samples, d), dtype=np.float32)
-            eps_iw = rng.standard_normal((len(r.x), r.iw_samples, d), dtype=np.float32)
-            z = scoring.reparameterize(mu[rows], logvar[rows], eps)
-            z_iw = scoring.reparameterize(mu[rows], logvar[rows], eps_iw)
-            owners += [np.repeat(rows, r.n_samples), np.repeat(rows, r.iw_samples)]
-            zs += [z.reshape(-1, d), z_iw.reshape(-1, d)]
-            marks += [np.full(z.shape[0] * z.shape[1], r.feature_scores), np.zeros(z_iw.shape[0] * z_iw.shape[1], bool)]
-            plans.append((rows, first_draw, z_iw, eps_iw))
+            draws.append(self._draws(r, rows, mu, logvar))
             first_row += len(r.x)
-            first_draw += z.shape[0] * z.shape[1] + z_iw.shape[0] * z_iw.shape[1]
-        want_features = any(r.feature_scores for r in requests)
-        log_px, features = scoring.log_likelihood_rows(
-            x,
-            np.concatenate(owners),
-            np.concatenate(zs),
-            self.runtime.decode,
-            likelihood,
-            np.concatenate(marks) if want_features else None,
-            check=checker(deadline),
+        # Runtimes written before the scorer graph (tests' fakes among them) have no has_scorer.
+        use_scorer = bool(getattr(self.runtime, "has_scorer", False))
+        by_scorer = [i for i, r in enumerate(requests) if use_scorer and not r.feature_scores]
+        by_decoder = sorted(set(range(len(requests))) - set(by_scorer))
+        log_px: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        log_px |= self._log_px_by_scorer(
+            x, [requests[i] for i in by_scorer], [draws[i] for i in by_scorer], by_scorer, deadline
         )
+        log_px |= self._log_px_by_decoder(
+            x, [requests[i] for i in by_decoder], [draws[i] for i in by_decoder], by_decoder, deadline
+        )
+        jacobian = self.manifest.log_jacobian
         results = []
-        for r, (rows, start, z_iw, eps_iw) in zip(requests, plans, strict=False):
-            n_elbo = len(r.x) * r.n_samples
-            elbo_px = log_px[start : start + n_elbo].reshape(len(r.x), r.n_samples)
-            iw_px = log_px[start + n_elbo : start + n_elbo + len(r.x) * r.iw_samples].reshape(len(r.x), r.iw_samples)
+        for i, (r, drawn) in enumerate(zip(requests, draws, strict=True)):
+            elbo_px, iw_px, features = log_px[i]
             reconstruction = elbo_px.mean(axis=1) + jacobian.sum()
-            kl = scoring.kl_to_standard_normal(mu[rows], logvar[rows])
-            log_likelihood = scoring.bound_from_draws(iw_px, z_iw, eps_iw, logvar[rows], jacobian)
+            kl = scoring.kl_to_standard_normal(mu[drawn.rows], logvar[drawn.rows])
+            log_likelihood = scoring.bound_from_draws(iw_px, drawn.z_iw, drawn.eps_iw, logvar[drawn.rows], jacobian)
             feature_scores = None
-            if r.feature_scores and features is not None:  # features are summed whenever a request asks
-                feature_scores = -(features[rows] / r.n_samples + jacobian).reshape([len(r.x), *self._shape])
+            if r.feature_scores and features is not None:
+                feature_scores = -(features / r.n_samples + jacobian).reshape([len(r.x), *self._shape])
             decisions = self.decide(-log_likelihood, r.threshold) if r.threshold is not None else None
             results.append(
                 Scored(
@@ -405,6 +406,85 @@ class VaeEngine:
                 )
             )
         return results
+
+    def _draws(self, r: PreparedElbo, rows: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> _Draws:
+        """A request's draws from its own generator: the ELBO's first, then L_K's."""
+        d = self.manifest.latent_dim
+        rng = np.random.default_rng(r.seed)
+        eps = rng.standard_normal((len(r.x), r.n_samples, d), dtype=np.float32)
+        eps_iw = rng.standard_normal((len(r.x), r.iw_samples, d), dtype=np.float32)
+        z = scoring.reparameterize(mu[rows], logvar[rows], eps)
+        z_iw = scoring.reparameterize(mu[rows], logvar[rows], eps_iw)
+        return _Draws(rows, z, z_iw, eps_iw)
+
+    def _log_px_by_scorer(
+        self,
+        x: np.ndarray,
+        requests: list[PreparedElbo],
+        draws: list[_Draws],
+        ids: list[int],
+        deadline: Deadline | None,
+    ) -> dict[int, tuple[np.ndarray, np.ndarray, None]]:
+        """ln p(x|z) of the ELBO's and L_K's draws (B, L) and (B, K) through the scorer graph. Requests with the
+        same L + K share calls: their draws stack into one (rows, L + K, d) array."""
+        groups: dict[int, list[int]] = {}
+        for j, r in enumerate(requests):
+            groups.setdefault(r.n_samples + r.iw_samples, []).append(j)
+        out: dict[int, tuple[np.ndarray, np.ndarray, None]] = {}
+        for members in groups.values():
+            rows = np.concatenate([draws[j].rows for j in members])
+            z = np.concatenate([np.concatenate([draws[j].z, draws[j].z_iw], axis=1) for j in members])
+            x_rows = x[rows].reshape([len(rows), *self._shape]).astype(np.float32)
+            log_px = scoring.log_likelihood_draws(x_rows, z, self.runtime.score, check=checker(deadline))
+            start = 0
+            for j in members:
+                r, n = requests[j], len(requests[j].x)
+                mine = log_px[start : start + n]
+                out[ids[j]] = (mine[:, : r.n_samples], mine[:, r.n_samples :], None)
+                start += n
+        return out
+
+    def _log_px_by_decoder(
+        self,
+        x: np.ndarray,
+        requests: list[PreparedElbo],
+        draws: list[_Draws],
+        ids: list[int],
+        deadline: Deadline | None,
+    ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """The same through the decoder graph and the numpy reference, in shared chunks of draws; with each
+        feature's log-probability summed over the ELBO's draws for requests that ask for feature_scores."""
+        if not requests:
+            return {}
+        d = self.manifest.latent_dim
+        owners, zs, marks = [], [], []
+        for r, drawn in zip(requests, draws, strict=True):
+            owners += [np.repeat(drawn.rows, r.n_samples), np.repeat(drawn.rows, r.iw_samples)]
+            zs += [drawn.z.reshape(-1, d), drawn.z_iw.reshape(-1, d)]
+            marks += [
+                np.full(drawn.z.shape[0] * drawn.z.shape[1], r.feature_scores),
+                np.zeros(drawn.z_iw.shape[0] * drawn.z_iw.shape[1], bool),
+            ]
+        want_features = any(r.feature_scores for r in requests)
+        log_px, features = scoring.log_likelihood_rows(
+            x,
+            np.concatenate(owners),
+            np.concatenate(zs),
+            self.runtime.decode,
+            self.manifest.likelihood,
+            np.concatenate(marks) if want_features else None,
+            check=checker(deadline),
+        )
+        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        start = 0
+        for i, r, drawn in zip(ids, requests, draws, strict=True):
+            n_elbo, n_iw = len(r.x) * r.n_samples, len(r.x) * r.iw_samples
+            elbo_px = log_px[start : start + n_elbo].reshape(len(r.x), r.n_samples)
+            iw_px = log_px[start + n_elbo : start + n_elbo + n_iw].reshape(len(r.x), r.iw_samples)
+            mine = features[drawn.rows] if r.feature_scores and features is not None else None
+            out[i] = (elbo_px, iw_px, mine)
+            start += n_elbo + n_iw
+        return out
 
     def _calibration(self) -> Calibration:
         if self.manifest.scoring is None:

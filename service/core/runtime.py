@@ -3,6 +3,7 @@
 Both take and return float32 numpy arrays in model space, so everything above them is shared:
   encode(x (B, *input_shape)) -> (mu, logvar), each (B, d)
   decode(z (B, d)) -> params, each (B, *input_shape): (logits,) or (mean, logvar)
+  score(x (B, *input_shape), z (B, K, d)) -> ln p(x|z_k) (B, K) float64, when the model has a scorer graph
 """
 
 from __future__ import annotations
@@ -11,22 +12,32 @@ from typing import Protocol
 
 import numpy as np
 
-from service.core.artifact import Artifact
+from service.core.artifact import Artifact, GraphName
 from service.core.errors import ArtifactError
 
 
 class Runtime(Protocol):
     name: str
+    has_scorer: bool  # the model directory has a scorer graph, so `score` can be called
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]: ...
 
+    def score(self, x: np.ndarray, z: np.ndarray) -> np.ndarray: ...
 
-class _TwoGraphs:
-    """encode and decode in terms of one `_run(graph, value)` per runtime."""
 
-    def _run(self, graph: str, value: np.ndarray) -> tuple[np.ndarray, ...]:
+def graph_names(artifact: Artifact) -> tuple[GraphName, ...]:
+    """The graphs a runtime loads: encoder and decoder, and the scorer when the model has one."""
+    return ("encoder", "decoder", "scorer") if artifact.manifest.graphs.scorer is not None else ("encoder", "decoder")
+
+
+class _Graphs:
+    """encode, decode and score in terms of one `_run(graph, *values)` per runtime."""
+
+    has_scorer = False
+
+    def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,8 +47,14 @@ class _TwoGraphs:
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
         return self._run("decoder", z)
 
+    def score(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        if not self.has_scorer:
+            raise RuntimeError("this model directory has no scorer graph")
+        (log_px,) = self._run("scorer", x, z)
+        return log_px
 
-class OnnxRuntime(_TwoGraphs):
+
+class OnnxRuntime(_Graphs):
     name = "onnx"
 
     def __init__(
@@ -53,7 +70,9 @@ class OnnxRuntime(_TwoGraphs):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         self._sessions = {}
-        for graph in ("encoder", "decoder"):
+        graphs = graph_names(artifact)
+        self.has_scorer = "scorer" in graphs
+        for graph in graphs:
             path = artifact.path(graph, "onnx")
             try:
                 self._sessions[graph] = ort.InferenceSession(
@@ -61,21 +80,19 @@ class OnnxRuntime(_TwoGraphs):
                 )
             except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
                 raise ArtifactError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
-        self._outputs = {
-            "encoder": artifact.manifest.graphs.encoder.outputs,
-            "decoder": artifact.manifest.graphs.decoder.outputs,
-        }
-        self._inputs = {
-            "encoder": artifact.manifest.graphs.encoder.inputs[0],
-            "decoder": artifact.manifest.graphs.decoder.inputs[0],
-        }
+        specs = {graph: getattr(artifact.manifest.graphs, graph) for graph in graphs}
+        self._outputs = {graph: spec.outputs for graph, spec in specs.items()}
+        self._inputs = {graph: spec.inputs for graph, spec in specs.items()}
 
-    def _run(self, graph: str, value: np.ndarray) -> tuple[np.ndarray, ...]:
-        feed = {self._inputs[graph]: np.ascontiguousarray(value, dtype=np.float32)}
+    def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+        feed = {
+            name: np.ascontiguousarray(value, dtype=np.float32)
+            for name, value in zip(self._inputs[graph], values, strict=True)
+        }
         return tuple(self._sessions[graph].run(self._outputs[graph], feed))
 
 
-class TorchScriptRuntime(_TwoGraphs):
+class TorchScriptRuntime(_Graphs):
     name = "torchscript"
 
     def __init__(self, artifact: Artifact, threads: int = 0) -> None:
@@ -85,7 +102,9 @@ class TorchScriptRuntime(_TwoGraphs):
             torch.set_num_threads(threads)
         self._torch = torch
         self._modules = {}
-        for graph in ("encoder", "decoder"):
+        graphs = graph_names(artifact)
+        self.has_scorer = "scorer" in graphs
+        for graph in graphs:
             path = artifact.path(graph, "torchscript")
             try:
                 self._modules[graph] = torch.jit.load(  # type: ignore[no-untyped-call]  # torch.jit.load is unannotated
@@ -95,10 +114,12 @@ class TorchScriptRuntime(_TwoGraphs):
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ArtifactError(f"{path} cannot be loaded by TorchScript: {first_line}") from None
 
-    def _run(self, graph: str, value: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for v in values]
         with self._torch.inference_mode():
-            out = self._modules[graph](self._torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
-        return tuple(t.numpy() for t in out)
+            out = self._modules[graph](*tensors)
+        # The encoder and decoder return tuples; the scorer returns one tensor.
+        return (out.numpy(),) if isinstance(out, self._torch.Tensor) else tuple(t.numpy() for t in out)
 
 
 def load_runtime(artifact: Artifact, runtime: str, threads: int = 0, spinning: bool = False) -> Runtime:

@@ -15,6 +15,9 @@ LOG_2PI = math.log(2.0 * math.pi)
 DECODE_CHUNK_ROWS = 8192
 
 Decode = Callable[[np.ndarray], tuple[np.ndarray, ...]]  # z (N, d) float32 -> params, each (N, *shape)
+# The scorer graph: x (B, *shape) float32, z (B, K, d) float32 -> ln p(x_b|z_bk) (B, K) float64, computed as
+# log_prob_per_feature(...).sum(axis=1) computes it (tests pin the two together).
+Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def kl_to_standard_normal(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
@@ -77,6 +80,31 @@ def log_likelihood_rows(
             marked = feature_rows[start:stop]
             np.add.at(features, owner[start:stop][marked], logp[marked])
     return out, features
+
+
+def log_likelihood_draws(
+    x: np.ndarray,
+    z: np.ndarray,
+    score: Score,
+    chunk_rows: int = DECODE_CHUNK_ROWS,
+    check: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """ln p(x_b | z_bk) through a scorer graph: x (B, *shape) model space float32, z (B, K, d) -> (B, K) float64.
+
+    At most `chunk_rows` draws go into one call (whole rows of draws when K fits, else slices of one row's
+    draws), so memory stays bounded; `check` is called before each call, as in log_likelihood_rows.
+    """
+    batch, draws = z.shape[0], z.shape[1]
+    out = np.empty((batch, draws), dtype=np.float64)
+    rows_per_call, draws_per_call = max(1, chunk_rows // max(draws, 1)), min(draws, chunk_rows)
+    for row in range(0, batch, rows_per_call):
+        rows = slice(row, row + rows_per_call)
+        for first in range(0, draws, draws_per_call):
+            if check is not None:
+                check()
+            cols = slice(first, first + draws_per_call)
+            out[rows, cols] = score(x[rows], z[rows, cols])
+    return out
 
 
 def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:

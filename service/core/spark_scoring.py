@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.core.artifact import load_artifact
+from service.core.bulk import DEFAULT_CHUNK_ROWS
 from service.core.engine import PER_INPUT_OUTPUTS, ElboOptions, VaeEngine
 from service.core.errors import ServiceError
 from service.core.runtime import load_runtime
@@ -69,7 +70,7 @@ def score_dataframe(
     *,
     columns: list[str] | None = None,
     seed: int = 0,
-    chunk_rows: int = 1024,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     iw_samples: int | None = None,
     n_samples: int = 1,
     runtime: str = "onnx",
@@ -223,7 +224,9 @@ def score_parquet(
 
 
 def _score_options(options: dict[str, Any]) -> dict[str, Any]:
-    defaults = dict(columns=None, seed=0, chunk_rows=1024, iw_samples=None, n_samples=1, runtime="onnx", ship=False)
+    defaults = dict(
+        columns=None, seed=0, chunk_rows=DEFAULT_CHUNK_ROWS, iw_samples=None, n_samples=1, runtime="onnx", ship=False
+    )
     unknown = options.keys() - defaults.keys()
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}")

@@ -37,18 +37,25 @@ def error(response, status):
 
 
 class CountingRuntime(OnnxRuntime):
-    """An ONNX runtime that records the rows of every decoder call, and can stall each one."""
+    """An ONNX runtime that records the draws of every decoder (or scorer graph) call, and can stall each one."""
 
     def __init__(self, artifact, stall_s: float = 0.0) -> None:
         super().__init__(artifact)
         self.decoded: list[int] = []
         self.stall_s = stall_s
 
-    def decode(self, z):
-        self.decoded.append(len(z))
+    def _count(self, draws: int) -> None:
+        self.decoded.append(draws)
         if self.stall_s:
             time.sleep(self.stall_s)
+
+    def decode(self, z):
+        self._count(len(z))
         return super().decode(z)
+
+    def score(self, x, z):  # /elbo decodes inside the scorer graph
+        self._count(z.shape[0] * z.shape[1])
+        return super().score(x, z)
 
 
 @pytest.fixture

@@ -11,7 +11,13 @@ import torch
 
 from service.core.artifact import PARITY_TOLERANCE, load_artifact, sha256_file
 from training import export
-from training.export import ExportError, export_model_dir, load_checkpoint, model_from_checkpoint
+from training.export import (
+    SCORER_PARITY_TOLERANCE,
+    ExportError,
+    export_model_dir,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 
 EXPECTED_FILES = {
     "checkpoint.pt",
@@ -21,6 +27,8 @@ EXPECTED_FILES = {
     "encoder.pt",
     "manifest.json",
     "metrics.jsonl",
+    "scorer.onnx",
+    "scorer.pt",
     "validation_sample.npz",
 }
 
@@ -47,6 +55,12 @@ def test_manifest_describes_the_digits_model(digits_model_dir):
         "outputs": ["mu", "logvar"],
     }
     assert m.graphs.decoder.outputs == ["logits"]
+    assert m.graphs.scorer.model_dump() == {
+        "onnx": "scorer.onnx",
+        "torchscript": "scorer.pt",
+        "inputs": ["x", "z"],
+        "outputs": ["log_px"],
+    }
     assert m.training.data_source == "digits" and m.training.seed == 0 and m.training.epochs == 12
     assert m.training.config["hidden"] == [64, 32]
 
@@ -65,8 +79,9 @@ def test_recorded_parity_is_within_tolerance(model_dirs, model):
     parity = load_artifact(model_dirs[model]).manifest.parity
     assert set(parity) == {"onnx", "torchscript"}
     for by_graph in parity.values():
-        assert set(by_graph) == {"encoder", "decoder"}
-        assert all(0.0 <= v <= PARITY_TOLERANCE for v in by_graph.values())
+        assert set(by_graph) == {"encoder", "decoder", "scorer"}
+        assert 0.0 <= by_graph["encoder"] <= PARITY_TOLERANCE and 0.0 <= by_graph["decoder"] <= PARITY_TOLERANCE
+        assert 0.0 <= by_graph["scorer"] <= SCORER_PARITY_TOLERANCE
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])
@@ -139,6 +154,16 @@ def test_export_fails_loudly_when_parity_is_broken(digits_model_dir, tmp_path, m
     assert not (tmp_path / "model").exists()
 
 
+def test_export_fails_loudly_when_the_scorer_graph_drifts_from_the_reference(digits_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "scorer_parity", lambda reference, exported: 0.25)
+    with pytest.raises(ExportError) as err:
+        export_model_dir(load_checkpoint(digits_model_dir / "checkpoint.pt"), tmp_path / "model")
+    assert str(err.value).startswith(
+        "the exported scorer graph differs from the numpy reference by 0.25 (relative) > 1e-05: "
+    )
+    assert not (tmp_path / "model").exists()
+
+
 def test_export_refuses_to_replace_a_directory_that_is_not_a_model(digits_model_dir, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
@@ -190,7 +215,9 @@ def test_every_model_form_exports_with_parity_and_a_chosen_k(tmp_path, architect
     x = np.random.default_rng(0).random((40, *shape)).astype(np.float32)
     plan = export.CalibrationPlan(x_raw=x, iw_samples=None, fpr=0.2, seed=0)
     artifact = export_model_dir(checkpoint, tmp_path / "m", plan)
-    assert max(v for by_graph in artifact.manifest.parity.values() for v in by_graph.values()) <= PARITY_TOLERANCE
+    for by_graph in artifact.manifest.parity.values():
+        assert max(by_graph["encoder"], by_graph["decoder"]) <= PARITY_TOLERANCE
+        assert by_graph["scorer"] <= SCORER_PARITY_TOLERANCE
     selection = artifact.manifest.scoring.iw_selection
     assert selection.rows == 40 and selection.repeats == 4 and selection.tolerance == 0.1
     assert artifact.manifest.scoring.iw_samples == selection.ladder[-1].k

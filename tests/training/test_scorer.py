@@ -1,0 +1,204 @@
+"""The scorer graph: pinned to the numpy reference for every model form and runtime, used by the engine when
+the model has one, and older model directories without it still score the same."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from service.core import scoring
+from service.core.artifact import Preprocessing, TrainingSummary, load_artifact
+from service.core.engine import ElboOptions, VaeEngine
+from service.core.runtime import OnnxRuntime, TorchScriptRuntime, load_runtime
+from training import export
+from training.model import VAE, ModelConfig
+
+FORMS = {
+    "mlp-bernoulli": dict(architecture="mlp", hidden=[16, 8], likelihood="bernoulli", noise="feature"),
+    "conv-bernoulli": dict(architecture="conv", hidden=[4, 8], likelihood="bernoulli", noise="feature"),
+    "mlp-gaussian-feature": dict(architecture="mlp", hidden=[16], likelihood="gaussian", noise="feature"),
+    "mlp-gaussian-shared": dict(architecture="mlp", hidden=[], likelihood="gaussian", noise="shared"),
+    "conv-gaussian-feature": dict(architecture="conv", hidden=[4], likelihood="gaussian", noise="feature"),
+    "conv-gaussian-shared": dict(architecture="conv", hidden=[4, 4], likelihood="gaussian", noise="shared"),
+}
+SHAPE = [2, 5, 3]  # odd sizes, two channels: the conv decoder's output padding and the flattening both matter
+RUNTIMES = {"onnx": OnnxRuntime, "torchscript": TorchScriptRuntime}
+
+
+@pytest.fixture(scope="module")
+def form_dirs(tmp_path_factory):
+    """A model directory per form, with random weights and a small calibration (K = 1)."""
+    dirs = {}
+    for name, form in FORMS.items():
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(input_shape=SHAPE, latent_dim=3, **form)).eval()
+        summary = TrainingSummary(data_source="test", seed=0, epochs=0, best_epoch=0, best_val_elbo=0.0, config={})
+        checkpoint = export.make_checkpoint(model, Preprocessing(offset=0.0, scale=2.0), summary, [])
+        x = np.random.default_rng(0).random((20, *SHAPE)).astype(np.float32)
+        plan = export.CalibrationPlan(x_raw=x, iw_samples=1, fpr=0.2, seed=0)
+        dirs[name] = export.export_model_dir(checkpoint, tmp_path_factory.mktemp("forms") / name, plan).dir
+    return dirs
+
+
+def random_inputs(likelihood: str, batch: int, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (B, *SHAPE) in model space and z (B, K, 3) wider than the prior."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, *SHAPE)) if likelihood == "bernoulli" else 1.5 * rng.standard_normal((batch, *SHAPE))
+    return x.astype(np.float32), (2.0 * rng.standard_normal((batch, draws, 3))).astype(np.float32)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("batch, draws", [(1, 1), (7, 3), (2, 40)])
+def test_the_scorer_graph_matches_the_numpy_reference(form_dirs, form, runtime, batch, draws):
+    artifact = load_artifact(form_dirs[form])
+    run = RUNTIMES[runtime](artifact)
+    likelihood = artifact.manifest.likelihood
+    x, z = random_inputs(likelihood, batch, draws, seed=batch * 100 + draws)
+    log_px = run.score(x, z)
+    assert log_px.shape == (batch, draws) and log_px.dtype == np.float64
+    # The reference: the same runtime's decoder graph, then scoring.log_prob_per_feature in float64 numpy.
+    params = tuple(p.reshape(batch * draws, -1) for p in run.decode(z.reshape(batch * draws, 3)))
+    x_rows = np.repeat(x.reshape(batch, -1).astype(np.float64), draws, axis=0)
+    reference = scoring.log_prob_per_feature(x_rows, params, likelihood).sum(axis=1).reshape(batch, draws)
+    np.testing.assert_allclose(log_px, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_manifest_describes_the_scorer_and_records_its_parity(form_dirs, form):
+    manifest = load_artifact(form_dirs[form]).manifest
+    assert manifest.graphs.scorer.model_dump() == {
+        "onnx": "scorer.onnx",
+        "torchscript": "scorer.pt",
+        "inputs": ["x", "z"],
+        "outputs": ["log_px"],
+    }
+    assert all(0.0 <= manifest.parity[runtime]["scorer"] <= export.SCORER_PARITY_TOLERANCE for runtime in RUNTIMES)
+
+
+class NoScorer(OnnxRuntime):
+    """The ONNX runtime as it was before the scorer graph: the engine decodes and scores in numpy."""
+
+    has_scorer = False
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("form", FORMS)
+def test_the_engine_gives_the_decoder_paths_numbers_to_float32_rounding(form_dirs, form, runtime):
+    artifact = load_artifact(form_dirs[form])
+    with_scorer = VaeEngine(artifact.manifest, load_runtime(artifact, runtime))
+    assert with_scorer.runtime.has_scorer
+    without = VaeEngine(artifact.manifest, NoScorer(artifact))
+    x_raw, _ = random_inputs("bernoulli", 9, 1, seed=3)  # in [0, 1]: inside every model's data range
+    options = ElboOptions(n_samples=3, seed=11, iw_samples=50)
+    a, b = with_scorer.elbo(x_raw.reshape(9, -1), options), without.elbo(x_raw.reshape(9, -1), options)
+    for field in ("elbo", "reconstruction", "kl", "log_likelihood"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-5, err_msg=field)
+    np.testing.assert_array_equal(a.decisions.is_anomaly, b.decisions.is_anomaly)
+
+
+def test_the_same_seed_gives_the_same_numbers_alone_or_batched(form_dirs):
+    artifact = load_artifact(form_dirs["conv-gaussian-feature"])
+    engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
+    rows = np.random.default_rng(5).random((6, 30))
+    first = engine.prepare_elbo(rows[:4], ElboOptions(seed=1, n_samples=2, iw_samples=3))
+    second = engine.prepare_elbo(rows[4:], ElboOptions(seed=2, n_samples=1, iw_samples=4))  # same L + K: one call
+    third = engine.prepare_elbo(rows[:2], ElboOptions(seed=3, iw_samples=9))
+    batched = engine.elbo_batch([first, second, third])
+    for request, together in zip([first, second, third], batched, strict=True):
+        (alone,) = engine.elbo_batch([request])
+        for field in ("elbo", "reconstruction", "kl", "log_likelihood"):
+            np.testing.assert_array_equal(getattr(together, field), getattr(alone, field), err_msg=field)
+
+
+def test_feature_scores_still_come_from_the_decoder_and_match_the_scorer_path(form_dirs):
+    artifact = load_artifact(form_dirs["mlp-gaussian-feature"])
+    engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
+    rows = np.random.default_rng(6).random((5, 30))
+    with_features = engine.elbo(rows, ElboOptions(seed=4, n_samples=3, iw_samples=5, feature_scores=True))
+    plain = engine.elbo(rows, ElboOptions(seed=4, n_samples=3, iw_samples=5))
+    np.testing.assert_allclose(
+        with_features.feature_scores.reshape(5, -1).sum(axis=1), -with_features.reconstruction, rtol=1e-12
+    )
+    np.testing.assert_allclose(with_features.elbo, plain.elbo, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(with_features.log_likelihood, plain.log_likelihood, rtol=1e-6, atol=1e-5)
+
+
+def without_scorer(model_dir, copy_to):
+    """A copy of a model directory as exported before the scorer graph existed."""
+    shutil.copytree(model_dir, copy_to)
+    manifest = json.loads((copy_to / "manifest.json").read_text())
+    del manifest["graphs"]["scorer"]
+    for name in ("scorer.onnx", "scorer.pt"):
+        del manifest["files"][name]
+        (copy_to / name).unlink()
+    for by_graph in manifest["parity"].values():
+        del by_graph["scorer"]
+    (copy_to / "manifest.json").write_text(json.dumps(manifest))
+    return copy_to
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_model_directory_without_a_scorer_graph_still_loads_and_scores(form_dirs, tmp_path, runtime):
+    old = without_scorer(form_dirs["conv-bernoulli"], tmp_path / "old")
+    artifact = load_artifact(old)
+    assert artifact.manifest.graphs.scorer is None
+    run = load_runtime(artifact, runtime)
+    assert run.has_scorer is False
+    with pytest.raises(RuntimeError, match="^this model directory has no scorer graph$"):
+        run.score(np.zeros((1, *SHAPE), np.float32), np.zeros((1, 1, 3), np.float32))
+    rows = np.random.default_rng(7).random((4, 30))
+    options = ElboOptions(seed=8, n_samples=2, iw_samples=6)
+    old_scores = VaeEngine(artifact.manifest, run).elbo(rows, options)
+    new = load_artifact(form_dirs["conv-bernoulli"])
+    new_scores = VaeEngine(new.manifest, load_runtime(new, runtime)).elbo(rows, options)
+    np.testing.assert_allclose(old_scores.log_likelihood, new_scores.log_likelihood, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(old_scores.elbo, new_scores.elbo, rtol=1e-6, atol=1e-5)
+
+
+def test_draws_go_to_the_scorer_in_bounded_chunks_with_a_check_before_each():
+    calls, checks = [], []
+
+    def score(x, z):
+        calls.append(z.shape[:2])
+        return np.broadcast_to(x.reshape(len(x), 1), z.shape[:2]) + z[:, :, 0]
+
+    x = np.arange(5, dtype=np.float32).reshape(5, 1)
+    z = np.random.default_rng(0).standard_normal((5, 7, 2)).astype(np.float32)
+    expected = x + z[:, :, 0]
+    for chunk_rows, shapes in [(100, [(5, 7)]), (14, [(2, 7), (2, 7), (1, 7)]), (3, [(1, 3), (1, 3), (1, 1)] * 5)]:
+        calls.clear(), checks.clear()
+        out = scoring.log_likelihood_draws(x, z, score, chunk_rows=chunk_rows, check=lambda: checks.append(1))
+        np.testing.assert_array_equal(out, expected)
+        assert calls == shapes and len(checks) == len(shapes)
+
+
+def test_the_engine_checks_the_deadline_between_scorer_chunks(form_dirs):
+    from service.core.engine import Deadline
+    from service.core.errors import Timeout
+
+    artifact = load_artifact(form_dirs["mlp-bernoulli"])
+
+    class Expiring(OnnxRuntime):
+        """Lets the deadline pass during the first scorer call."""
+
+        def __init__(self, artifact, deadline):
+            super().__init__(artifact)
+            self.deadline, self.calls = deadline, 0
+
+        def score(self, x, z):
+            self.calls += 1
+            object.__setattr__(self.deadline, "at", 0.0)
+            return super().score(x, z)
+
+    deadline = Deadline.after(60.0)
+    runtime = Expiring(artifact, deadline)
+    engine = VaeEngine(artifact.manifest, runtime)
+    request = engine.prepare_elbo(np.full((2, 30), 0.5), ElboOptions(seed=0, iw_samples=9000))  # 4 scorer calls
+    with pytest.raises(Timeout):
+        engine.elbo_batch([request], deadline)
+    assert runtime.calls == 1
