@@ -243,15 +243,16 @@ def read_parquet(source: str, path: Path, columns: list[str] | None, label_colum
     """The chosen columns of a Parquet file, read one row group at a time into one float64 array, so memory
     holds the result and one row group of the chosen columns, never the whole file."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from service.core.parquet_io import ParquetInputError, first_null_row, is_numeric, open_parquet
 
     try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(source, f"not a readable Parquet file ({exc})") from None
+        parquet = open_parquet(path)
+    except ParquetInputError as exc:
+        raise DataError(source, str(exc).removeprefix(f"{path}: ")) from None
     schema = parquet.schema_arrow
     types = [schema.field(i).type for i in range(len(schema))]
-    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in types]
+    numeric = [is_numeric(t) for t in types]
     chosen, label = choose_columns(source, schema.names, columns, label_column, numeric)
     for i in chosen:
         if not numeric[i]:
@@ -269,21 +270,16 @@ def read_parquet(source: str, path: Path, columns: list[str] | None, label_colum
             batch = parquet.read_row_group(group, columns=read)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(source, f"row group {group} is not readable ({exc})") from None
+        for name in read:
+            row = first_null_row(batch.column(name), start)
+            if row is not None:
+                raise DataError(source, f"column {name!r} has missing values; the first is row {row}")
         for j, name in enumerate(names):
-            column = batch.column(name)
-            _no_nulls(source, name, column, start)
-            values[start : start + len(batch), j] = column.to_numpy()
+            values[start : start + len(batch), j] = batch.column(name).to_numpy()
         if label is not None:
-            _no_nulls(source, schema.names[label], batch.column(schema.names[label]), start)
             labels.extend(batch.column(schema.names[label]).to_pylist())
         start += len(batch)
     return Table(values, None if label is None else label_values(labels), names)
-
-
-def _no_nulls(source: str, name: str, column, first_row: int) -> None:
-    if column.null_count:
-        row = first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(source, f"column {name!r} has missing values; the first is row {row}")
 
 
 def _checked_features(source: str, x: np.ndarray) -> np.ndarray:

@@ -20,12 +20,12 @@ class ParquetInputError(ValueError):
 
 def parquet_rows(path: Path) -> int:
     """The number of rows in the file, from its footer (nothing else is read)."""
-    return _open(path).metadata.num_rows
+    return open_parquet(path).metadata.num_rows
 
 
 def numeric_columns(path: Path, columns: Sequence[str] | None = None) -> list[str]:
     """The columns to read: `columns` in that order, checked to exist and be numeric; else every column."""
-    schema = _open(path).schema_arrow
+    schema = open_parquet(path).schema_arrow
     chosen = list(columns) if columns else list(schema.names)
     missing = [name for name in chosen if name not in schema.names]
     if missing:
@@ -34,9 +34,20 @@ def numeric_columns(path: Path, columns: Sequence[str] | None = None) -> list[st
         )
     for name in chosen:
         kind = schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        if not (is_numeric(kind) or pa.types.is_boolean(kind)):
             raise ParquetInputError(f"{path}: column {name!r} holds {kind}, not numbers")
     return chosen
+
+
+def is_numeric(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
+
+
+def first_null_row(column: pa.Array | pa.ChunkedArray, first_row: int = 0) -> int | None:
+    """The file row of the column's first null, counting the column's rows from `first_row`; None if none."""
+    if not column.null_count:
+        return None
+    return first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
 
 
 def read_parquet_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> Iterator[np.ndarray]:
@@ -45,20 +56,20 @@ def read_parquet_chunks(path: Path, columns: Sequence[str], chunk_rows: int) -> 
     pyarrow decodes one row group at a time and hands out batches of it, so a file of any size is read in
     memory of about one row group plus one chunk.
     """
-    file = _open(path)
+    file = open_parquet(path)
     first = 0
     for batch in file.iter_batches(batch_size=chunk_rows, columns=list(columns), use_threads=False):
         values = np.empty((batch.num_rows, len(columns)), dtype=np.float64)
         for j, column in enumerate(batch.columns):
-            if column.null_count:
-                row = first + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            row = first_null_row(column, first)
+            if row is not None:
                 raise ParquetInputError(f"{path}: row {row}, column {columns[j]!r} is missing (null)")
             values[:, j] = column.to_numpy(zero_copy_only=False)
         first += batch.num_rows
         yield values
 
 
-def _open(path: Path) -> pq.ParquetFile:
+def open_parquet(path: Path) -> pq.ParquetFile:
     try:
         # No pre-buffering: it reads ahead across row groups (twice the memory, measured), which only pays on
         # high-latency object stores; a local file read in order needs one row group at a time.
