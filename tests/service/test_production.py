@@ -14,7 +14,7 @@ import pytest
 from service.core.artifact import load_artifact
 from service.core.runtime import OnnxRuntime
 from service.http.batching import MicroBatcher
-from service.http.observability import JsonFormatter, Metrics
+from service.http.observability import ACCESS_LOG, JsonFormatter, Metrics
 from service.http.settings import Settings
 
 DIGIT = [0.0] * 64
@@ -262,6 +262,7 @@ def test_one_structured_log_line_per_request(make_client):
     logging.getLogger("vae.access").addHandler(collect)
     try:
         client.post("/elbo", json={"instances": [DIGIT] * 3, "seed": 0}, headers={"x-request-id": "r-1"})
+        ACCESS_LOG.drain()  # the line is written by the access log's own thread
     finally:
         logging.getLogger("vae.access").removeHandler(collect)
     (record,) = collect.records
