@@ -247,9 +247,10 @@ access_log = logging.getLogger("vae.access")
 class AccessLogWriter:
     """The access log's records, made and handled (formatted, written) by a thread of its own.
 
-    The event loop appends each request's fields to a list; once per turn of the loop the list goes to the
-    thread, which makes one `vae.access` LogRecord per request, with the time the request finished, and
-    hands it to the logger's handlers as `access_log.info` would. drain() waits until every record handed
+    The event loop appends each request's fields to a list; HAND_OVER_S after the first of them, the list
+    goes to the thread (handing over every line woke the thread once per request at c=1), which makes one
+    `vae.access` LogRecord per request, with the time the request finished, and hands it to the logger's
+    handlers as `access_log.info` would. drain() waits until every record handed
     over so far has been handled: at shutdown, and in tests.
     """
 
@@ -264,7 +265,7 @@ class AccessLogWriter:
             return
         if not self._pending:
             try:
-                asyncio.get_running_loop().call_soon(self._hand_over)
+                asyncio.get_running_loop().call_later(HAND_OVER_S, self._hand_over)
             except RuntimeError:  # no event loop: hand it over at once
                 self._pending.append((time.time(), fields))
                 self._hand_over()
@@ -308,6 +309,7 @@ class AccessLogWriter:
                     logging.getLogger("vae.service").exception("the access log could not write a line")
 
 
+HAND_OVER_S = 0.05  # how long a line may wait on the event loop before the writer thread gets it
 ACCESS_LOG = AccessLogWriter()  # one per process, like the `vae.access` logger it writes to
 UNMATCHED = "unmatched"  # the one label of every request that is for none of the app's routes
 
