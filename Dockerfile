@@ -102,7 +102,8 @@ RUN --mount=type=secret,id=ca \
     && /opt/venv/bin/python -m pip install --requirement train-requirements.txt
 
 # ---------------------------------------------------------------------------------------------
-# serve: `vae serve` on 0.0.0.0:8000 as an unprivileged user, configured by VAE_* variables.
+# serve: `vae serve` on 0.0.0.0:8000 (REST) and 8001 (OIP v2 gRPC) as an unprivileged user, configured by VAE_*
+# variables. 8000 and 8001 are Triton's ports for the same two protocols; VAE_GRPC_PORT= (empty) turns gRPC off.
 # It grows from serve-deps rather than copying the environment out of it, so that its layers are
 # shared with the train image and a change of source rebuilds only the small layers below.
 FROM serve-deps AS serve
@@ -114,11 +115,12 @@ COPY scripts/container_healthcheck.py /opt/vae/healthcheck.py
 ENV VAE_MODEL_DIR=/models/digits \
     VAE_HOST=0.0.0.0 \
     VAE_PORT=8000 \
+    VAE_GRPC_PORT=8001 \
     VAE_RUNTIME=onnx
 # vae (created in base); numeric, so that a runtime can check that it is not root
 USER 10001:10001
 WORKDIR /home/vae
-EXPOSE 8000
+EXPOSE 8000 8001
 # /readyz answers 200 once the model is loaded and warmed, 503 while loading or draining.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["/opt/venv/bin/python", "/opt/vae/healthcheck.py"]

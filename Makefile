@@ -30,9 +30,10 @@ run: $(STAMP) train
 	$(BIN)/vae serve $(MODEL_DIR) --host $(HOST) --port $(PORT)
 
 # What the tests need from Debian (podman, runc and debootstrap with a local base image; docker-compose and
-# shellcheck; chromium and its driver; nginx; promtool), installed where missing: each script does nothing when all is
-# there. Installing needs root and apt-get; without them the step says so, and the tests that need the
-# missing tools fail in CI and skip loudly elsewhere.
+# shellcheck; chromium and its driver; nginx; promtool) and from PyPI in a venv of its own (MLServer, in
+# .venv-mlserver), installed where missing: each script does nothing when all is there. Installing from Debian
+# needs root and apt-get; without them the step says so, and the tests that need the missing tools fail in CI
+# and skip loudly elsewhere.
 system:
 	bash scripts/container_setup.sh all || echo "make system: container_setup.sh all failed; the container tests will say so"
 	bash scripts/container_setup.sh compose-lint || echo "make system: container_setup.sh compose-lint failed"
@@ -40,6 +41,8 @@ system:
 	bash scripts/proxy_setup.sh || echo "make system: proxy_setup.sh failed; the proxy tests will say so"
 	bash scripts/deploy_setup.sh || echo "make system: deploy_setup.sh failed; the manifest tests will say so"
 	bash scripts/promtool_setup.sh || echo "make system: promtool_setup.sh failed; the metrics format tests will say so"
+	bash scripts/java_setup.sh || echo "make system: java_setup.sh failed; the Spark tests will say so"
+	PYTHON=$(PYTHON) bash scripts/mlserver_setup.sh || echo "make system: mlserver_setup.sh failed; the MLServer codec tests will say so"
 
 # ruff (lint and format check), mypy (strict on the torch-free core) and the import contracts
 # (lint-imports: which layer may import which); settings in pyproject.toml.
@@ -57,4 +60,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not container and not browser and not proxy"
 
 clean:
-	rm -rf $(VENV) models .pytest_cache
+	rm -rf $(VENV) .venv-mlserver models .pytest_cache

@@ -42,7 +42,7 @@ def test_help_shows_a_real_default_once(capsys):
     indent = "\n" + " " * 24
     assert f"  --chunk-rows CHUNK_ROWS{indent}rows scored at a time (bounds memory) (default: 1024)\n" in out
     assert f"  --iw-samples IW_SAMPLES{indent}K of L_K (default: the K the threshold was calibrated with)\n" in out
-    assert out.count("(default:") == 5  # --iw-samples, --n-samples, --seed, --chunk-rows, --runtime
+    assert out.count("(default:") == 6  # --iw-samples, --n-samples, --seed, --chunk-rows, --runtime, --engine
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import yaml
 from tests.helpers import IN_CI, missing_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted((ROOT / "scripts").glob("container_*.sh")) + [ROOT / "scripts" / "rolling_restart.sh"]
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))  # every script the Makefile, the image or a user runs
 
 
 def tool(name: str) -> str | None:
@@ -106,8 +106,8 @@ def test_compose_serve_waits_for_train_and_scales_without_port_clashes(compose_c
     assert mounts(serve)["/models"] == ("models", True)
     assert serve["healthcheck"]["test"][0] == "CMD"
     assert serve["restart"] in {"always", "unless-stopped", "on-failure"}
-    # 8000 is published, but on a host port of its own per replica: --scale never clashes.
-    assert [p["target"] for p in serve["ports"]] == [8000]
+    # 8000 (REST) and 8001 (gRPC) are published, but on host ports of their own per replica: --scale never clashes.
+    assert [p["target"] for p in serve["ports"]] == [8000, 8001]
     assert all("published" not in p for p in serve["ports"])
     # The service's settings are passed through (set only when set in the caller's environment).
     for name in (
@@ -118,6 +118,7 @@ def test_compose_serve_waits_for_train_and_scales_without_port_clashes(compose_c
         "VAE_MAX_SAMPLES",
         "VAE_API_KEY",
         "VAE_WORKERS",
+        "VAE_GRPC_PORT",
         "VAE_KEEP_ALIVE_S",
         "VAE_LIMIT_CONCURRENCY",
         "VAE_BACKLOG",

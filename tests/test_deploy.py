@@ -367,7 +367,8 @@ WORKLOADS = [*SERVE, ("model", "Job")]
 def test_probes_ask_the_real_paths_on_the_port_the_server_binds(name, kind):
     [container] = pod_spec(one(render(name), kind))["containers"]
     bound = int(env(container).get("VAE_PORT", SERVE_IMAGE_PORT))
-    assert [port_number(container, p["containerPort"]) for p in container["ports"]] == [bound]
+    grpc = [int(env(container)["VAE_GRPC_PORT"])] if "VAE_GRPC_PORT" in env(container) else []
+    assert [port_number(container, p["containerPort"]) for p in container["ports"]] == [bound, *grpc]
     assert env(container)["VAE_HOST"] == "0.0.0.0"
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")]:
         get = container[probe]["httpGet"]
@@ -484,7 +485,7 @@ def test_service_pdb_and_hpa_point_at_the_serving_pods():
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     [container] = pod_spec(deployment)["containers"]
     targets = [port_number(container, p["targetPort"]) for p in service["spec"]["ports"]]
-    assert targets == [int(env(container)["VAE_PORT"])]
+    assert targets == [int(env(container)["VAE_PORT"]), int(env(container)["VAE_GRPC_PORT"])]
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == key(deployment)
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]

@@ -1,4 +1,4 @@
-"""Data sources -> arrays: scikit-learn's digits, .npy, .npz and .csv files, and folders of images.
+"""Data sources -> arrays: scikit-learn's digits, .npy, .npz, .csv and .parquet files, and folders of images.
 
 Every problem with a source is found here, before training starts, and reported as a DataError
 that names the source and says what was expected and what was found.
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 MIN_ROWS = 10  # fewer rows than this cannot be split into training, validation and calibration
-ACCEPTED = "'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
+ACCEPTED = "'digits', a .npy, .npz, .csv or .parquet file, or a folder of PNG or JPEG images"
+TABLE_SUFFIXES = (".csv", ".parquet")  # the sources whose columns have names and can be chosen
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
@@ -31,9 +32,10 @@ class Dataset:
     x: np.ndarray  # (N, *input_shape) float32, raw units, all finite
     y: np.ndarray | None  # (N,) labels, or None
     source: str  # "digits" or the path as the user gave it
-    kind: str  # "digits" | "images" (a folder) | "array" (npy/npz) | "tabular" (csv)
+    kind: str  # "digits" | "images" (a folder) | "array" (npy/npz) | "tabular" (csv, parquet)
     value_range: tuple[float, float] | None = None  # the values' known range: digits 0..16, pixels 0..255
     resized: bool = False  # images were resized to one size (so the service resizes uploads too)
+    feature_names: list[str] | None = None  # a table's column names, one per feature; None without a header
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -47,39 +49,48 @@ class Dataset:
 def load_dataset(
     source: str,
     *,
+    columns: list[str] | None = None,
     label_column: str | None = None,
     channels: int | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> Dataset:
     """Load and check a data source; raises DataError naming the source and the problem.
 
-    For a folder of images: `channels` 1 or 3 (default: 3 if any image has colour), and `image_size`
-    (H, W) to resize to (default: every image must already share one size).
+    For a table (.csv, .parquet): `columns`, the feature columns in order (default: every column but the
+    label for a CSV, which must all be numeric; every numeric column for Parquet, whose types are declared),
+    and `label_column`, which is never a feature. Columns are named by the header, or by 0-based index in a
+    CSV without one. For a folder of images: `channels` 1 or 3 (default: 3 if any image has colour), and
+    `image_size` (H, W) to resize to (default: every image must already share one size).
     """
+    path = Path(source)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        if columns is not None:
+            raise DataError(source, "columns can be chosen in .csv and .parquet tables only")
+        if label_column is not None:
+            raise DataError(source, "a label column can be chosen in .csv and .parquet tables only")
     if source == "digits":
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         x = digits.data.reshape(-1, 1, 8, 8).astype(np.float32)
         return Dataset(x, digits.target.astype(np.int64), "digits", "digits", value_range=(0.0, 16.0))
-    path = Path(source)
     if path.is_dir():
         x, y = _read_images(source, path, channels, image_size)
         return Dataset(
             _checked_features(source, x), y, source, "images", value_range=(0.0, 255.0), resized=image_size is not None
         )
     suffix = path.suffix.lower()
-    if suffix not in (".npy", ".npz", ".csv"):
+    if suffix not in (".npy", ".npz", *TABLE_SUFFIXES):
         raise DataError(source, f"unsupported data source; expected {ACCEPTED}")
     if not path.is_file():
         raise DataError(source, "no such file")
-    if suffix == ".csv":
-        x, y = _read_csv(source, path, label_column)
-        kind = "tabular"
-    else:
-        x, y = _read_npy(source, path) if suffix == ".npy" else _read_npz(source, path)
-        kind = "array"
-    return Dataset(_checked_features(source, x), _checked_labels(source, y, len(x)), source, kind)
+    if suffix in TABLE_SUFFIXES:
+        reader = _read_csv if suffix == ".csv" else read_parquet
+        table = reader(source, path, columns, label_column)
+        x = _checked_features(source, table.x)
+        return Dataset(x, _checked_labels(source, table.y, len(x)), source, "tabular", feature_names=table.names)
+    x, y = _read_npy(source, path) if suffix == ".npy" else _read_npz(source, path)
+    return Dataset(_checked_features(source, x), _checked_labels(source, y, len(x)), source, "array")
 
 
 def _read_npy(source: str, path: Path) -> tuple[np.ndarray, None]:
@@ -145,7 +156,54 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_csv(source: str, path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+@dataclass(frozen=True)
+class Table:
+    """The chosen columns of a table: features, labels and the features' names."""
+
+    x: np.ndarray  # (N, D) float64
+    y: np.ndarray | None  # (N,) labels, or None
+    names: list[str] | None  # D column names; None for a CSV without a header
+
+
+def choose_columns(
+    source: str, header: list[str], columns: list[str] | None, label_column: str | None, numeric: list[bool]
+) -> tuple[list[int], int | None]:
+    """(feature column indices, label column index) in `header`; `numeric[i]` says whether column i can be a
+    feature. Without `columns`, the features are every numeric column but the label, in file order."""
+    label = None if label_column is None else _find(source, header, label_column, "label column")
+    if columns is None:
+        chosen = [i for i, ok in enumerate(numeric) if ok and i != label]
+        if not chosen:
+            raise DataError(source, f"no numeric feature columns; the columns are {header}")
+        return chosen, label
+    if len(set(columns)) != len(columns):
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        raise DataError(source, f"columns {twice} are chosen more than once")
+    chosen = [_find(source, header, name, "column") for name in columns]
+    if label is not None and label in chosen:
+        raise DataError(source, f"the label column {label_column!r} cannot also be a feature column")
+    return chosen, label
+
+
+def _find(source: str, header: list[str], name: str, what: str) -> int:
+    """A column's index: by name, else by 0-based index (a CSV without a header has only indices)."""
+    if name in header:
+        return header.index(name)
+    if name.isdigit() and int(name) < len(header):
+        return int(name)
+    raise DataError(source, f"{what} {name!r} not found; the columns are {header}")
+
+
+def label_values(values: list) -> np.ndarray:
+    """Labels as given: integers where every label is a whole number, floats where all are numbers, else text."""
+    labels = np.asarray([str(v).strip() for v in values])
+    if len(labels) and all(_is_number(v) for v in labels):
+        numbers = labels.astype(np.float64)
+        return numbers.astype(np.int64) if np.all(numbers == np.round(numbers)) else numbers
+    return labels
+
+
+def _read_csv(source: str, path: Path, columns: list[str] | None, label_column: str | None) -> Table:
     try:
         with path.open(newline="") as f:
             rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
@@ -163,37 +221,69 @@ def _read_csv(source: str, path: Path, label_column: str | None) -> tuple[np.nda
             raise DataError(
                 source, f"line {first_line + offset} has {len(row)} fields; expected {len(header)} like the first line"
             )
-    labels = None
-    if label_column is not None:
-        index = _column_index(source, header, label_column, has_header)
-        labels = np.asarray([row[index].strip() for row in body])
-        if all(_is_number(v) for v in labels):
-            labels = labels.astype(np.float64)
-            if np.all(labels == np.round(labels)):
-                labels = labels.astype(np.int64)
-        body = [row[:index] + row[index + 1 :] for row in body]
-        header = header[:index] + header[index + 1 :]
-    if not header:
-        raise DataError(source, "no feature columns are left after removing the label column")
-    values = np.empty((len(body), len(header)), dtype=np.float64)
+    # Every column may be a feature: a CSV declares no types, so a stray word in a feature column is an error
+    # below, not a reason to drop the column.
+    chosen, label = choose_columns(source, header, columns, label_column, [True] * len(header))
+    labels = None if label is None else label_values([row[label] for row in body])
+    values = np.empty((len(body), len(chosen)), dtype=np.float64)
     for i, row in enumerate(body):
-        for j, cell in enumerate(row):
+        for j, column in enumerate(chosen):
             try:
-                values[i, j] = float(cell)
+                values[i, j] = float(row[column])
             except ValueError:
                 raise DataError(
                     source,
-                    f"column {j} ({header[j]!r}) is not numeric: line {first_line + i} has {cell.strip()!r}",
+                    f"column {column} ({header[column]!r}) is not numeric: line {first_line + i} has "
+                    f"{row[column].strip()!r}",
                 ) from None
-    return values, labels
+    return Table(values, labels, [header[c] for c in chosen] if has_header else None)
 
 
-def _column_index(source: str, header: list[str], label_column: str, has_header: bool) -> int:
-    if label_column in header and has_header:
-        return header.index(label_column)
-    if label_column.isdigit() and int(label_column) < len(header):
-        return int(label_column)
-    raise DataError(source, f"label column {label_column!r} not found; the columns are {header}")
+def read_parquet(source: str, path: Path, columns: list[str] | None, label_column: str | None) -> Table:
+    """The chosen columns of a Parquet file, read one row group at a time into one float64 array, so memory
+    holds the result and one row group of the chosen columns, never the whole file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(source, f"not a readable Parquet file ({exc})") from None
+    schema = parquet.schema_arrow
+    types = [schema.field(i).type for i in range(len(schema))]
+    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in types]
+    chosen, label = choose_columns(source, schema.names, columns, label_column, numeric)
+    for i in chosen:
+        if not numeric[i]:
+            raise DataError(source, f"column {schema.names[i]!r} is not numeric: its Parquet type is {types[i]}")
+    n = parquet.metadata.num_rows
+    if n == 0:
+        raise DataError(source, "the file has no rows")
+    names = [schema.names[i] for i in chosen]
+    values = np.empty((n, len(chosen)), dtype=np.float64)
+    labels: list = []
+    start = 0
+    for group in range(parquet.num_row_groups):
+        read = names + ([schema.names[label]] if label is not None else [])
+        try:
+            batch = parquet.read_row_group(group, columns=read)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(source, f"row group {group} is not readable ({exc})") from None
+        for j, name in enumerate(names):
+            column = batch.column(name)
+            _no_nulls(source, name, column, start)
+            values[start : start + len(batch), j] = column.to_numpy()
+        if label is not None:
+            _no_nulls(source, schema.names[label], batch.column(schema.names[label]), start)
+            labels.extend(batch.column(schema.names[label]).to_pylist())
+        start += len(batch)
+    return Table(values, None if label is None else label_values(labels), names)
+
+
+def _no_nulls(source: str, name: str, column, first_row: int) -> None:
+    if column.null_count:
+        row = first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(source, f"column {name!r} has missing values; the first is row {row}")
 
 
 def _checked_features(source: str, x: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from service.core.artifact import load_artifact
 from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
 from service.core.runtime import load_runtime
-from training.data import DataError, Dataset, load_dataset
+from training.data import TABLE_SUFFIXES, DataError, Dataset, load_dataset
 
 
 def anomaly_labels(dataset: Dataset, normal_label: str | None) -> np.ndarray | None:
@@ -32,6 +32,7 @@ def evaluate(
     source: str,
     *,
     iw_samples: int | None = None,
+    columns: list[str] | None = None,
     label_column: str | None = None,
     normal_label: str | None = None,
     seed: int = 0,
@@ -39,12 +40,17 @@ def evaluate(
     plot: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Summary metrics of the model on a data set; with labels, how well its scores separate anomalies."""
+    """Summary metrics of the model on a data set; with labels, how well its scores separate anomalies.
+
+    A table's features are `columns`, else the columns the model was trained on (the manifest's
+    feature_names), else every numeric column but the label.
+    """
     artifact = load_artifact(model_dir)
     manifest = artifact.manifest
-    dataset = load_dataset(source, label_column=label_column)
+    dataset = load_dataset(source, columns=_columns(source, columns, manifest.feature_names), label_column=label_column)
     if list(dataset.input_shape) not in (manifest.input_shape, [manifest.n_features]):
         raise DataError(source, f"rows are shaped {list(dataset.input_shape)}; the model takes {manifest.input_shape}")
+    _same_names(source, dataset.feature_names, manifest.feature_names)
     labels = anomaly_labels(dataset, normal_label)
     engine = VaeEngine(manifest, load_runtime(artifact, runtime))
     x = dataset.x.reshape(len(dataset.x), -1).astype(np.float64)
@@ -72,6 +78,20 @@ def evaluate(
     if plot is not None:
         plot_scores(scores, labels, engine.default_threshold, Path(plot))
     return report
+
+
+def _columns(source: str, columns: list[str] | None, trained_on: list[str] | None) -> list[str] | None:
+    """The columns to read: the ones asked for, else, from a table, the ones the model was trained on."""
+    if columns is not None or not source.lower().endswith(TABLE_SUFFIXES):
+        return columns
+    return trained_on
+
+
+def _same_names(source: str, names: list[str] | None, trained_on: list[str] | None) -> None:
+    """Columns chosen by hand must be the model's features under the same names: a reordered or swapped
+    column has the right shape and would be scored as garbage without a word."""
+    if names is not None and trained_on is not None and names != trained_on:
+        raise DataError(source, f"the columns {names} are not the model's features {trained_on}, in that order")
 
 
 def separation(labels: np.ndarray, scores: np.ndarray, is_anomaly: np.ndarray) -> dict:

@@ -313,4 +313,5 @@ def _manifest(checkpoint: dict, name: str, graphs: Graphs, files: dict[str, str]
         training=TrainingSummary(**checkpoint["training"]),
         parity={},
         image=checkpoint.get("image"),
+        feature_names=checkpoint.get("feature_names"),
     )

@@ -25,6 +25,7 @@ PICTURES = {
     "calibration.png": "Calibration anomaly scores with the default threshold",
 }
 SHOWN = 8  # inputs in the reconstruction picture
+GAP = 1  # model pixels of background between neighbouring images in a grid, so each image's edge shows
 
 
 def _pyplot():
@@ -36,16 +37,33 @@ def _pyplot():
     return plt
 
 
-def _image_grid(ax, images: np.ndarray, artifact: Artifact, rows: int) -> None:
-    """(rows*cols, *input_shape) raw images -> one picture on ax, in the model's pixel range."""
+def tiled(tiles: np.ndarray, rows: int, gap: int = GAP) -> np.ndarray:
+    """(rows*cols, H, W, 3) colours in [0, 1] -> one RGBA picture (rows*(H+gap)-gap, cols*(W+gap)-gap, 4), row
+    by row, with `gap` transparent pixels between neighbours: the page shows through, so no two images touch."""
+    n, h, w, _ = tiles.shape
+    cols = n // rows
+    out = np.zeros((rows * (h + gap) - gap, cols * (w + gap) - gap, 4))
+    for i, tile in enumerate(tiles):
+        top, left = (i // cols) * (h + gap), (i % cols) * (w + gap)
+        out[top : top + h, left : left + w, :3] = tile
+        out[top : top + h, left : left + w, 3] = 1.0
+    return out
+
+
+def _image_grid(ax, images: np.ndarray, artifact: Artifact, rows: int, row_labels: list[str] | None = None) -> None:
+    """(rows*cols, *input_shape) raw images -> one picture on ax, in the model's pixel range, with a gap
+    between images and, when given, a label at the left of each row."""
     spec = artifact.manifest.image
     n = len(images)
-    cols = n // rows
     pixels = np.clip(images.reshape(n, spec.channels, spec.height, spec.width) / spec.max_value, 0, 1)
-    tiles = pixels.reshape(rows, cols, spec.channels, spec.height, spec.width).transpose(0, 3, 1, 4, 2)
-    tiled = tiles.reshape(rows * spec.height, cols * spec.width, spec.channels)
-    ax.imshow(tiled[..., 0] if spec.channels == 1 else tiled, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
+    colours = np.broadcast_to(pixels.transpose(0, 2, 3, 1), (n, spec.height, spec.width, 3))  # grey: C = 1
+    ax.imshow(tiled(colours, rows), interpolation="nearest")
+    ax.set_xticks([])
+    centres = [r * (spec.height + GAP) + (spec.height - 1) / 2 for r in range(rows)]
+    ax.set_yticks(centres if row_labels else [], row_labels or [])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -69,7 +87,7 @@ def plot_reconstructions(engine: VaeEngine, artifact: Artifact, x: np.ndarray, p
     reconstructed = engine.decode(engine.encode(x).mu).reshape(len(x), -1)
     if artifact.manifest.image is not None:
         fig, ax = plt.subplots(figsize=(12, 3), dpi=100)
-        _image_grid(ax, np.concatenate([x, reconstructed]), artifact, rows=2)
+        _image_grid(ax, np.concatenate([x, reconstructed]), artifact, rows=2, row_labels=["input", "reconstruction"])
     else:
         fig, axes = plt.subplots(1, min(4, len(x)), figsize=(12, 3), dpi=100, squeeze=False)
         for i, ax in enumerate(axes[0]):
@@ -88,6 +106,7 @@ def plot_samples(engine: VaeEngine, artifact: Artifact, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=100)
     if artifact.manifest.image is not None:
         _image_grid(ax, decoded, artifact, rows=4)
+        ax.set_title("32 draws z ~ N(0, I) (seed 0), decoded: the mean of p(x|z)", fontsize="medium")
     else:  # rows of features: standardise each feature so that every column is visible
         spread = decoded.std(axis=0) + 1e-12
         shown = ax.imshow((decoded - decoded.mean(axis=0)) / spread, aspect="auto", cmap="coolwarm")

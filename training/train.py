@@ -88,7 +88,11 @@ def train(config: TrainConfig) -> Artifact | None:
     return None.
     """
     dataset = load_dataset(
-        config.data, channels=config.channels, image_size=tuple(config.image_size) if config.image_size else None
+        config.data,
+        columns=config.columns,
+        label_column=config.label_column,
+        channels=config.channels,
+        image_size=tuple(config.image_size) if config.image_size else None,
     )
     plan = plan_training(config, dataset)
     if config.threads:
@@ -355,6 +359,7 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     shown = plan.val_rows[:REPORT_SAMPLE_ROWS]
     sample = (dataset.x[shown], None if dataset.y is None else dataset.y[shown])
     checkpoint = make_checkpoint(model, preprocessing, summary, result.history, image_spec(dataset), sample)
+    checkpoint["feature_names"] = dataset.feature_names  # the manifest's feature_names (training/export.py)
     calibration = CalibrationPlan(
         x_raw=dataset.x[plan.cal_rows],
         iw_samples=config.score_iw_samples,

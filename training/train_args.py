@@ -36,6 +36,14 @@ def image_size(text: str) -> list[int]:
 # "argument --epochs: expected a positive integer, got 'x'".
 
 
+def column_names(text: str) -> list[str]:
+    """--columns a,b,c: a table's column names (or 0-based indices), in order."""
+    names = [name.strip() for name in text.split(",")]
+    if not names or any(not name for name in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names like a,b,c, got {text!r}")
+    return names
+
+
 def _parse(text: str, parse: type[int] | type[float], expected: str) -> int | float:
     try:
         return parse(text)
@@ -95,7 +103,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """`vae train`'s flags, with TrainConfig's defaults (shown in --help)."""
     defaults = asdict(TrainConfig())
     p.add_argument(
-        "--data", default=defaults["data"], help="'digits', a .npy, .npz or .csv file, or a folder of PNG/JPEG images"
+        "--data",
+        default=defaults["data"],
+        help="'digits', a .npy, .npz, .csv or .parquet file, or a folder of PNG/JPEG images",
+    )
+    p.add_argument(
+        "--columns",
+        type=column_names,
+        default=None,
+        help="a table's feature columns, comma-separated, in order; kept in the manifest "
+        "(default: every numeric column but --label-column)",
+    )
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="a table's label column (name or 0-based index): never a feature; labels colour the pictures",
     )
     p.add_argument("--out", default=defaults["out"], help="model directory to write (replaced atomically)")
     p.add_argument(

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 class TrainConfig:
     """Every `vae train` flag; the CLI shows these defaults in --help."""
 
-    data: str = "digits"  # "digits", a .npy / .npz / .csv file, or a folder of PNG / JPEG images
+    data: str = "digits"  # "digits", a .npy / .npz / .csv / .parquet file, or a folder of PNG / JPEG images
+    columns: list[str] | None = None  # a table's feature columns, in order; None: every numeric one but the label
+    label_column: str | None = None  # a table's label column: never a feature; labels colour the report's pictures
     out: str = "models/digits"  # the model directory to write
     likelihood: str | None = None  # bernoulli | gaussian; None: bernoulli for digits, gaussian for files
     noise: str | None = None  # gaussian: "shared" (one variance for all features) or "feature"; None: shared

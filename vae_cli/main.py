@@ -9,6 +9,7 @@ import sys
 from training.train_args import (  # no torch
     DefaultsHelpFormatter,
     add_train_arguments,
+    column_names,
     integer,
     number,
     positive_int,
@@ -79,14 +80,21 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("model_dir", help="a model directory")
-    p.add_argument("--data", required=True, help="'digits', or a .npy, .npz or .csv file")
+    p.add_argument("--data", required=True, help="'digits', or a .npy, .npz, .csv or .parquet file")
     p.add_argument(
         "--iw-samples",
         type=positive_int,
         default=None,
         help="K of L_K (default: the K the threshold was calibrated with)",
     )
-    p.add_argument("--label-column", default=None, help="CSV column holding labels (name or 0-based index)")
+    p.add_argument(
+        "--columns",
+        type=column_names,
+        default=None,
+        help="a table's feature columns, comma-separated, in order (default: the model's feature_names, "
+        "else every numeric column but --label-column)",
+    )
+    p.add_argument("--label-column", default=None, help="a table's column holding labels (name or 0-based index)")
     p.add_argument("--normal-label", default=None, help="the label value that means normal; others are anomalies")
     p.add_argument("--seed", type=integer, default=0, help="seed of the Monte Carlo draws")
     p.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx", help="network runtime")
@@ -113,6 +121,13 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=integer, default=0, help="chunk i uses seed + i, as an /elbo request would")
     p.add_argument("--chunk-rows", type=positive_int, default=1024, help="rows scored at a time (bounds memory)")
     p.add_argument("--runtime", choices=["onnx", "torchscript"], default="onnx", help="network runtime")
+    p.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="local: this process; spark: Parquet in, a directory of Parquet part files out, on the Spark master "
+        "that spark-submit or PYSPARK_SUBMIT_ARGS names (else local[*]); the same numbers",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
@@ -256,7 +271,11 @@ def _score(args: argparse.Namespace) -> int:
     from service.core.bulk import BulkError, score_file
     from service.core.errors import ArtifactError
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "model_dir", "data", "out")}
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "model_dir", "data", "out", "engine")}
+    if args.engine == "spark":
+        from service.core.spark_scoring import SparkScoringError, score_parquet
+
+        score_file, BulkError = score_parquet, SparkScoringError  # noqa: N806 (the same call, on Spark)
     try:
         rows = score_file(args.model_dir, args.data, args.out, **options)
     except (ArtifactError, BulkError) as exc:

@@ -5,6 +5,9 @@ that yields the HTTP requests (and back-off pauses) it needs, receives their res
 result. The two clients only run plans, one with an `httpx.Client`, the other with an `httpx.AsyncClient`,
 so request building, batching, retries and parsing exist once.
 
+- **Images.** For a model of images (GET /v1/model says `image`), `Images` stands in for an array batch in
+  encode, sample, elbo and heatmap: PNG or JPEG files, uploaded as the server's image routes take them (a
+  multipart form, the files in the field `files`, the options as form fields), split like rows.
 - **Batching.** A batch is sent in requests no larger than the server's limits (`GET /v1/model`:
   `max_instances`, and `max_draws` over the draws per row) nor than `max_body_bytes`, and whose answers stay
   within `max_response_bytes` (bounded with the server's own arithmetic, service/http/json_writer.py), and the
@@ -31,8 +34,9 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -43,6 +47,9 @@ from numpy.typing import ArrayLike
 T = TypeVar("T")
 
 NPY = "application/x-npy"
+FILES_FIELD = "files"  # the multipart field of image uploads (the server's service/http/api/body.py)
+IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}  # by their first bytes
+MULTIPART_PART_BYTES = 512  # room for one file's part headers and boundary in a body budget
 DEFAULT_MAX_BATCH = 1024  # rows per request when GET /v1/model does not state max_instances
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_BODY_BYTES, when /v1/model does not say it
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # the server's default VAE_MAX_RESPONSE_BYTES
@@ -91,6 +98,60 @@ class ElboResult:
     iw_samples: int
     seed: int  # the first request's seed; request i of a split call used seed + i
     feature_scores: np.ndarray | None  # (B, *input_shape), with feature_scores=True
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Per-pixel anomaly scores: each pixel's share of -reconstruction in nats, channels added up, as
+    POST /heatmap draws them (iw_samples 1, n_samples draws averaged). One scale for all: compare any two."""
+
+    scores: np.ndarray  # (B, H, W) nats; each image's scores sum to its -reconstruction
+    seed: int
+
+
+@dataclass(frozen=True)
+class Images:
+    """PNG or JPEG files to send in place of an array batch, each as (file name, bytes).
+
+    `Images.read(paths)` reads files; `Images([("scan.png", data), ...])` takes bytes you already hold. The
+    server decodes them (and resizes them when training did) and answers as for the same rows in JSON.
+    """
+
+    files: Sequence[tuple[str, bytes]]
+
+    def __post_init__(self) -> None:
+        for name, data in self.files:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise VaeInputError(f"{name}: expected the file's bytes, got {type(data).__name__}")
+            if _image_type(bytes(data[:8])) is None:
+                raise VaeInputError(f"{name}: not a PNG or JPEG file (it starts with {bytes(data[:8])!r})")
+
+    @classmethod
+    def read(cls, paths: Sequence[str | Path]) -> Images:
+        files = []
+        for path in paths:
+            try:
+                files.append((Path(path).name, Path(path).read_bytes()))
+            except OSError as exc:
+                raise VaeInputError(f"{path}: cannot read it ({exc.strerror})") from None
+        return cls(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def part(self, rows: slice) -> list[tuple[str, tuple[str, bytes, str]]]:
+        """The files of `rows` as httpx multipart parts of the field `files`."""
+        return [
+            (FILES_FIELD, (name, bytes(data), _image_type(bytes(data[:8])) or "application/octet-stream"))
+            for name, data in self.files[rows]
+        ]
+
+
+def _image_type(head: bytes) -> str | None:
+    return next((media for magic, media in IMAGE_TYPES.items() if head.startswith(magic)), None)
+
+
+Batch = ArrayLike | Images  # what encode, sample, elbo and heatmap take: rows, or image files
 
 
 # --- errors -----------------------------------------------------------------------------------------------
@@ -149,7 +210,9 @@ def _advance(plan: Plan[T], outcome: Outcome) -> Step | _Done[T]:
         return _Done(done.value)
 
 
-def _batch(x: ArrayLike, name: str) -> np.ndarray:
+def _batch(x: Batch, name: str) -> np.ndarray | Images:
+    if isinstance(x, Images):
+        return x
     try:
         array = np.asarray(x)
     except ValueError as exc:
@@ -350,7 +413,7 @@ class _Client:
     def _post_rows(
         self,
         path: str,
-        rows: np.ndarray,
+        rows: np.ndarray | Images,
         options: dict[str, Any],
         draws_per_row: int = 0,
         seed: int | None = None,
@@ -360,20 +423,24 @@ class _Client:
         """POST rows in requests within the limits, request i with seed + i; the answers in order.
 
         Rows go as a .npy body with the options in the query string, or, for a JSON-only endpoint, as the
-        body's `json_field`. answer_rows(card): the shapes of the arrays the answer holds per row.
+        body's `json_field`; images as a multipart form with the options as form fields. answer_rows(card):
+        the shapes of the arrays the answer holds per row.
         """
-        per_number = JSON_NUMBER_BYTES if json_field else rows.itemsize
+        if isinstance(rows, Images):  # a budget per row that the largest file fits
+            row_bytes = max((len(data) for _, data in rows.files), default=0) + MULTIPART_PART_BYTES
+        else:
+            row_bytes = (JSON_NUMBER_BYTES if json_field else rows.itemsize) * math.prod(rows.shape[1:])
         # Each answer names the model version that gave it (X-Model-Version). A call split over several
         # requests must come from one version: if the model was reloaded in between, ask again, once.
         for attempt in range(2):
             card = yield from self._model(fresh=attempt > 0)  # a new model may come with new limits
-            size = self._rows_per_request(
-                card, draws_per_row, per_number * math.prod(rows.shape[1:]), answer_rows(card)
-            )
+            size = self._rows_per_request(card, draws_per_row, row_bytes, answer_rows(card))
             answers, versions = [], set()
             for i, chunk in enumerate(_chunks(len(rows), size)):
                 chunk_options = options if seed is None else options | {"seed": seed + i}
-                if json_field:
+                if isinstance(rows, Images):
+                    request = self._request("POST", path, files=rows.part(chunk), data=_query(chunk_options))
+                elif json_field:
                     request = self._request("POST", path, json={json_field: rows[chunk].tolist(), **chunk_options})
                 else:
                     request = self._request(
@@ -393,13 +460,13 @@ class _Client:
             "its answers would mix models"
         )
 
-    def _encode(self, x: ArrayLike) -> Plan[Encoded]:
+    def _encode(self, x: Batch) -> Plan[Encoded]:
         answers = yield from self._post_rows(
             "/encode", _batch(x, "x"), {}, answer_rows=lambda card: [(card.get("latent_dim", 0),)] * 3
         )
         return Encoded(_concat(answers, "mu"), _concat(answers, "sigma"), _concat(answers, "logvar"))
 
-    def _sample(self, x: ArrayLike | None, n_samples: int, seed: int | None, decode: bool) -> Plan[Sampled]:
+    def _sample(self, x: Batch | None, n_samples: int, seed: int | None, decode: bool) -> Plan[Sampled]:
         seed = secrets.randbelow(2**62) if seed is None else seed  # < 2^62: seed + i stays a valid seed
         options = {"n_samples": n_samples, "decode": decode}
         if x is None:
@@ -426,7 +493,7 @@ class _Client:
 
     def _elbo(
         self,
-        x: ArrayLike,
+        x: Batch,
         n_samples: int,
         iw_samples: int | None,
         seed: int | None,
@@ -468,6 +535,33 @@ class _Client:
             iw_samples=first["iw_samples"],
             seed=first["seed"],
         )
+
+    def _heatmap(self, x: Batch, n_samples: int, seed: int | None) -> Plan[Heatmap]:
+        """/heatmap's numbers: /elbo's feature_scores at iw_samples 1, channels added up (B, H, W)."""
+        card = yield from self._model(fresh=False)
+        image = card.get("image")
+        if not image:
+            raise VaeInputError("heatmap: this model's inputs are not images (GET /v1/model has no image); use elbo")
+        scored = yield from self._elbo(x, n_samples, 1, seed, True, None, None)
+        assert scored.feature_scores is not None  # asked for
+        shape = (-1, image["channels"], image["height"], image["width"])
+        return Heatmap(scored.feature_scores.reshape(shape).sum(axis=1), scored.seed)
+
+    def _heatmap_png(self, x: Batch, n_samples: int, seed: int | None) -> Plan[bytes]:
+        """POST /heatmap in one request (one picture): more inputs than one request may hold is refused."""
+        rows = _batch(x, "x")
+        card = yield from self._model(fresh=False)
+        most = (card.get("limits") or {}).get("max_instances", DEFAULT_MAX_BATCH)
+        if len(rows) > most:
+            raise VaeInputError(f"heatmap_png: {len(rows)} inputs; one picture takes at most {most} (max_instances)")
+        options = {"n_samples": n_samples, "seed": secrets.randbelow(2**62) if seed is None else seed}
+        if isinstance(rows, Images):
+            request = self._request("POST", "/heatmap", files=rows.part(slice(None)), data=_query(options))
+        else:
+            request = self._request("POST", "/heatmap", json={"instances": rows.tolist(), **options})
+        request.headers["accept"] = "image/png"  # the one answer /heatmap has; said, for proxies that vary on it
+        response = yield from self._successful(request)
+        return response.content
 
 
 # --- the two clients: only the transport differs ----------------------------------------------------------
@@ -514,12 +608,13 @@ class VaeClient(_Client):
         except httpx.TransportError as exc:
             return exc
 
-    def encode(self, x: ArrayLike) -> Encoded:
-        """POST /encode: the posterior of each instance of x, a batch shaped (B, D) or (B, *input_shape)."""
+    def encode(self, x: Batch) -> Encoded:
+        """POST /encode: the posterior of each instance of x, a batch shaped (B, D) or (B, *input_shape), or
+        Images."""
         return self._run(self._encode(x))
 
     def sample(
-        self, x: ArrayLike | None = None, *, n_samples: int = 1, seed: int | None = None, decode: bool = False
+        self, x: Batch | None = None, *, n_samples: int = 1, seed: int | None = None, decode: bool = False
     ) -> Sampled:
         """POST /sample: n_samples draws z per instance, or from the prior N(0, I) without x; with decode, x too."""
         return self._run(self._sample(x, n_samples, seed, decode))
@@ -530,7 +625,7 @@ class VaeClient(_Client):
 
     def elbo(
         self,
-        x: ArrayLike,
+        x: Batch,
         *,
         n_samples: int = 1,
         iw_samples: int | None = None,
@@ -542,6 +637,15 @@ class VaeClient(_Client):
         """POST /elbo: per-input ELBO, L_K and anomaly decisions. iw_samples defaults to the calibration's K;
         threshold or fpr replace the default decision threshold."""
         return self._run(self._elbo(x, n_samples, iw_samples, seed, feature_scores, threshold, fpr))
+
+    def heatmap(self, x: Batch, *, n_samples: int = 8, seed: int | None = None) -> Heatmap:
+        """The per-pixel anomaly scores of an image model's inputs in nats (B, H, W): the numbers POST /heatmap
+        draws, from /elbo's feature_scores, on one scale for the whole batch."""
+        return self._run(self._heatmap(x, n_samples, seed))
+
+    def heatmap_png(self, x: Batch, *, n_samples: int = 8, seed: int | None = None) -> bytes:
+        """POST /heatmap: one PNG of the inputs side by side, each with its per-pixel scores overlaid."""
+        return self._run(self._heatmap_png(x, n_samples, seed))
 
     def model(self) -> dict:
         """GET /v1/model: the manifest's public fields, the runtime and the request limits."""
@@ -586,12 +690,12 @@ class AsyncVaeClient(_Client):
         except httpx.TransportError as exc:
             return exc
 
-    async def encode(self, x: ArrayLike) -> Encoded:
+    async def encode(self, x: Batch) -> Encoded:
         """POST /encode; see VaeClient.encode."""
         return await self._run(self._encode(x))
 
     async def sample(
-        self, x: ArrayLike | None = None, *, n_samples: int = 1, seed: int | None = None, decode: bool = False
+        self, x: Batch | None = None, *, n_samples: int = 1, seed: int | None = None, decode: bool = False
     ) -> Sampled:
         """POST /sample; see VaeClient.sample."""
         return await self._run(self._sample(x, n_samples, seed, decode))
@@ -602,7 +706,7 @@ class AsyncVaeClient(_Client):
 
     async def elbo(
         self,
-        x: ArrayLike,
+        x: Batch,
         *,
         n_samples: int = 1,
         iw_samples: int | None = None,
@@ -613,6 +717,14 @@ class AsyncVaeClient(_Client):
     ) -> ElboResult:
         """POST /elbo; see VaeClient.elbo."""
         return await self._run(self._elbo(x, n_samples, iw_samples, seed, feature_scores, threshold, fpr))
+
+    async def heatmap(self, x: Batch, *, n_samples: int = 8, seed: int | None = None) -> Heatmap:
+        """Per-pixel scores in nats; see VaeClient.heatmap."""
+        return await self._run(self._heatmap(x, n_samples, seed))
+
+    async def heatmap_png(self, x: Batch, *, n_samples: int = 8, seed: int | None = None) -> bytes:
+        """POST /heatmap; see VaeClient.heatmap_png."""
+        return await self._run(self._heatmap_png(x, n_samples, seed))
 
     async def model(self) -> dict:
         """GET /v1/model; see VaeClient.model."""

@@ -183,6 +183,9 @@ class Manifest(BaseModel):
     )
     scoring: Scoring | None = Field(None, description="set by calibration; required to serve")
     image: ImageSpec | None = Field(None, description="set when the model takes images")
+    feature_names: list[str] | None = Field(
+        None, description="the table columns the model was trained on, in input order; None without names"
+    )
 
     @field_validator("input_shape")
     @classmethod
@@ -198,6 +201,8 @@ class Manifest(BaseModel):
             value = getattr(self.preprocessing, name)
             if isinstance(value, list) and len(value) != n:
                 raise ValueError(f"preprocessing.{name} has {len(value)} values, input_shape has {n} features")
+        if self.feature_names is not None and len(self.feature_names) != n:
+            raise ValueError(f"feature_names has {len(self.feature_names)} names, input_shape has {n} features")
         return self
 
     @property

@@ -236,10 +236,17 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
             app.state.not_ready_reason = f"{type(exc).__name__}: {exc}"
             log.error("model %s failed to load: %s", artifact.dir, app.state.not_ready_reason)
             raise
+        grpc_server = None
+        if settings.grpc_port is not None:  # imported only then: without it, grpcio is never loaded
+            from service.http.grpc.server import GrpcServer
+
+            grpc_server = await GrpcServer.start(app, settings)
         _drain_on_sigterm(app, settings.drain_delay_s)
         _reload_on_sighup(host)
         log.info("serving %s (version %s) with the %s runtime", artifact.dir, live.version, live.engine.runtime.name)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(settings.request_timeout_s)
         await host.close()
         metrics.close()
         ACCESS_LOG.drain()  # the last requests' lines, before the process may exit

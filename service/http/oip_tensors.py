@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 
 from service.core.errors import InvalidInput, LimitExceeded, MalformedRequest, UnsupportedMediaType
 from service.core.inputs import FLOAT32_MAX, as_float_array, json_value_bound
@@ -31,16 +31,33 @@ INPUT_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 OUTPUT_TYPES = {"FP64": np.dtype("<f8"), "BOOL": np.dtype(np.bool_)}
 
 
+# What the JSON data of a tensor may be, for the OpenAPI document: numbers, flat in row-major order or nested as
+# the shape (service/core/inputs.py's as_float_array reads them and names the first thing that is not a number).
+TENSOR_DATA_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": ["number", "array"]},
+    "description": "the tensor's elements, flat in row-major order or nested as its shape",
+}
+
+
 class RequestInput(BaseModel):
     """$request_input: one input tensor; `data` is absent when the tensor travels as binary data."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(description="the input's name, as the model's metadata lists it")
     shape: list[Annotated[StrictInt, Field(ge=0)]]
-    datatype: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    data: Any = None
+    datatype: Annotated[str, WithJsonSchema({"enum": list(INPUT_TYPES)})]  # read_inputs names any other
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={
+            "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+            "description": "binary_data_size: the tensor's bytes in the binary data after the JSON (other keys "
+            "are ignored)",
+        },
+    )
+    data: Annotated[Any, WithJsonSchema({"anyOf": [TENSOR_DATA_SCHEMA, {"type": "null"}]})] = None
 
 
 class RequestOutput(BaseModel):
@@ -48,17 +65,23 @@ class RequestOutput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="one of the model's outputs")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={
+            "properties": {"binary_data": {"type": "boolean"}},
+            "description": "binary_data: this output as binary data after the JSON (other keys are ignored)",
+        },
+    )
 
 
 class InferenceRequest(BaseModel):
     """$inference_request. Other top-level fields (Triton's clients send model_name) are ignored."""
 
-    id: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(None, description="echoed in the answer")
+    parameters: dict[str, Any] = Field(default_factory=dict)  # documented per model by service/http/api/oip.py
     inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = None
+    outputs: list[RequestOutput] | None = Field(None, description="the outputs wanted; all of them when absent")
 
 
 # Content-Encoding -> zlib's wbits: gzip's wrapper, or zlib's (HTTP's "deflate", what tritonclient sends).

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address `vae serve` binds")
     port: int = Field(8000, ge=0, le=65535, description="port `vae serve` binds; 0 picks a free one")
     workers: int = Field(1, ge=1, description="`vae serve` processes")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="port of the OIP v2 gRPC service on VAE_HOST; unset: no gRPC; 0: a free one"
+    )
     threads: int = Field(0, ge=0, description="runtime intra-op threads per worker; 0: cores / workers")
     max_instances: int = Field(4096, ge=1, description="instances (or latent vectors) per request")
     max_samples: int = Field(10_000, ge=1, description="n_samples per request")
@@ -54,6 +57,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value  # VAE_GRPC_PORT= turns off the port the serve image sets
 
     @property
     def limits(self) -> Limits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from vae_client.client import (
     AsyncVaeClient,
     ElboResult,
     Encoded,
+    Images,
     Sampled,
     VaeClient,
     VaeConnectionError,
@@ -512,3 +514,130 @@ def test_a_split_call_that_straddles_two_reloads_raises():
         "POST /encode: the server's model changed during the call, twice (versions ['bbb', 'ccc']); "
         "its answers would mix models"
     )
+
+
+# --- images and heatmaps, against a `vae serve` process ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(digits_model_dir):
+    """A real server with small limits (4 instances a request), so a call of 6 images is split in two."""
+    process, base = start_server(digits_model_dir, env={"VAE_MAX_INSTANCES": "4"})
+    yield base
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def scans() -> tuple[Images, np.ndarray]:
+    """Six 8x8 grey PNGs of digits, and the raw values the server reads from them (pixel p -> p * 16/255,
+    computed as service/core/images.py does: float32 pixels)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    pixels = np.rint(load_digits().data[:6] * (255 / 16)).astype(np.uint8).reshape(6, 8, 8)
+    files = []
+    for i, image in enumerate(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        files.append((f"scan{i}.png", buffer.getvalue()))
+    raw = (pixels.astype(np.float32) * (16 / 255.0)).astype(np.float64).reshape(6, 1, 8, 8)
+    return Images(files), raw
+
+
+def test_image_uploads_equal_the_same_rows(served, scans):
+    images, raw = scans
+    with VaeClient(served) as vae:
+        for got, expected in [
+            (vae.encode(images), vae.encode(raw)),
+            (vae.elbo(images, n_samples=3, seed=5, fpr=0.1), vae.elbo(raw, n_samples=3, seed=5, fpr=0.1)),
+            (vae.sample(images, n_samples=2, seed=9, decode=True), vae.sample(raw, n_samples=2, seed=9, decode=True)),
+        ]:
+            for field in fields(got):
+                np.testing.assert_array_equal(getattr(got, field.name), getattr(expected, field.name), field.name)
+        assert len(vae.encode(images).mu) == 6  # two requests: 4 + 2 images
+
+
+def test_image_uploads_go_as_the_servers_multipart_form(scans):
+    images, _ = scans
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/model":
+            return httpx.Response(200, json=CARD)
+        sent.append(request)
+        per_input = {name: [0.5] for name in ("elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score")}
+        return httpx.Response(
+            200,
+            json=per_input
+            | {"threshold": 1.0, "is_anomaly": [False], "p_value": [0.5], "n_samples": 2, "iw_samples": 1, "seed": 3},
+        )
+
+    VaeClient(BASE, transport=httpx.MockTransport(answer)).elbo(Images(images.files[:1]), seed=3, n_samples=2)
+    (request,) = sent
+    assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
+    body = request.read()
+    assert b'Content-Disposition: form-data; name="files"; filename="scan0.png"' in body
+    assert b"Content-Type: image/png" in body
+    assert b'name="seed"\r\n\r\n3\r\n' in body and b'name="n_samples"\r\n\r\n2\r\n' in body
+    assert b'name="threshold"' not in body  # options left out are not sent
+
+
+def test_images_that_are_not_images_are_refused_before_sending(tmp_path):
+    with pytest.raises(VaeInputError) as refused:
+        Images([("notes.txt", b"hello, world")])
+    assert str(refused.value) == "notes.txt: not a PNG or JPEG file (it starts with b'hello, w')"
+    with pytest.raises(VaeInputError) as missing:
+        Images.read([tmp_path / "gone.png"])
+    assert str(missing.value) == f"{tmp_path / 'gone.png'}: cannot read it (No such file or directory)"
+
+
+def test_a_bad_image_names_the_file(served):
+    with VaeClient(served) as vae, pytest.raises(VaeHTTPError) as refused:
+        vae.encode(Images([("broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)]))
+    assert refused.value.status_code == 422
+    assert "broken.png" in refused.value.message
+
+
+def test_heatmap_scores_are_the_feature_scores_in_nats(served, scans):
+    images, raw = scans
+    with VaeClient(served) as vae:
+        heatmap = vae.heatmap(images, n_samples=4, seed=2)
+        scored = vae.elbo(raw, n_samples=4, iw_samples=1, seed=2, feature_scores=True)
+    assert heatmap.scores.shape == (6, 8, 8) and heatmap.seed == 2
+    np.testing.assert_array_equal(heatmap.scores, scored.feature_scores[:, 0])
+    np.testing.assert_allclose(heatmap.scores.sum(axis=(1, 2)), -scored.reconstruction, rtol=1e-9)
+
+
+def test_heatmap_png_is_the_servers_picture(served, scans):
+    from PIL import Image
+
+    images, raw = scans
+    with VaeClient(served) as vae:
+        png = vae.heatmap_png(Images(images.files[:3]), n_samples=4, seed=2)
+        assert png == vae.heatmap_png(raw[:3], n_samples=4, seed=2)  # uploads and rows draw the same picture
+        with pytest.raises(VaeInputError) as refused:
+            vae.heatmap_png(images, seed=2)
+    picture = Image.open(io.BytesIO(png))
+    assert (picture.format, picture.mode, picture.size) == ("PNG", "RGB", (3 * 8, 8))
+    assert str(refused.value) == "heatmap_png: 6 inputs; one picture takes at most 4 (max_instances)"
+
+
+def test_heatmap_of_a_model_without_images_is_refused(tabular_model_dir):
+    process, base = start_server(tabular_model_dir)
+    try:
+        with VaeClient(base) as vae, pytest.raises(VaeInputError) as refused:
+            vae.heatmap(np.zeros((1, 6)))
+    finally:
+        stop(process)
+    assert str(refused.value) == "heatmap: this model's inputs are not images (GET /v1/model has no image); use elbo"
+
+
+def test_async_heatmap_and_images(served, scans):
+    images, raw = scans
+
+    async def run():
+        async with AsyncVaeClient(served) as vae:
+            return await vae.heatmap(images, n_samples=2, seed=1), await vae.encode(images)
+
+    heatmap, encoded = asyncio.run(run())
+    with VaeClient(served) as vae:
+        np.testing.assert_array_equal(heatmap.scores, vae.heatmap(raw, n_samples=2, seed=1).scores)
+        np.testing.assert_array_equal(encoded.mu, vae.encode(raw).mu)

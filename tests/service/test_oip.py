@@ -674,6 +674,91 @@ def test_not_ready_is_503(digits_model_dir):
     assert client.get("/v2/health/live").status_code == 200
 
 
+# --- the body's Content-Type ---------------------------------------------------------------------------------
+INFER_TAKES = "/v2/models/digits-elbo/infer takes application/json or application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    "content_type, given",
+    [
+        ("text/plain", "'text/plain'"),  # what a web page may POST cross-site without a CORS preflight
+        ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+        ("application/x-npy", "'application/x-npy'"),  # the native routes' binary body, not a v2 one
+    ],
+)
+def test_a_declared_content_type_other_than_json_or_binary_is_415(digits_client, content_type, given):
+    body = json.dumps({"inputs": [tensor("instances", DIGIT)]}).encode()
+    response = digits_client.post("/v2/models/digits-elbo/infer", content=body, headers={"content-type": content_type})
+    assert error(response, 415) == f"Content-Type: {given}; {INFER_TAKES}"
+
+
+def test_json_with_a_charset_and_json_without_a_content_type_are_taken(digits_client):
+    request = {"inputs": [tensor("instances", DIGIT)], "parameters": {"seed": 0}}
+    declared = digits_client.post("/v2/models/digits-elbo/infer", json=request)
+    body = json.dumps(request).encode()
+    charset = digits_client.post(
+        "/v2/models/digits-elbo/infer", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    undeclared = digits_client.post("/v2/models/digits-elbo/infer", content=body)
+    assert "content-type" not in undeclared.request.headers
+    assert declared.status_code == charset.status_code == undeclared.status_code == 200
+    assert charset.json() == undeclared.json() == declared.json()
+
+
+def test_a_binary_body_without_a_content_type_is_taken(digits_client):
+    description, raw = binary_tensor("instances", DIGIT)
+    content, headers = binary_body({"inputs": [description], "parameters": {"seed": 0}}, [raw])
+    declared = digits_client.post("/v2/models/digits-elbo/infer", content=content, headers=headers)
+    del headers["content-type"]
+    undeclared = digits_client.post("/v2/models/digits-elbo/infer", content=content, headers=headers)
+    assert parse(undeclared)[0] == parse(declared)[0]  # the same outputs, data included, and the same seed
+
+
+def test_tritonclient_sends_no_content_type():
+    """Why a body without a Content-Type is taken: Triton's HTTP client (2.73.0) sends none, on JSON and on binary
+    bodies. A server that records the headers of its infer requests shows it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    seen: list[dict[str, str]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            answer = b'{"error": "recorded"}'
+            self.send_response(400)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.server_port}")
+    try:
+        for binary in (False, True):
+            tensor_in = httpclient.InferInput("instances", [1, 64], "FP64")
+            tensor_in.set_data_from_numpy(DIGIT, binary_data=binary)
+            with pytest.raises(InferenceServerException, match="recorded"):
+                client.infer("digits-elbo", [tensor_in])
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+    assert len(seen) == 2
+    assert [("content-type" in headers, "inference-header-content-length" in headers) for headers in seen] == [
+        (False, False),
+        (False, True),
+    ]
+
+
 # --- standard parameters, content_type, compressed bodies ------------------------------------------------------
 @pytest.mark.parametrize(
     "parameters",
@@ -786,3 +871,45 @@ def test_a_cut_short_gzip_body_is_400(digits_client):
         headers={"content-type": "application/json", "content-encoding": "gzip"},
     )
     assert error(response, 400) == "the body is cut short: its gzip data does not end"
+
+
+# --- metrics -------------------------------------------------------------------------------------------------
+def requests_by_operation(client: TestClient) -> dict[tuple[str, str, str], float]:
+    """vae_requests_total of the /v2 routes by (endpoint, status, operation)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "vae_requests_total" and labels["endpoint"].startswith("/v2"):
+                counts[labels["endpoint"], labels["status"], labels["operation"]] = sample.value
+    return counts
+
+
+def test_v2_requests_are_counted_per_operation(digits_model_dir):
+    infer_path, ready, metadata = (
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/ready",
+        "/v2/models/{model_name}",
+    )
+    with app_client(digits_model_dir) as client:
+        for _ in range(2):
+            assert infer(client, "digits-elbo", [tensor("instances", DIGIT)]).status_code == 200
+        assert infer(client, "digits-encode", [tensor("instances", DIGIT)]).status_code == 200
+        assert infer(client, "digits-decode", [tensor("z", np.zeros((1, 4)))]).status_code == 200
+        assert infer(client, "digits-elbo", [tensor("x", DIGIT)]).status_code == 400
+        assert client.get("/v2/models/digits-sample").status_code == 200
+        assert client.get("/v2/models/digits-encode/ready").status_code == 200
+        assert infer(client, "made-up", []).status_code == 404  # no operation: the label stays bounded
+        assert client.get("/v2").status_code == 200
+        assert requests_by_operation(client) == {
+            (infer_path, "200", "elbo"): 2,
+            (infer_path, "200", "encode"): 1,
+            (infer_path, "200", "decode"): 1,
+            (infer_path, "400", "elbo"): 1,
+            (infer_path, "404", ""): 1,
+            (metadata, "200", "sample"): 1,
+            (ready, "200", "encode"): 1,
+            ("/v2", "200", ""): 1,  # the server's metadata is no operation's
+        }

@@ -236,12 +236,12 @@ def digits_server(digits_model_dir):
     stop(server)
 
 
-def _digit_png(path: Path, card: dict) -> Path:
-    """scikit-learn's first digit as a PNG of the model's image size (raw 0..16 -> pixels 0..255)."""
+def _digit_png(path: Path, card: dict, index: int = 0) -> Path:
+    """One of scikit-learn's digits as a PNG of the model's image size (raw 0..16 -> pixels 0..255)."""
     from sklearn.datasets import load_digits
 
     spec = card["image"]
-    pixels = np.rint(load_digits().images[0] * (255.0 / spec["max_value"])).astype(np.uint8)
+    pixels = np.rint(load_digits().images[index] * (255.0 / spec["max_value"])).astype(np.uint8)
     image = Image.fromarray(pixels)
     if image.size != (spec["width"], spec["height"]):
         image = image.resize((spec["width"], spec["height"]))
@@ -267,8 +267,9 @@ def test_page_scores_an_uploaded_digit(browser, digits_server, tmp_path):
     assert result.get_attribute("data-state") == "done", result.text
     score = result.find_element(By.CSS_SELECTOR, 'dd[data-field="anomaly_score"]')
     p_value = result.find_element(By.CSS_SELECTOR, 'dd[data-field="p_value"]')
-    for role in ("original", "reconstruction", "heatmap"):
+    for role in ("original", "reconstruction"):
         _wait(browser, f'.result[data-file="digit.png"] img[data-image="{role}"]', _loaded_image)
+    _wait(browser, '.result[data-file="digit.png"] canvas[data-image="heatmap"]')
 
     # The page sent the form's seed and n_samples: the same upload straight to /elbo gives the same numbers.
     seed = browser.find_element(By.ID, "opt-seed").get_attribute("value")
@@ -324,6 +325,9 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
         browser.find_element(By.ID, "api-key").send_keys("s3cret")
         browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
         _wait(browser, '#card-fields dd[data-field="threshold"]')
+        labels = browser.find_elements(By.CSS_SELECTOR, "#row-fields label")
+        # The fields carry the CSV's column names, which training kept in the manifest.
+        assert [label.text for label in labels] == ["a", "b", "c", "d", "e", "constant"]
         assert len(browser.find_elements(By.CSS_SELECTOR, "#row-fields input")) == 6
         assert not browser.find_element(By.ID, "image-input").is_displayed()
 
@@ -342,6 +346,13 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
         assert _value(cell("p_value")) == direct["p_value"][0]
         assert _value(cell("threshold")) == direct["threshold"]
         assert cell("is_anomaly").get_attribute("data-value") == str(direct["is_anomaly"][0]).lower()
+
+        # A field that is not a number is named by its column.
+        field = browser.find_element(By.CSS_SELECTOR, '#row-fields input[data-feature="1"]')
+        field.clear()
+        field.send_keys("many")
+        browser.find_element(By.CSS_SELECTOR, "#row-form button[type=submit]").click()
+        assert _wait(browser, "#table-error", lambda e: e.is_displayed()).text == 'b: "many" is not a finite number'
 
         # A row of the wrong width: the server's message, on the page.
         text = browser.find_element(By.ID, "csv-text")
@@ -381,3 +392,92 @@ def test_page_says_why_the_false_alarm_rate_is_not_the_default(browser, tmp_path
         _assert_no_script_errors(browser)
     finally:
         stop(server)
+
+
+HEATMAP_PIXELS = """
+const canvas = arguments[0];
+return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);
+"""
+
+
+def _upload(browser, path: Path):
+    """Choose a file on the page and wait until its card is scored; the card."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "file-input").send_keys(str(path))
+    result = _wait(browser, f'.result[data-file="{path.name}"]', lambda e: e.get_attribute("data-state") != "pending")
+    assert result.get_attribute("data-state") == "done", result.text
+    return result
+
+
+def test_heatmaps_share_one_scale_with_a_legend_in_nats(browser, digits_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from service.core.images import heat_colours
+
+    card = httpx.get(f"{digits_server}/v1/model").json()
+    browser.get(f"{digits_server}/")
+    _wait(browser, '#card-fields dd[data-field="threshold"]')
+    assert not browser.find_element(By.ID, "heat-legend").is_displayed()  # nothing scored yet
+    seed = browser.find_element(By.ID, "opt-seed").get_attribute("value")
+    n_samples = browser.find_element(By.ID, "opt-n-samples").get_attribute("value")
+
+    scores = {}
+    for index in (0, 1, 7):
+        digit = _digit_png(tmp_path / f"digit{index}.png", card, index)
+        result = _upload(browser, digit)
+        direct = httpx.post(
+            f"{digits_server}/elbo",
+            files=[("files", (digit.name, digit.read_bytes(), "image/png"))],
+            data={"seed": seed, "n_samples": n_samples, "feature_scores": "true"},
+        ).json()
+        scores[digit.name] = (result, np.asarray(direct["feature_scores"][0]).sum(axis=0))  # (H, W) nats
+    top = max(float(s.max()) for _, s in scores.values())
+    legend = browser.find_element(By.ID, "heat-legend")
+    assert legend.is_displayed()
+    assert float(legend.get_attribute("data-max")) == top
+    assert legend.find_element(By.CSS_SELECTOR, '[data-legend="max"]').text == f"{float(f'{top:.4g}'):g} nats"
+    assert legend.find_element(By.CSS_SELECTOR, '[data-legend="min"]').text == "0"
+
+    # Every heatmap is drawn on the shared scale, the earlier ones redrawn when a later image raised it: each
+    # pixel is the ramp's colour of its score / top, so only the image holding the top has the brightest colour.
+    brightest = []
+    for name, (result, pixel_scores) in scores.items():
+        canvas = result.find_element(By.CSS_SELECTOR, 'canvas[data-image="heatmap"]')
+        rgba = np.asarray(browser.execute_script(HEATMAP_PIXELS, canvas)).reshape(*pixel_scores.shape, 4)
+        expected = heat_colours(np.maximum(pixel_scores, 0) / top)
+        assert np.abs(rgba[..., :3] - expected).max() <= 0.5 + 1e-9, name
+        brightest.append(bool(np.all(rgba == [252, 255, 164, 255], axis=-1).any()))
+    assert sorted(brightest) == [False, False, True]
+    _assert_no_script_errors(browser)
+
+
+def test_page_fits_a_phone_screen(browser, digits_server, tmp_path):
+    """At 390 x 844 CSS pixels (a phone), after scoring an image: nothing is wider than the screen, so the page
+    never scrolls sideways and the header band is whole."""
+    card = httpx.get(f"{digits_server}/v1/model").json()
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
+    )
+    try:
+        browser.get(f"{digits_server}/")
+        _wait(browser, '#card-fields dd[data-field="threshold"]')
+        _wait(browser, '#picture-list figure[data-picture="curves.png"] img', _loaded_image)
+        _upload(browser, _digit_png(tmp_path / "phone.png", card))
+        widths = browser.execute_script(
+            "const header = document.querySelector('header');"
+            "return [window.innerWidth, document.documentElement.scrollWidth, header.scrollWidth,"
+            " header.getBoundingClientRect().right]"
+        )
+        assert widths == [390, 390, 390, 390]
+        wider = browser.execute_script(
+            "return [...document.querySelectorAll('body *')]"
+            ".filter((e) => e.getBoundingClientRect().right > 390.5)"
+            ".map((e) => `${e.tagName}#${e.id}.${e.className}`)"
+        )
+        assert wider == []
+        screenshot = tmp_path / "phone-screen.png"
+        assert browser.save_screenshot(str(screenshot))
+        _assert_not_blank(screenshot.read_bytes(), min_colours=50)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from training.data import DataError, fit_preprocessing, load_dataset
@@ -62,8 +64,8 @@ def test_missing_file(tmp_path):
 
 def test_unsupported_source():
     assert (
-        error_of("data.parquet") == "data.parquet: unsupported data source; "
-        "expected 'digits', a .npy, .npz or .csv file, or a folder of PNG or JPEG images"
+        error_of("data.feather") == "data.feather: unsupported data source; "
+        "expected 'digits', a .npy, .npz, .csv or .parquet file, or a folder of PNG or JPEG images"
     )
 
 
@@ -155,3 +157,119 @@ def test_gaussian_preprocessing_standardises_and_spares_constant_features():
 def test_unknown_likelihood():
     with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
         fit_preprocessing(np.ones((10, 2)), "poisson")
+
+
+# --- tables: column names, --columns, --label-column, Parquet ---------------------------------------------
+
+
+def test_csv_keeps_its_header_names(tmp_path):
+    rows = "\n".join(f"{i},{i * 2},{-i}" for i in range(10))
+    (tmp_path / "head.csv").write_text("speed,load,temp\n" + rows)
+    (tmp_path / "plain.csv").write_text(rows)
+    assert load_dataset(str(tmp_path / "head.csv")).feature_names == ["speed", "load", "temp"]
+    assert load_dataset(str(tmp_path / "plain.csv")).feature_names is None
+
+
+def test_csv_columns_by_name_in_the_order_given(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,c,kind\n" + "\n".join(f"{i},{10 * i},{-i},x{i % 2}" for i in range(10)))
+    data = load_dataset(str(tmp_path / "t.csv"), columns=["c", "a"], label_column="kind")
+    assert data.feature_names == ["c", "a"] and data.x[3].tolist() == [-3.0, 3.0]
+    assert data.y[:2].tolist() == ["x0", "x1"]
+
+
+def write_parquet(path, n=25, row_group_size=10):
+    """Three row groups: a text id, two numeric features, an integer label, and a float feature last."""
+    table = pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "speed": np.arange(n, dtype=np.float32) / 2,
+            "load": np.arange(n, dtype=np.int64) * 3,
+            "label": np.arange(n) % 2,
+            "temp": np.linspace(-1.0, 1.0, n),
+        }
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_every_numeric_column_by_default(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet")
+    assert pq.ParquetFile(path).num_row_groups == 3
+    data = load_dataset(str(path))
+    assert (data.kind, data.feature_names, data.x.shape, data.y) == (
+        "tabular",
+        ["speed", "load", "label", "temp"],
+        (25, 4),
+        None,
+    )
+    assert data.x[13].tolist() == np.float32([6.5, 39.0, 1.0, np.linspace(-1.0, 1.0, 25)[13]]).tolist()
+
+
+def test_parquet_label_column_is_never_a_feature(tmp_path):
+    data = load_dataset(str(write_parquet(tmp_path / "t.parquet")), label_column="label")
+    assert data.feature_names == ["speed", "load", "temp"]
+    assert data.y.dtype == np.int64 and data.y[:4].tolist() == [0, 1, 0, 1]
+
+
+def test_parquet_chosen_columns_in_the_order_given(tmp_path):
+    data = load_dataset(str(write_parquet(tmp_path / "t.parquet")), columns=["temp", "speed"])
+    assert data.feature_names == ["temp", "speed"] and data.x[24].tolist() == [1.0, 12.0]
+
+
+def test_parquet_missing_column(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet")
+    assert (
+        error_of(path, columns=["speed", "rpm"])
+        == f"{path}: column 'rpm' not found; the columns are ['id', 'speed', 'load', 'label', 'temp']"
+    )
+
+
+def test_parquet_text_column_chosen(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet")
+    assert error_of(path, columns=["speed", "id"]) == f"{path}: column 'id' is not numeric: its Parquet type is string"
+
+
+def test_label_column_also_chosen_as_a_feature(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet")
+    assert (
+        error_of(path, columns=["speed", "label"], label_column="label")
+        == f"{path}: the label column 'label' cannot also be a feature column"
+    )
+
+
+def test_column_chosen_twice(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet")
+    assert error_of(path, columns=["speed", "load", "speed"]) == f"{path}: columns ['speed'] are chosen more than once"
+
+
+def test_parquet_missing_values(tmp_path):
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"a": [1.0] * 12, "b": [2.0] * 11 + [None]}), path, row_group_size=5)
+    assert error_of(path) == f"{path}: column 'b' has missing values; the first is row 11"
+
+
+def test_parquet_without_rows(tmp_path):
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"a": pa.array([], pa.float64())}), path)
+    assert error_of(path) == f"{path}: the file has no rows"
+
+
+def test_parquet_without_numeric_columns(tmp_path):
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"name": ["x"] * 12}), path)
+    assert error_of(path) == f"{path}: no numeric feature columns; the columns are ['name']"
+
+
+def test_unreadable_parquet(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    assert error_of(tmp_path / "bad.parquet").startswith(f"{tmp_path / 'bad.parquet'}: not a readable Parquet file (")
+
+
+def test_columns_only_for_tables(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((12, 2)))
+    assert (
+        error_of(tmp_path / "x.npy", columns=["a"])
+        == f"{tmp_path / 'x.npy'}: columns can be chosen in .csv and .parquet tables only"
+    )
+    only_tables = "a label column can be chosen in .csv and .parquet tables only"
+    assert error_of("digits", label_column="y") == f"digits: {only_tables}"

@@ -113,3 +113,95 @@ def test_cli_names_a_missing_model_directory(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"vae evaluate: model directory {tmp_path / 'none'} does not exist"
+
+
+# --- Parquet tables: feature names kept in the manifest and used to pick the columns ----------------------
+
+FEATURES = ["a", "b", "c", "d", "e", "constant"]  # tests/helpers.py write_tabular_csv's header
+
+
+def write_table(path: Path, rows: np.ndarray, names: list[str], kinds: list[str]) -> Path:
+    """A Parquet file of two row groups: a text id, the label `kind`, and the features in the order given."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"id": [f"r{i}" for i in range(len(rows))], "kind": kinds}
+    columns |= {name: rows[:, FEATURES.index(name)] for name in names}
+    pq.write_table(pa.table(columns), path, row_group_size=len(rows) // 2 + 1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def parquet_model(tmp_path_factory, tabular_csv):
+    """A model trained on a Parquet table (a text id and a label column besides the features), and its rows."""
+    from tests.helpers import FAST
+    from training.train import TrainConfig, train
+
+    rows = np.loadtxt(tabular_csv, delimiter=",", skiprows=1)
+    root = tmp_path_factory.mktemp("parquet")
+    data = write_table(root / "train.parquet", rows, FEATURES, ["normal"] * len(rows))
+    out = root / "model"
+    train(TrainConfig(data=str(data), out=str(out), label_column="kind", **FAST))
+    return out, rows
+
+
+def test_training_keeps_the_feature_names_in_the_manifest(parquet_model):
+    model_dir, _ = parquet_model
+    manifest = load_artifact(model_dir).manifest
+    assert manifest.feature_names == FEATURES
+    from fastapi.testclient import TestClient
+
+    from service.http.app import create_app
+    from service.http.settings import Settings
+
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        assert client.get("/v1/model").json()["feature_names"] == FEATURES
+
+
+def test_a_manifest_without_feature_names_still_loads(parquet_model, tmp_path):
+    import shutil
+
+    model_dir = shutil.copytree(parquet_model[0], tmp_path / "old")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    del manifest["feature_names"]
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert load_artifact(model_dir).manifest.feature_names is None
+
+
+def test_evaluate_picks_the_models_columns_by_name(parquet_model, tmp_path):
+    model_dir, rows = parquet_model
+    kinds = ["normal"] * 150 + ["odd"] * 50
+    rows = rows[:200].copy()
+    rows[150:] *= 3.0
+    shuffled = write_table(tmp_path / "shuffled.parquet", rows, FEATURES[::-1], kinds)
+    report = evaluate(model_dir, str(shuffled), label_column="kind", normal_label="normal", seed=2, progress=False)
+    artifact = load_artifact(model_dir)
+    engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
+    as_loaded = rows.astype(np.float32).astype(np.float64)  # load_dataset keeps float32, as training does
+    scored = list(score_in_chunks(engine, as_loaded, ElboOptions(seed=2)))
+    assert report["mean_elbo"] == np.concatenate([s.elbo for s in scored]).mean()
+    assert (report["n"], report["n_normal"], report["n_anomalous"]) == (200, 150, 50)
+
+
+def test_evaluate_refuses_columns_in_another_order(parquet_model, tmp_path):
+    model_dir, rows = parquet_model
+    path = write_table(tmp_path / "t.parquet", rows[:20], FEATURES, ["normal"] * 20)
+    swapped = ["b", "a", "c", "d", "e", "constant"]
+    with pytest.raises(DataError) as err:
+        evaluate(model_dir, str(path), columns=swapped, progress=False)
+    assert str(err.value) == f"{path}: the columns {swapped} are not the model's features {FEATURES}, in that order"
+
+
+def test_cli_evaluates_a_parquet_file(parquet_model, tmp_path, capsys):
+    from vae_cli.main import main
+
+    model_dir, rows = parquet_model
+    path = write_table(tmp_path / "t.parquet", rows[:40], FEATURES, ["normal"] * 40)
+    argv = ["evaluate", str(model_dir), "--data", str(path), "--label-column", "kind", "--no-progress"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 40
+    assert main([*argv, "--columns", "a,b,missing,d,e,constant"]) == 2
+    assert capsys.readouterr().err == (
+        f"vae evaluate: {path}: column 'missing' not found; the columns are "
+        "['id', 'kind', 'a', 'b', 'c', 'd', 'e', 'constant']\n"
+    )

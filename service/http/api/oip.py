@@ -34,6 +34,14 @@ from service.http.api.deps import EngineDep, LiveDep, render_error
 from service.http.api.inference import state_of
 from service.http.executor import Executor
 from service.http.live_model import LiveModel
+from service.http.oip_schemas import (
+    InferenceResponse,
+    ModelMetadata,
+    ProtocolError,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+)
 from service.http.oip_tensors import (
     BINARY,
     HEADER_LENGTH,
@@ -115,6 +123,7 @@ Run = Callable[[Executor, dict[str, np.ndarray], BaseModel | None, bool, dict, D
 
 @dataclass(frozen=True)
 class Operation:
+    name: str  # the model name's suffix, and the `operation` label of the request metrics
     inputs: Callable[[Manifest], dict[str, list[int]]]  # input name -> shape, -1 for the batch axis
     outputs: Callable[[Manifest], dict[str, list[int]]]  # output name -> shape, in the order they are returned
     run: Run  # (executor, inputs, options, x wanted, state, deadline) -> (outputs, response parameters)
@@ -167,31 +176,38 @@ async def _elbo(executor, inputs, options, wants_x, state, deadline):
 
 
 OPERATIONS = {
-    "encode": Operation(
-        inputs=lambda m: {"instances": [-1, *m.input_shape]},
-        outputs=lambda m: {name: [-1, m.latent_dim] for name in ("mu", "logvar", "sigma")},
-        run=_encode,
-    ),
-    "sample": Operation(
-        inputs=lambda m: {"instances": [-1, *m.input_shape]},
-        outputs=lambda m: {"z": [-1, -1, m.latent_dim], "x": [-1, -1, *m.input_shape]},
-        run=_sample,
-        options=SampleRequest,
-        parameters=("n_samples", "seed", "decode"),
-        optional_inputs=("instances",),
-    ),
-    "decode": Operation(
-        inputs=lambda m: {"z": [-1, m.latent_dim]},
-        outputs=lambda m: {"x": [-1, *m.input_shape]},
-        run=_decode,
-    ),
-    "elbo": Operation(
-        inputs=lambda m: {"instances": [-1, *m.input_shape]},
-        outputs=lambda m: {name: [-1] for name in ELBO_TENSORS},
-        run=_elbo,
-        options=ElboRequest,
-        parameters=("n_samples", "iw_samples", "seed", "threshold", "fpr"),
-    ),
+    op.name: op
+    for op in (
+        Operation(
+            name="encode",
+            inputs=lambda m: {"instances": [-1, *m.input_shape]},
+            outputs=lambda m: {name: [-1, m.latent_dim] for name in ("mu", "logvar", "sigma")},
+            run=_encode,
+        ),
+        Operation(
+            name="sample",
+            inputs=lambda m: {"instances": [-1, *m.input_shape]},
+            outputs=lambda m: {"z": [-1, -1, m.latent_dim], "x": [-1, -1, *m.input_shape]},
+            run=_sample,
+            options=SampleRequest,
+            parameters=("n_samples", "seed", "decode"),
+            optional_inputs=("instances",),
+        ),
+        Operation(
+            name="decode",
+            inputs=lambda m: {"z": [-1, m.latent_dim]},
+            outputs=lambda m: {"x": [-1, *m.input_shape]},
+            run=_decode,
+        ),
+        Operation(
+            name="elbo",
+            inputs=lambda m: {"instances": [-1, *m.input_shape]},
+            outputs=lambda m: {name: [-1] for name in ELBO_TENSORS},
+            run=_elbo,
+            options=ElboRequest,
+            parameters=("n_samples", "iw_samples", "seed", "threshold", "fpr"),
+        ),
+    )
 }
 
 
@@ -297,14 +313,118 @@ def _wanted(
     return wanted
 
 
+# --- what the OpenAPI document says (service/http/oip_schemas.py; tests/service/test_openapi.py checks it) -----
+# The standard request parameters as _standard accepts them.
+STANDARD_PARAMETER_SCHEMAS: dict[str, dict] = {
+    "sequence_id": {"type": ["integer", "string"]},
+    "sequence_start": {"type": "boolean"},
+    "sequence_end": {"type": "boolean"},
+    "priority": {"type": "integer", "minimum": 0},
+    "timeout": {"type": "integer", "minimum": 0, "description": "microseconds; it can only shorten the deadline"},
+    "content_type": {"const": "np"},
+    "headers": {"type": "object"},
+}
+
+
+def _parameters_schema() -> dict:
+    """Every request parameter some model takes, typed as its native option (each model takes its own: any
+    other is a 400), the binary extension's, and the standard ones."""
+    properties: dict[str, dict] = {BINARY_OUTPUT: {"type": "boolean", "description": "every output as binary data"}}
+    for op in OPERATIONS.values():
+        if op.options is not None:
+            native = op.options.model_json_schema()["properties"]
+            properties |= {name: {k: v for k, v in native[name].items() if k != "title"} for name in op.parameters}
+    properties |= STANDARD_PARAMETER_SCHEMAS
+    return {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        "description": "; ".join(f"{op.name}: {', '.join(op.parameters) or 'none'}" for op in OPERATIONS.values())
+        + f" (and {BINARY_OUTPUT} and the standard parameters)",
+    }
+
+
+def _inlined(schema: dict) -> dict:
+    """A pydantic JSON schema with its $defs put in place of their $refs: the request body is documented
+    inline (it is parsed by the route, so FastAPI lists no component for it)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return walk(schema)
+
+
+def _request_schema() -> dict:
+    schema = _inlined(InferenceRequest.model_json_schema())
+    schema["properties"]["parameters"] = _parameters_schema()
+    return schema
+
+
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _request_schema()},
+            BINARY: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": (
+                        "the JSON request (Inference-Header-Content-Length bytes), then the binary input data"
+                    ),
+                }
+            },
+        },
+    }
+}
+ERROR = {"model": ProtocolError}
+# Every client error of a v2 route is a ProtocolError; "4XX" says so (and keeps FastAPI's 422, which a v2
+# route never sends, out of the document).
+MODEL_ERRORS: dict[int | str, dict] = {
+    "4XX": ERROR | {"description": "a client error"},
+    401: ERROR | {"description": "no or a wrong API key"},
+    404: ERROR | {"description": "a model name or version this server does not serve"},
+    503: ERROR | {"description": "the model is not loaded yet"},
+}
+INFER_ERRORS: dict[int | str, dict] = MODEL_ERRORS | {
+    400: ERROR | {"description": "a malformed request, or a tensor or parameter the model does not take"},
+    413: ERROR | {"description": "the body, the batch or the answer is over a limit (VAE_MAX_*)"},
+    415: ERROR | {"description": "a Content-Type other than application/json or application/octet-stream"},
+    503: ERROR | {"description": "the model is not loaded yet, or the request did not finish in time"},
+}
+INFER_ANSWER: dict[int | str, dict] = {
+    200: {
+        "model": InferenceResponse,
+        "description": "the outputs as JSON; or, when the request asks for binary data, application/octet-stream: "
+        "the InferenceResponse JSON (Inference-Header-Content-Length bytes), then the outputs' binary data",
+        # JSON first: generated clients read the first media type of an answer.
+        "content": {"application/json": {}, BINARY: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
 # --- routes -------------------------------------------------------------------------------------------------
-@health.get("/v2/health/live")
+@health.get("/v2/health/live", response_model=ServerLive)
 async def server_live() -> dict:
     """200 and {"live": true} while the process is alive (KServe's client reads the body)."""
     return {"live": True}
 
 
-@health.get("/v2/health/ready", response_class=Response, responses={503: {"description": "loading or draining"}})
+@health.get(
+    "/v2/health/ready",
+    response_class=Response,
+    responses={
+        200: {"model": ServerReady, "description": "ready"},
+        503: ERROR | {"description": "loading or draining"},
+    },
+)
 async def server_ready(request: Request, engine: EngineDep) -> Response:
     """200 and {"ready": true} once the model is loaded and warmed up and the server is not draining, else 503."""
     if request.app.state.draining:
@@ -312,8 +432,9 @@ async def server_ready(request: Request, engine: EngineDep) -> Response:
     return JSONResponse({"ready": True})
 
 
-def _served(model_name: str, version: str | None, live: LiveModel) -> Operation:
-    """The operation of a model name, at a version (when the path names one) that must be the one served."""
+def served(model_name: str, version: str | None, live: LiveModel) -> Operation:
+    """The operation of a model name, at a version (when the path names one) that must be the one served.
+    Knows nothing of the request: gRPC (service/http/grpc) asks it too."""
     op = operation(model_name, live.artifact.manifest)
     if version is not None and version not in (live.version, ORDINAL_VERSION):
         raise ModelNotFound(
@@ -323,40 +444,61 @@ def _served(model_name: str, version: str | None, live: LiveModel) -> Operation:
     return op
 
 
-@health.get("/v2/models/{model_name}/ready", response_class=Response)
-async def model_ready(model_name: str, live: LiveDep) -> Response:
+def _served(request: Request, model_name: str, version: str | None, live: LiveModel) -> Operation:
+    """served(), and the operation becomes the request's `operation` metric label (service/http/observability.py),
+    set before the version is checked, so /v2 traffic counts per operation: a fixed set, never a name from the
+    request."""
+    request.state.operation = operation(model_name, live.artifact.manifest).name
+    return served(model_name, version, live)
+
+
+READY_ANSWER: dict[int | str, dict] = {200: {"description": "ready: an empty body"}}
+
+
+@health.get("/v2/models/{model_name}/ready", response_class=Response, responses=READY_ANSWER | MODEL_ERRORS)
+async def model_ready(model_name: str, request: Request, live: LiveDep) -> Response:
     """200 when the named model is loaded and warmed up; 404 for a name this server does not serve."""
-    _served(model_name, None, live)
+    _served(request, model_name, None, live)
     return Response()
 
 
-@health.get("/v2/models/{model_name}/versions/{model_version}/ready", response_class=Response)
-async def model_version_ready(model_name: str, model_version: str, live: LiveDep) -> Response:
+@health.get(
+    "/v2/models/{model_name}/versions/{model_version}/ready",
+    response_class=Response,
+    responses=READY_ANSWER | MODEL_ERRORS,
+)
+async def model_version_ready(model_name: str, model_version: str, request: Request, live: LiveDep) -> Response:
     """200 when the named model is served at this version (X-Model-Version); 404 otherwise."""
-    _served(model_name, model_version, live)
+    _served(request, model_name, model_version, live)
     return Response()
 
 
-@router.get("/v2")
+@router.get("/v2", response_model=ServerMetadata, responses={401: MODEL_ERRORS[401]})
 async def server_metadata(request: Request) -> dict:
     """The server's name, version and protocol extensions."""
     return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
 
 
-@router.get("/v2/models/{model_name}")
-async def model_metadata(model_name: str, live: LiveDep) -> dict:
+@router.get("/v2/models/{model_name}", response_model=ModelMetadata, responses=MODEL_ERRORS)
+async def model_metadata(model_name: str, request: Request, live: LiveDep) -> dict:
     """The model's platform, its version, and its input and output tensors, with -1 for the batch (and draws) axes."""
-    return _metadata(model_name, None, live)
+    return _metadata(request, model_name, None, live)
 
 
-@router.get("/v2/models/{model_name}/versions/{model_version}")
-async def model_version_metadata(model_name: str, model_version: str, live: LiveDep) -> dict:
+@router.get("/v2/models/{model_name}/versions/{model_version}", response_model=ModelMetadata, responses=MODEL_ERRORS)
+async def model_version_metadata(model_name: str, model_version: str, request: Request, live: LiveDep) -> dict:
     """The model's metadata at this version, the one being served (404 for any other)."""
-    return _metadata(model_name, model_version, live)
+    return _metadata(request, model_name, model_version, live)
 
 
-def _metadata(model_name: str, version: str | None, live: LiveModel) -> dict:
-    op = _served(model_name, version, live)
+def _metadata(request: Request, model_name: str, version: str | None, live: LiveModel) -> dict:
+    _served(request, model_name, version, live)  # the request's operation label
+    return metadata(model_name, version, live)
+
+
+def metadata(model_name: str, version: str | None, live: LiveModel) -> dict:
+    """The model metadata of REST and gRPC."""
+    op = served(model_name, version, live)
     manifest = live.artifact.manifest
     return {
         "name": model_name,
@@ -370,33 +512,22 @@ def _metadata(model_name: str, version: str | None, live: LiveModel) -> dict:
     }
 
 
-INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"type": "object", "description": "an inference request (docs/oip-v2.md)"}},
-            "application/octet-stream": {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": (
-                        "the JSON request (Inference-Header-Content-Length bytes), then the binary input data"
-                    ),
-                }
-            },
-        },
-    }
-}
-
-
-@router.post("/v2/models/{model_name}/infer", response_class=Response, openapi_extra=INFER_BODY)
+@router.post(
+    "/v2/models/{model_name}/infer",
+    response_class=Response,
+    openapi_extra=INFER_BODY,
+    responses=INFER_ANSWER | INFER_ERRORS,
+)
 async def infer(model_name: str, request: Request, live: LiveDep) -> Response:
     """Run the model on the request's tensors; outputs as JSON, or as binary data when the request asks."""
     return await _infer(model_name, None, request, live)
 
 
 @router.post(
-    "/v2/models/{model_name}/versions/{model_version}/infer", response_class=Response, openapi_extra=INFER_BODY
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+    response_class=Response,
+    openapi_extra=INFER_BODY,
+    responses=INFER_ANSWER | INFER_ERRORS,
 )
 async def infer_version(model_name: str, model_version: str, request: Request, live: LiveDep) -> Response:
     """Infer at this version, the one being served (404 for any other)."""
@@ -417,9 +548,15 @@ def _parse(
     raw: bytes | memoryview, header_length: str | None, model_name: str, op: Operation, live: LiveModel
 ) -> Parsed:
     """Everything about a request's body that can fail before the model runs (in the worker pool when large)."""
-    manifest = live.artifact.manifest
     header, binary = split_body(raw, header_length, max_json_values(live.engine))
-    body = InferenceRequest.model_validate(header)
+    return parse_request(InferenceRequest.model_validate(header), binary, model_name, op, live)
+
+
+def parse_request(
+    body: InferenceRequest, binary: memoryview | None, model_name: str, op: Operation, live: LiveModel
+) -> Parsed:
+    """A request's tensors and parameters, checked for this model: REST's and gRPC's (service/http/grpc)."""
+    manifest = live.artifact.manifest
     timeout_s = _standard(body.parameters)
     options, binary_default = _options(model_name, op, body.parameters)
     _check_input_names(model_name, op, body, manifest)
@@ -454,10 +591,13 @@ def _check_answer_size(op: Operation, live: LiveModel, parsed: Parsed, chosen: l
 
 
 async def _infer(model_name: str, version: str | None, request: Request, live: LiveModel) -> Response:
-    executor, manifest = live.executor, live.artifact.manifest
+    executor = live.executor
     deadline = executor.deadline()
-    op = _served(model_name, version, live)
-    if "content-type" in request.headers:  # Triton's Python client sends none
+    op = _served(request, model_name, version, live)
+    # A body without a Content-Type is taken: tritonclient's HTTP client sends none, on JSON and binary bodies
+    # alike (tests/service/test_oip.py records it). A declared one must be JSON or binary, so text/plain and
+    # forms, which a web page may POST cross-site without a CORS preflight, get 415.
+    if "content-type" in request.headers:
         check_media_type(request, [JSON, BINARY])
     raw = await read_raw(request)
     if encoding := request.headers.get("content-encoding"):  # tritonclient's request_compression_algorithm
@@ -465,11 +605,7 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
         raw = await executor.call(decompress, raw, encoding, limit, deadline=deadline)
     parse = (raw, request.headers.get(HEADER_LENGTH), model_name, op, live)
     parsed = _parse(*parse) if len(raw) <= INLINE_BYTES else await executor.call(_parse, *parse, deadline=deadline)
-    options, deadline = parsed.options, _deadline(deadline, parsed.timeout_s)
-    wants_x = parsed.wanted is not None and any(name == "x" for name, _ in parsed.wanted)
-    chosen = _chosen(op, manifest, parsed, wants_x or bool(getattr(options, "decode", False)))
-    _check_answer_size(op, live, parsed, chosen)
-    outputs, parameters = await op.run(executor, parsed.inputs, options, wants_x, state_of(request), deadline)
+    chosen, outputs, parameters = await run_parsed(op, live, parsed, state_of(request), deadline)
     body = parsed.body
     head = {"model_name": model_name, "model_version": live.version, **({"id": body.id} if body.id is not None else {})}
     if parameters:
@@ -481,6 +617,19 @@ async def _infer(model_name: str, version: str | None, request: Request, live: L
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+async def run_parsed(
+    op: Operation, live: LiveModel, parsed: Parsed, state: dict, deadline: Deadline
+) -> tuple[list[tuple[str, bool]], dict[str, np.ndarray], dict]:
+    """The model run on a parsed request (REST and gRPC): the outputs chosen (name, as binary), their arrays,
+    and the response parameters. The answer's size is checked against its limit before the model runs."""
+    options, deadline = parsed.options, _deadline(deadline, parsed.timeout_s)
+    wants_x = parsed.wanted is not None and any(name == "x" for name, _ in parsed.wanted)
+    chosen = _chosen(op, live.artifact.manifest, parsed, wants_x or bool(getattr(options, "decode", False)))
+    _check_answer_size(op, live, parsed, chosen)
+    outputs, parameters = await op.run(live.executor, parsed.inputs, options, wants_x, state, deadline)
+    return chosen, outputs, parameters
 
 
 def _streamed(parts, length: int | None, header_length: int | None) -> StreamingResponse:

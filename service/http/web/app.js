@@ -220,8 +220,62 @@ async function reconstruction(file) {
   return png.blob();
 }
 
-async function heatmap(file, opts) {
-  return (await api("/heatmap", { method: "POST", form: uploadForm(file, opts) })).blob();
+// Heatmaps: each image's per-pixel share of −reconstruction in nats (its /elbo feature_scores, channels
+// added up, as POST /heatmap computes them), drawn on one scale shared by every image on the page, so the
+// colours of two images compare. POST /heatmap scales each image by its own largest score, which cannot.
+const RAMP = [[0, 0, 0], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]]; // service/core/images.py's
+const heatmaps = []; // { canvas, scores: H rows of W nats }
+let heatScale = 0; // nats: the largest per-pixel score of any image on the page, the top of the legend
+
+/** A value in [0, 1] as [r, g, b], linear between the ramp's anchors (service/core/images.py's heat_colours). */
+function heatColour(value) {
+  const position = Math.min(Math.max(value, 0), 1) * (RAMP.length - 1);
+  const low = Math.min(Math.floor(position), RAMP.length - 2);
+  const frac = position - low;
+  return RAMP[low].map((a, k) => Math.round(a * (1 - frac) + RAMP[low + 1][k] * frac));
+}
+
+/** feature_scores[i], shaped [C][H][W], as H rows of W nats with the channels added up. */
+function pixelScores(featureScores) {
+  return featureScores[0].map((row, h) => row.map((_, w) => featureScores.reduce((sum, ch) => sum + ch[h][w], 0)));
+}
+
+function drawHeatmap({ canvas, scores }) {
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(canvas.width, canvas.height);
+  scores.flat().forEach((nats, i) => {
+    const [r, g, b] = heatColour(heatScale > 0 ? Math.max(nats, 0) / heatScale : 0);
+    image.data.set([r, g, b, 255], 4 * i);
+  });
+  context.putImageData(image, 0, 0);
+}
+
+/** Add an image's heatmap; when its largest score is a new top, every heatmap is redrawn on the new scale. */
+function addHeatmap(canvas, scores) {
+  const entry = { canvas, scores };
+  heatmaps.push(entry);
+  const top = Math.max(...scores.flat());
+  if (top > heatScale) {
+    heatScale = top;
+    heatmaps.forEach(drawHeatmap);
+    drawLegend();
+  } else {
+    drawHeatmap(entry);
+  }
+}
+
+function drawLegend() {
+  const legend = $("heat-legend");
+  const bar = legend.querySelector("canvas");
+  const context = bar.getContext("2d");
+  for (let x = 0; x < bar.width; x += 1) {
+    const [r, g, b] = heatColour(x / (bar.width - 1));
+    context.fillStyle = `rgb(${r}, ${g}, ${b})`;
+    context.fillRect(x, 0, 1, bar.height);
+  }
+  legend.dataset.max = String(heatScale);
+  legend.querySelector("[data-legend=max]").textContent = `${fmt(heatScale)} nats`;
+  legend.hidden = false;
 }
 
 function figure(caption, role) {
@@ -229,16 +283,28 @@ function figure(caption, role) {
   return [img, el("figure", {}, img, el("figcaption", { text: caption }))];
 }
 
+/** A canvas of the model's image size, shown at the page's pixel size (scaled up, pixelated). */
+function heatFigure(caption) {
+  const { height, width } = card.image;
+  const shown = pixelSize();
+  const canvas = el("canvas", { class: "pixels", "data-image": "heatmap", width: String(width), height: String(height),
+    role: "img", "aria-label": caption });
+  // Through the CSSOM: the page's Content-Security-Policy refuses style attributes.
+  canvas.style.width = `${shown.width}px`;
+  canvas.style.height = `${shown.height}px`;
+  return [canvas, el("figure", {}, canvas, el("figcaption", { text: caption }))];
+}
+
 async function scoreImage(file) {
   const opts = options();
   const [original, originalFigure] = figure("uploaded", "original");
   const [recon, reconFigure] = figure("reconstruction", "reconstruction");
-  const [heat, heatFigure] = figure("heatmap (−reconstruction per pixel)", "heatmap");
+  const [heat, heatFig] = heatFigure("heatmap: −reconstruction per pixel (nats; scale below)");
   const scores = el("dl", { class: "scores" });
   const error = el("p", { class: "error", role: "alert", hidden: "" });
   const status = el("p", { class: "hint", text: "scoring…" });
   const result = el("article", { class: "result", "data-file": file.name, "data-state": "pending" },
-    el("h3", { text: file.name }), el("div", { class: "images" }, originalFigure, reconFigure, heatFigure),
+    el("h3", { text: file.name }), el("div", { class: "images" }, originalFigure, reconFigure, heatFig),
     status, scores, error);
   $("image-results").prepend(result);
   original.src = URL.createObjectURL(file);
@@ -248,12 +314,12 @@ async function scoreImage(file) {
   const noted = (img) => (err) => { errors.add(err.message); img.closest("figure").classList.add("failed"); };
   await Promise.all([
     reconstruction(file).then(show(recon), noted(recon)),
-    heatmap(file, opts).then(show(heat), noted(heat)),
-    api("/elbo", { method: "POST", form: uploadForm(file, opts) }).then(async (r) => {
+    api("/elbo", { method: "POST", form: uploadForm(file, { ...opts, feature_scores: "true" }) }).then(async (r) => {
       const body = await r.json();
       status.replaceWith(verdict(body, 0));
       scoreFields(scores, body, 0);
-    }, (err) => { errors.add(err.message); status.remove(); }),
+      addHeatmap(heat, pixelScores(body.feature_scores[0]));
+    }, (err) => { errors.add(err.message); status.remove(); noted(heat)(err); }),
   ]);
   showError(error, [...errors].join("\n"));
   result.dataset.state = errors.size ? "error" : "done";
@@ -264,6 +330,11 @@ function scoreFiles(files) {
 }
 
 // Rows: one input per feature, or CSV lines pasted into the box.
+
+// A feature's name: the data's column name when the model kept them (manifest feature_names), else x0, x1, …
+function featureName(j) {
+  return card.feature_names?.[j] ?? `x${j}`;
+}
 
 function buildRowForm() {
   const d = card.input_shape.reduce((a, b) => a * b, 1);
@@ -276,7 +347,7 @@ function buildRowForm() {
   const offset = card.preprocessing.offset;
   for (let j = 0; j < d; j++) {
     const typical = Array.isArray(offset) ? offset[j] : offset;
-    fields.append(el("label", {}, `x${j}`,
+    fields.append(el("label", {}, featureName(j),
       el("input", { type: "text", inputmode: "decimal", "data-feature": String(j), value: fmt(typical) })));
   }
 }
@@ -371,7 +442,7 @@ function wire() {
     const values = inputs.map((input) => parseNumber(input.value));
     const bad = values.indexOf(null);
     if (bad !== -1) {
-      showError($("table-error"), `x${bad}: ${JSON.stringify(inputs[bad].value)} is not a finite number`);
+      showError($("table-error"), `${featureName(bad)}: ${JSON.stringify(inputs[bad].value)} is not a finite number`);
       return;
     }
     scoreRows([values]);
