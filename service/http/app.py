@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 from contextlib import asynccontextmanager
+from functools import partial
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -28,7 +29,14 @@ from service.http.api import docs, health, inference, oip, web
 from service.http.api.access import ApiKeyMiddleware, is_public
 from service.http.api.fast_path import FastPath
 from service.http.live_model import ModelHost
-from service.http.observability import Metrics, ObservabilityMiddleware, RouteLabels, configure_logging
+from service.http.observability import (
+    ACCESS_LOG,
+    Metrics,
+    ObservabilityMiddleware,
+    Observer,
+    RouteLabels,
+    configure_logging,
+)
 from service.http.settings import Settings
 
 log = logging.getLogger("vae.service")
@@ -199,6 +207,19 @@ def _reload_on_sighup(host: ModelHost) -> None:
     signal.signal(signal.SIGHUP, lambda signum, frame: loop.call_soon_threadsafe(host.reload_soon))
 
 
+class ServiceApp(FastAPI):
+    """FastAPI with the fast path (service/http/api/fast_path.py) in front of everything, FastAPI's own
+    per-request work included, when settings.fast_path is on; it hands what it does not take to FastAPI."""
+
+    fast_path: FastPath | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.fast_path is None or scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        scope["app"] = self
+        await self.fast_path(scope, receive, send)
+
+
 def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
     artifact = artifact or load_artifact(settings.model_dir)
@@ -228,8 +249,9 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
             await grpc_server.stop(settings.request_timeout_s)
         await host.close()
         metrics.close()
+        ACCESS_LOG.drain()  # the last requests' lines, before the process may exit
 
-    app = FastAPI(
+    app = ServiceApp(
         title="VAE anomaly-scoring service",
         version="0.1.0",
         description=(
@@ -247,6 +269,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
     app.state.not_ready_reason = "loading"
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.observer = Observer(metrics, RouteLabels(app))
     # Which routes need the API key is decided in one place, by path: ApiKeyMiddleware (service/http/api/access.py)
     for router in (
         health.router,
@@ -261,9 +284,9 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         app.include_router(router)
     _install_error_handlers(app)
     _install_openapi(app, artifact.manifest, settings.api_key is not None)
-    app.add_middleware(FastPath)  # innermost: the key, CORS and observability still wrap the routes it serves
     if settings.api_key is not None:
-        # Inside CORS, whose preflights carry no key; before the fast path and any route reads a body.
+        # Inside CORS, whose preflights carry no key; before any route reads a body. The fast path, in front
+        # of all of these, checks the key itself and leaves a request without it to this middleware.
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value().encode())
     if settings.cors_origins:
         app.add_middleware(
@@ -273,7 +296,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
             allow_headers=["authorization", "content-type", "x-request-id"],
             expose_headers=["x-request-id"],
         )
-    app.add_middleware(
-        ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, labels=RouteLabels(app)
-    )
+    app.add_middleware(ObservabilityMiddleware, observer=app.state.observer, max_body_bytes=settings.max_body_bytes)
+    if settings.fast_path:
+        app.fast_path = FastPath(partial(FastAPI.__call__, app), host, app.state.observer, settings)
     return app

@@ -1,20 +1,28 @@
 """Dynamic micro-batching: concurrent requests to one endpoint share one runtime call.
 
-One worker task per endpoint takes whatever is queued the moment the runtime is free (up to
-max_batch_size instances) and runs it in a thread. A lone request therefore runs at once, with no
-fixed delay, while under load requests pile up during each call and go together into the next one.
+One worker thread per endpoint runs the batches. Whatever is queued the moment it is free (up to
+max_batch_size instances) goes into its next call, so a lone request runs at once, with no fixed delay,
+while under load requests pile up during each call and go together into the next one.
 max_batch_delay_ms > 0 additionally waits that long for more requests before a call that is not full.
+
+The batches are formed on the event loop, at the end of the turn in which requests arrived or a call
+finished, and handed to the thread whole; the thread hands each batch's results back with one
+call_soon_threadsafe. Per request that is one future and one list append on the event loop. The design
+it replaced, an asyncio worker task over an asyncio.Queue that ran each batch through the thread pool,
+cost a task switch per request and a thread-pool round trip per batch (docs/benchmark-serving.md, "What
+each change gained"); a thread that took requests from a queue.SimpleQueue itself woke on the first one
+and ran batches of one or two while the event loop still held the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from fastapi.concurrency import run_in_threadpool
 
 
 @dataclass
@@ -26,11 +34,14 @@ class _Pending:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
+_STOP = object()  # put on the thread's queue by close(): the worker thread ends
+
+
 class MicroBatcher:
     """submit(item, size) -> result of run_batch([... item ...]) for that item, errors included.
 
     run_batch(items) returns one result per item. If it raises, every item is run alone, so one bad
-    item fails only its own request.
+    item fails only its own request. run_batch and on_batch run in the batcher's own thread.
     """
 
     def __init__(
@@ -44,49 +55,81 @@ class MicroBatcher:
         self._max = max_batch_size
         self._delay = max_delay_s
         self._on_batch = on_batch  # (requests, instances, queue waits in seconds)
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._carry: _Pending | None = None  # taken but did not fit: first in the next batch
-        self._worker: asyncio.Task | None = None
+        self._waiting: list[_Pending] = []  # event loop only
+        self._busy = False  # a batch is in the worker thread (event loop only)
+        self._dispatch_due = False
+        self._batches: queue.SimpleQueue[Any] = queue.SimpleQueue()  # to the worker thread
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, item: Any, size: int, state: dict | None = None) -> Any:
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-        pending = _Pending(item, size, asyncio.get_running_loop().create_future(), state)
-        await self._queue.put(pending)
-        return await pending.future
+        return await self.enqueue(item, size, state)
+
+    def enqueue(self, item: Any, size: int, state: dict | None = None) -> asyncio.Future:
+        """The future of the item's result (on the running event loop); done early, it drops out."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the first request, or (in tests) a new event loop
+            self._loop, self._busy, self._waiting, self._dispatch_due = loop, False, [], False
+        future = loop.create_future()
+        self._waiting.append(_Pending(item, size, future, state))
+        if not self._dispatch_due and not self._busy:
+            self._dispatch_due = True
+            loop.call_soon(self._dispatch)  # after this turn of the loop: every request that arrived in it
+        elif self._delay > 0 and not self._busy and sum(p.size for p in self._waiting) >= self._max:
+            loop.call_soon(self._dispatch)  # full: no reason to wait out the delay
+        return future
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        """Stop the worker thread after the batch it is running (requests still waiting are dropped)."""
+        if self._thread is not None:
+            self._batches.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
 
-    async def _take(self) -> list[_Pending]:
-        first, self._carry = self._carry, None
-        batch = [first if first is not None else await self._queue.get()]
-        total = batch[0].size
-        deadline = time.perf_counter() + self._delay
-        while total < self._max:
-            try:
-                nxt = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if total + nxt.size > self._max:
-                self._carry = nxt
+    def _dispatch(self) -> None:
+        """On the event loop, when the thread is free: the next batch to it."""
+        self._dispatch_due = False
+        if self._busy:
+            return
+        self._waiting = [p for p in self._waiting if not p.future.done()]  # timed-out requests drop out
+        if not self._waiting:
+            return
+        batch, total = [], 0
+        for pending in self._waiting:
+            if batch and total + pending.size > self._max:
                 break
-            batch.append(nxt)
-            total += nxt.size
-        return batch
+            batch.append(pending)
+            total += pending.size
+        if self._delay > 0 and total < self._max and len(batch) == len(self._waiting):
+            wait = self._waiting[0].queued_at + self._delay - time.perf_counter()
+            if wait > 0:  # not full, and the first request may wait a little longer for company
+                assert self._loop is not None
+                self._dispatch_due = True
+                self._loop.call_later(wait, self._dispatch)
+                return
+        del self._waiting[: len(batch)]
+        self._busy = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="vae-batcher", daemon=True)
+            self._thread.start()
+        self._batches.put((batch, self._loop))
 
-    async def _work(self) -> None:
-        while True:
-            batch = [p for p in await self._take() if not p.future.done()]  # timed-out requests drop out
-            if not batch:
+    def _finished(self, batch: list[_Pending], results: list[Any]) -> None:
+        """On the event loop: every request of a batch gets its result at once, and the next batch goes."""
+        self._busy = False
+        for pending, result in zip(batch, results, strict=False):
+            if pending.future.done():
                 continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        if self._waiting:
+            self._dispatch()
+
+    def _work(self) -> None:
+        while (taken := self._batches.get()) is not _STOP:
+            batch, loop = taken
             started = time.perf_counter()
             instances = sum(p.size for p in batch)
             for pending in batch:
@@ -94,14 +137,11 @@ class MicroBatcher:
                     pending.state["batch_size"] = instances
             if self._on_batch is not None:
                 self._on_batch(len(batch), instances, [started - p.queued_at for p in batch])
-            results = await run_in_threadpool(self._run_isolated, [p.item for p in batch])
-            for pending, result in zip(batch, results, strict=False):
-                if pending.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    pending.future.set_exception(result)
-                else:
-                    pending.future.set_result(result)
+            results = self._run_isolated([p.item for p in batch])
+            try:
+                loop.call_soon_threadsafe(self._finished, batch, results)
+            except RuntimeError:  # that event loop has closed (a test's): nobody is waiting for these
+                pass
 
     def _run_isolated(self, items: list[Any]) -> list[Any]:
         try:

@@ -10,6 +10,7 @@ the work at the next chunk.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ class Executor:
                     _sharing_deadline(run),
                     settings.max_batch_size,
                     settings.max_batch_delay_ms / 1000.0,
-                    _observer(metrics, endpoint),
+                    functools.partial(metrics.observe_batch, endpoint),
                 )
 
     def deadline(self) -> Deadline:
@@ -60,13 +61,19 @@ class Executor:
     ) -> Any:
         deadline = deadline or self.deadline()
         batcher = self._batchers.get(endpoint)
-        if batcher is not None:
-            work = batcher.submit((item, deadline), size, state)
-        else:
-            work = run_in_threadpool(lambda: run_one([item], deadline)[0])
+        if batcher is None:
             if state is not None:
                 state["batch_size"] = size
-        return await self._within(work, deadline)
+            return await self._within(run_in_threadpool(lambda: run_one([item], deadline)[0]), deadline)
+        future = batcher.enqueue((item, deadline), size, state)
+        # One timer that fails the future at the deadline: cheaper than asyncio.timeout around the await,
+        # and the batcher drops a request whose future is done before it joins a batch.
+        loop = future.get_loop()
+        timer = loop.call_at(loop.time() + deadline.remaining(), _expire, future, deadline)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     async def _within(self, work, deadline: Deadline) -> Any:
         try:
@@ -95,11 +102,6 @@ class Executor:
             await batcher.close()
 
 
-def _observer(metrics: Metrics, endpoint: str):
-    def observe(requests: int, instances: int, waits: list[float]) -> None:
-        metrics.batch_requests.labels(endpoint).observe(requests)
-        metrics.batch_size.labels(endpoint).observe(instances)
-        for wait in waits:
-            metrics.queue_wait.labels(endpoint).observe(wait)
-
-    return observe
+def _expire(future, deadline: Deadline) -> None:
+    if not future.done():
+        future.set_exception(deadline.error())

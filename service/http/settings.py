@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     threshold: float | None = Field(None, allow_inf_nan=False, description="replaces the calibrated threshold")
     batching: bool = Field(True, description="combine concurrent requests into one runtime call")
     max_batch_size: int = Field(256, ge=1, description="instances per combined runtime call")
+    fast_path: bool = Field(
+        True, description="answer JSON POSTs to /elbo, /encode and /decode in a lean ASGI layer before FastAPI"
+    )
     max_batch_delay_ms: float = Field(0.0, ge=0, description="extra wait for more requests; 0 adds no delay")
     api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>` on all but health")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated origins")

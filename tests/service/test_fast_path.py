@@ -1,4 +1,5 @@
-"""The fast path answers /elbo and /encode exactly as the FastAPI routes behind it would, errors included."""
+"""The fast path answers /elbo, /encode and /decode exactly as the FastAPI routes behind it would, errors
+included, and leaves what it does not take to them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.http.api.fast_path import ROUTES, FastPath
+from service.http.api.fast_path import FastPath
+from service.http.api.inference import JSON_ROUTES as ROUTES
 from service.http.app import create_app
 from service.http.settings import Settings
 
@@ -27,15 +29,29 @@ def both(digits_model_dir):
     """(with the fast path, without it): the same app otherwise."""
 
     def make(fast: bool) -> TestClient:
-        app = create_app(Settings(model_dir=digits_model_dir, api_key="s3cret", max_instances=3))
-        if not fast:
-            app.user_middleware = [m for m in app.user_middleware if m.cls is not FastPath]
-        return TestClient(app)
+        settings = Settings(model_dir=digits_model_dir, api_key="s3cret", max_instances=3, fast_path=fast)
+        return TestClient(create_app(settings))
 
     with make(True) as fast, make(False) as slow:
-        assert [m.cls is FastPath for m in fast.app.user_middleware].count(True) == 1
-        assert not any(m.cls is FastPath for m in slow.app.user_middleware)
+        assert isinstance(fast.app.fast_path, FastPath)
+        assert slow.app.fast_path is None
         yield fast, slow
+
+
+@pytest.fixture
+def passed_on(both, monkeypatch):
+    """The paths of the requests that the fast path left to the app's middleware and routes."""
+    fast_path = both[0].app.fast_path
+    seen: list[str] = []
+    stack = fast_path.app
+
+    async def recording(scope, receive, send):
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await stack(scope, receive, send)
+
+    monkeypatch.setattr(fast_path, "app", recording)
+    return seen
 
 
 REQUESTS = {
@@ -90,3 +106,62 @@ def test_the_fast_path_is_counted_and_released_like_any_request(both):
     counted = [s for s in metrics.splitlines() if s.startswith("vae_requests_total{") and 'endpoint="/elbo"' in s]
     assert any('status="200"' in s and 'model="digits"' in s for s in counted), counted
     assert fast.app.state.host.current.in_flight == 0
+
+
+def test_the_fast_path_answers_a_json_post_with_the_key_itself(both, passed_on):
+    fast, _ = both
+    for path, body in (("/elbo", {"instances": [DIGIT], "seed": 0}), ("/encode", {"instances": [DIGIT]})):
+        response = fast.post(path, json=body, headers={**KEY, "x-request-id": "fast-1"})
+        assert (response.status_code, response.headers["x-request-id"]) == (200, "fast-1")
+    assert fast.post("/decode", json={"z": [[0.0] * 4]}, headers=KEY).status_code == 200
+    assert fast.post("/elbo", json={"instances": [[1.0, 2.0]]}, headers=KEY).status_code == 422  # its own error
+    assert passed_on == []
+
+
+@pytest.mark.parametrize(
+    ("path", "options"),
+    [
+        ("/elbo", dict(json={"instances": [DIGIT]}, headers={})),  # no key: the key middleware's 401
+        ("/elbo", dict(content=npy([DIGIT]), headers={**KEY, "content-type": "application/x-npy"})),
+        ("/elbo", dict(content=b"{}", headers={**KEY, "content-type": "text/plain"})),
+        ("/decode", dict(json={"z": [[0.0] * 4]}, headers={**KEY, "accept": "image/png"})),
+        ("/sample", dict(json={"instances": [DIGIT]}, headers=KEY)),  # not a fast route
+    ],
+    ids=["no key", "npy", "text", "png", "sample"],
+)
+def test_what_the_fast_path_does_not_take_goes_on_to_the_routes(both, passed_on, path, options):
+    fast, _ = both
+    fast.post(path, **options)
+    assert passed_on == [path]
+
+
+def test_a_body_over_the_fast_limit_goes_the_routes_way(both, passed_on):
+    fast, _ = both
+    padded = b'{"instances": [' + b",".join([str(DIGIT).encode()] * 3) + b"]" + b" " * (1 << 20) + b"}"
+    response = fast.post("/elbo", content=padded, headers={**KEY, "content-type": "application/json"})
+    assert response.status_code == 200
+    assert passed_on == ["/elbo"]
+
+
+def test_an_error_nothing_handles_is_a_plain_500_on_the_fast_path(digits_model_dir, monkeypatch):
+    from service.http.api import inference
+
+    async def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(inference.JSON_ROUTES, "/elbo", inference.JsonRoute(inference.ElboRequest, broken))
+    with TestClient(create_app(Settings(model_dir=digits_model_dir)), raise_server_exceptions=False) as client:
+        response = client.post("/elbo", json={"instances": [DIGIT]})
+        assert (response.status_code, response.text) == (500, "Internal Server Error")
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert client.app.state.host.current.in_flight == 0
+
+
+def test_a_cors_request_goes_the_routes_way_and_gets_its_headers(digits_model_dir):
+    settings = Settings(model_dir=digits_model_dir, cors_origins="https://ui.example")
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/elbo", json={"instances": [DIGIT], "seed": 0}, headers={"origin": "https://ui.example"}
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://ui.example"

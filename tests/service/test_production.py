@@ -14,7 +14,7 @@ import pytest
 from service.core.artifact import load_artifact
 from service.core.runtime import OnnxRuntime
 from service.http.batching import MicroBatcher
-from service.http.observability import JsonFormatter, Metrics
+from service.http.observability import ACCESS_LOG, JsonFormatter, Metrics
 from service.http.settings import Settings
 
 DIGIT = [0.0] * 64
@@ -262,6 +262,7 @@ def test_one_structured_log_line_per_request(make_client):
     logging.getLogger("vae.access").addHandler(collect)
     try:
         client.post("/elbo", json={"instances": [DIGIT] * 3, "seed": 0}, headers={"x-request-id": "r-1"})
+        ACCESS_LOG.drain()  # the line is written by the access log's own thread
     finally:
         logging.getLogger("vae.access").removeHandler(collect)
     (record,) = collect.records
@@ -346,6 +347,52 @@ def test_batches_respect_the_size_limit():
 
     asyncio.run(scenario())
     assert sizes[0] == 1 and all(size <= 10 for size in sizes) and sum(sizes) == 21
+
+
+def test_a_batch_delay_waits_for_company_but_not_once_the_batch_is_full():
+    calls = []
+
+    def run_batch(items):
+        calls.append((time.perf_counter(), list(items)))
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=2, max_delay_s=0.3)
+        started = time.perf_counter()
+        await asyncio.gather(batcher.submit("a", 1), batcher.submit("b", 1))  # full at once
+        full = time.perf_counter() - started
+        started = time.perf_counter()
+        await batcher.submit("c", 1)  # alone: waits out the delay
+        alone = time.perf_counter() - started
+        await batcher.close()
+        return full, alone
+
+    full, alone = asyncio.run(scenario())
+    assert [items for _, items in calls] == [["a", "b"], ["c"]]
+    assert full < 0.25 and alone >= 0.29
+
+
+def test_a_request_given_up_before_its_batch_runs_drops_out():
+    seen = []
+
+    def run_batch(items):
+        seen.append(list(items))
+        time.sleep(0.05)
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=10, max_delay_s=0.0)
+        first = asyncio.ensure_future(batcher.submit("a", 1))
+        await asyncio.sleep(0.01)  # "a" runs; the next two wait for the thread
+        gone = batcher.enqueue("gone", 1)
+        kept = asyncio.ensure_future(batcher.submit("kept", 1))
+        gone.cancel()  # as a deadline or a client that went away does
+        results = await asyncio.gather(first, kept)
+        await batcher.close()
+        return results
+
+    assert asyncio.run(scenario()) == ["a", "kept"]
+    assert seen == [["a"], ["kept"]]
 
 
 def test_batched_and_unbatched_answers_agree(make_client):

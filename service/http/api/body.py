@@ -76,7 +76,9 @@ def max_json_values(engine: VaeEngine) -> int:
 def load_json(raw: bytes | memoryview, engine: VaeEngine, what: str = "the body") -> Any:
     """The JSON value of a body, measured before it is parsed; 413 for more values than any request needs,
     400 for anything that is not JSON, however deeply nested."""
-    values, most = json_value_bound(raw), max_json_values(engine)
+    most = max_json_values(engine)
+    # json_value_bound counts at most one value per byte, plus one: a body no longer than that cannot be over.
+    values = json_value_bound(raw) if len(raw) >= most else 0
     if values > most:
         raise LimitExceeded(
             f"{what} holds up to {values} JSON values; a request to this model takes at most {most} "
@@ -111,8 +113,14 @@ async def read_body(
         return body, await _off_the_loop(
             executor, deadline, len(raw), read_npy, raw, engine.manifest.input_shape, engine.limits.max_instances
         )
-    raw = await read_raw(request)
-    return await _off_the_loop(executor, deadline, len(raw), parse_json_body, raw, model, engine)
+    return await parse_json(await read_raw(request), model, executor, deadline)
+
+
+async def parse_json(
+    raw: bytes | memoryview, model: type[Body], executor: Executor, deadline: Deadline
+) -> tuple[Body, np.ndarray | None]:
+    """A JSON body's validated options and batch (parse_json_body), in the worker pool when it is large."""
+    return await _off_the_loop(executor, deadline, len(raw), parse_json_body, raw, model, executor.engine)
 
 
 async def read_raw(request: Request) -> bytes | memoryview:

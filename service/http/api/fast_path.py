@@ -1,40 +1,162 @@
-"""The hottest routes without FastAPI's routing and dependency solving, which took about a quarter of the
-event loop's time per request on the digits model (a py-spy profile at c=64; docs/benchmark-serving.md).
+"""The hottest requests without Starlette or FastAPI: JSON POSTs to /elbo, /encode and /decode.
 
-A pure ASGI middleware, inside the observability middleware (metrics, logs, request ids, the body limit
-and the model release still apply), CORS and the API key (service/http/api/access.py): a POST to one of
-`ROUTES` calls that route's own endpoint function with the same dependency (the model version), and an
-error goes through the app's own exception handlers. So the answers, errors included, are those of the
-FastAPI route, which stays registered for everything else (other methods, /docs, the OpenAPI schema).
+The outermost ASGI layer of the app (service/http/app.py). A request it takes builds no Request or Response
+object and passes through no middleware: the layer itself checks the API key, takes the request id, the
+model version and the body, calls the route's own answer function (service/http/api/inference.py
+JSON_ROUTES, which the FastAPI routes call too) and writes the answer's bytes. It records the request with
+the same Observer as the observability middleware (metrics, access log), so nothing tells the two apart.
+
+What it does not take goes on, untouched, to the app's middleware and routes: other paths and methods, a
+missing or wrong API key, a body that is not JSON, declared too large or without a Content-Length, a PNG
+wanted, a CORS request (an Origin header, when CORS is on) and a model still loading. An error on the fast
+path is rendered by the app's own exception handlers. So every answer, errors included, is the route's:
+tests/service/test_fast_path.py compares them byte for byte.
+
+Costs it avoids: FastAPI's own per-request work, the middleware stack (each layer wrapping `send`),
+Starlette's Request, Headers and Response objects; about half the CPU per request of the same app without
+it (docs/benchmark-serving.md). One thing FastAPI would do that it does not: FastAPI's built-in
+OpenTelemetry instrumentation, when an OpenTelemetry provider is configured, does not see these requests
+(set VAE_FAST_PATH=false to trace them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
 
+import orjson
 from fastapi import Request
-from fastapi.responses import Response
 
-from service.http.api import inference
-from service.http.api.deps import get_executor, render_error
-from service.http.executor import Executor
+from service.http.api.access import has_key
+from service.http.api.answers import INLINE_BYTES, json_answer
+from service.http.api.body import JSON, parse_json
+from service.http.api.deps import render_error
+from service.http.api.inference import JSON_ROUTES, JsonRoute
+from service.http.live_model import LiveModel, ModelHost
+from service.http.observability import Observer, with_ids
+from service.http.settings import Settings
 
-Endpoint = Callable[[Request, Executor], Awaitable[Response]]
-# The routes that read their own body (service/http/api/body.py), so FastAPI's body handling adds nothing.
-ROUTES: dict[str, Endpoint] = {"/elbo": inference.elbo, "/encode": inference.encode, "/decode": inference.decode}
+log = logging.getLogger("vae.service")
+JSON_TYPE = JSON.encode()
+INTERNAL_ERROR = b"Internal Server Error"  # what Starlette's ServerErrorMiddleware answers
+# Larger bodies go the routes' way, copied into one buffer as they arrive (service/http/api/body.py read_raw)
+# rather than joined at the end; their parsing costs far more than the layers the fast path skips.
+MAX_FAST_BODY_BYTES = 1 << 20
 
 
 class FastPath:
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, host: ModelHost, observer: Observer, settings: Settings) -> None:
+        self.app = app  # the app's own middleware stack: everything the fast path does not take
+        self.host = host
+        self.observer = observer
+        self.max_fast_body_bytes = min(settings.max_body_bytes, MAX_FAST_BODY_BYTES)
+        self.key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+        self.cors = bool(settings.cors_origins)
 
     async def __call__(self, scope, receive, send) -> None:
-        endpoint = ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if endpoint is None:
+        route = JSON_ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        live = self.host.current
+        if route is None or live is None or not self._takes(scope["headers"]):
             return await self.app(scope, receive, send)
-        request = Request(scope, receive)
+        request_id = self.observer.request_id(_header(scope["headers"], b"x-request-id"))
+        started = self.observer.start()
+        live.acquire()
+        state: dict = {"request_id": request_id, "live_model": live}
+        status = 500
+
+        async def send_with_ids(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = with_ids(message.get("headers", []), request_id, live)
+            await send(message)
+
         try:
-            response = await endpoint(request, await get_executor(request))
+            await self._answer(route, live, scope, receive, send_with_ids, state)
+        finally:
+            live.release()
+            self.observer.finish(
+                started, request_id, "POST", scope["path"], status, live.version, state.get("batch_size")
+            )
+
+    def _takes(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether this request is one the fast path answers exactly as the routes would (see the docstring)."""
+        content_type = length = accept = None
+        origin = False
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"accept":
+                accept = value
+            elif name == b"origin":
+                origin = True
+        return (
+            content_type is not None
+            and content_type.partition(b";")[0].strip().lower() == JSON_TYPE
+            and length is not None
+            and length.isdigit()
+            and int(length) <= self.max_fast_body_bytes
+            and (accept is None or b"image/png" not in accept)
+            and not (origin and self.cors)
+            and (self.key is None or has_key(headers, self.key))
+        )
+
+    async def _answer(self, route: JsonRoute, live: LiveModel, scope, receive, send, state: dict) -> None:
+        executor = live.executor
+        deadline = executor.deadline()
+        try:
+            raw = await _body(receive)
+            if raw is None:  # the client went away before its body arrived: nobody to answer
+                state["batch_size"] = None
+                return
+            body, x = await parse_json(raw, route.model, executor, deadline)
+            content, size = await route.answer(executor, body, x, state, deadline)
         except Exception as exc:
-            response = await render_error(request, exc)
+            scope.setdefault("state", {}).update(state)
+            await self._error(scope, receive, send, exc)
+            return
+        if size > INLINE_BYTES:  # streamed a chunk at a time from the worker pool, as the route does
+            await json_answer(content, size)(scope, receive, send)
+            return
+        answer = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = [(b"content-length", str(len(answer)).encode()), (b"content-type", JSON_TYPE)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    async def _error(self, scope, receive, send, exc: Exception) -> None:
+        """The app's own answer to `exc`, or a 500 as Starlette would give for an exception nothing handles."""
+        try:
+            response = await render_error(Request(scope, receive), exc)
+        except Exception:
+            log.exception("unhandled error on %s", scope["path"])
+            headers = [
+                (b"content-length", str(len(INTERNAL_ERROR)).encode()),
+                (b"content-type", b"text/plain; charset=utf-8"),
+            ]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": INTERNAL_ERROR})
+            return
         await response(scope, receive, send)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    return next((value for key, value in headers if key == name), None)
+
+
+async def _body(receive) -> bytes | None:
+    """The whole body (its size already checked against the limit from Content-Length); None on disconnect."""
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)

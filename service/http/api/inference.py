@@ -6,9 +6,14 @@ its inference, and any large parsing and serialisation, in the worker pool withi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, ElboOptions, Scored, VaeEngine
 from service.core.errors import NotAcceptable
@@ -16,6 +21,7 @@ from service.core.images import grid, grid_canvas, heatmap_overlay, place, png_b
 from service.http.api.answers import check_answer, json_answer
 from service.http.api.body import read_body, request_body_doc
 from service.http.api.deps import ExecutorDep, floats
+from service.http.executor import Executor
 from service.http.json_writer import json_bytes
 from service.http.schemas import (
     DecodeRequest,
@@ -75,16 +81,23 @@ def png(content: bytes) -> Response:
     return Response(content, media_type="image/png")
 
 
+async def encode_answer(
+    executor: Executor, body: EncodeRequest, x_raw: np.ndarray, state: dict, deadline: Deadline
+) -> tuple[dict, int]:
+    """/encode's JSON answer and the bound of its size, for a validated body (the route and the fast path)."""
+    engine = executor.engine
+    size = json_bytes(*[(len(x_raw), engine.manifest.latent_dim)] * 3)
+    check_answer(engine, size, f"3 x {len(x_raw)} x {engine.manifest.latent_dim} numbers")
+    encoded = await executor.encode(engine.to_model(x_raw), state, deadline)
+    return {"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)}, size
+
+
 @router.post("/encode", response_model=EncodeResponse, openapi_extra=request_body_doc(EncodeRequest, images=True))
 async def encode(request: Request, executor: ExecutorDep) -> Response:
     """The posterior q(z|x) = N(mu, diag sigma^2) of each instance (JSON) or uploaded image (multipart)."""
-    engine, deadline = executor.engine, executor.deadline()
-    _, x_raw = await read_body(request, EncodeRequest, executor, deadline)
-    size = json_bytes(*[(len(x_raw), engine.manifest.latent_dim)] * 3)
-    check_answer(engine, size, f"3 x {len(x_raw)} x {engine.manifest.latent_dim} numbers")
-    encoded = await executor.encode(engine.to_model(x_raw), state_of(request), deadline)
-    content = {"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)}
-    return json_answer(content, size)
+    deadline = executor.deadline()
+    body, x_raw = await read_body(request, EncodeRequest, executor, deadline)
+    return json_answer(*await encode_answer(executor, body, x_raw, state_of(request), deadline))
 
 
 @router.post(
@@ -124,14 +137,22 @@ async def sample(request: Request, executor: ExecutorDep) -> Response:
 async def decode(request: Request, executor: ExecutorDep) -> Response:
     """The mean of p(x|z) in raw units for each latent vector."""
     engine, deadline = executor.engine, executor.deadline()
-    _, z = await read_body(request, DecodeRequest, executor, deadline)
+    body, z = await read_body(request, DecodeRequest, executor, deadline)
     if wants_png(request):
         check_png(engine, 1, len(z))
         return png(await executor.call(decoded_png, engine, z, 1, len(z), deadline, deadline=deadline))
+    return json_answer(*await decode_answer(executor, body, z, state_of(request), deadline))
+
+
+async def decode_answer(
+    executor: Executor, body: DecodeRequest, z: np.ndarray, state: dict, deadline: Deadline
+) -> tuple[dict, int]:
+    """/decode's JSON answer and the bound of its size, for validated latent vectors."""
+    engine = executor.engine
     size = json_bytes((len(z), *engine.manifest.input_shape))
     check_answer(engine, size, f"{len(z)} x {engine.manifest.n_features} numbers")
-    x = await executor.decode(z, state_of(request), deadline)
-    return json_answer({"x": floats(x)}, size)
+    x = await executor.decode(z, state, deadline)
+    return {"x": floats(x)}, size
 
 
 @router.post(
@@ -142,8 +163,16 @@ async def decode(request: Request, executor: ExecutorDep) -> Response:
 )
 async def elbo(request: Request, executor: ExecutorDep) -> Response:
     """Per-input ELBO and importance-weighted log-likelihood in nats, with calibrated anomaly decisions."""
-    engine, deadline = executor.engine, executor.deadline()
+    deadline = executor.deadline()
     body, x_raw = await read_body(request, ElboRequest, executor, deadline)
+    return json_answer(*await elbo_answer(executor, body, x_raw, state_of(request), deadline))
+
+
+async def elbo_answer(
+    executor: Executor, body: ElboRequest, x_raw: np.ndarray, state: dict, deadline: Deadline
+) -> tuple[dict, int]:
+    """/elbo's JSON answer and the bound of its size, for a validated body."""
+    engine = executor.engine
     options = ElboOptions(
         n_samples=body.n_samples,
         seed=body.seed,
@@ -159,8 +188,8 @@ async def elbo(request: Request, executor: ExecutorDep) -> Response:
     check_answer(
         engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
     )
-    scored = await executor.elbo(prepared, state_of(request), deadline)
-    return json_answer(elbo_content(scored), size)
+    scored = await executor.elbo(prepared, state, deadline)
+    return elbo_content(scored), size
 
 
 def elbo_content(scored: Scored) -> dict:
@@ -172,6 +201,21 @@ def elbo_content(scored: Scored) -> dict:
             continue
         content[output.name] = floats(value) if output.kind != "per_request" and output.dtype is float else value
     return content
+
+
+@dataclass(frozen=True)
+class JsonRoute:
+    """A route whose JSON body is answered by `answer` once validated as `model`: what the fast path serves."""
+
+    model: type[BaseModel]
+    answer: Callable[[Executor, Any, np.ndarray, dict, Deadline], Awaitable[tuple[dict, int]]]
+
+
+JSON_ROUTES: dict[str, JsonRoute] = {
+    "/elbo": JsonRoute(ElboRequest, elbo_answer),
+    "/encode": JsonRoute(EncodeRequest, encode_answer),
+    "/decode": JsonRoute(DecodeRequest, decode_answer),
+}
 
 
 def heatmap_png(engine: VaeEngine, x_raw: np.ndarray, body: HeatmapRequest, deadline: Deadline) -> bytes:
