@@ -50,7 +50,7 @@ def distribution_mean(params: tuple[np.ndarray, ...], likelihood: str) -> np.nda
 
 def reparameterize(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
     """z = mu + sigma * eps: mu, logvar (B, d), eps (B, L, d) -> z (B, L, d) float32."""
-    z: np.ndarray = (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32)
+    z: np.ndarray = (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32, copy=False)
     return z
 
 
