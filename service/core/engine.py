@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
+from itertools import accumulate
 from typing import Any, Literal
 
 import numpy as np
@@ -113,7 +114,7 @@ class ElboOptions:
 class PreparedElbo:
     """One /elbo request, validated and in model space, ready to join a batch."""
 
-    x: np.ndarray  # (B, D) model space, float64
+    x: np.ndarray  # (B, *input_shape) model space, float32: the encoder's input as it is
     n_samples: int
     iw_samples: int
     seed: int
@@ -122,13 +123,44 @@ class PreparedElbo:
 
 
 @dataclass(frozen=True)
-class _Draws:
-    """One request's draws: its rows in the batch, z (B, L, d) for the ELBO, z_iw (B, K, d) and eps_iw for L_K."""
+class _Group:
+    """Requests of one batch that draw alike: the same L and K, and the same path (scorer graph, or decoder with or
+    without feature scores). Their draws stack into one array, so the maths runs once for all of them."""
 
-    rows: np.ndarray
-    z: np.ndarray
-    z_iw: np.ndarray
-    eps_iw: np.ndarray
+    n_samples: int
+    iw_samples: int
+    by_scorer: bool
+    feature_scores: bool
+    rows: slice | np.ndarray  # the members' rows in the batch: a slice when the group is the whole batch
+    n_rows: int
+    local_rows: list[tuple[int, int, int]]  # (request index, first row, end row) within the group, in batch order
+
+
+def _groups(requests: list[PreparedElbo], bounds: list[int], has_scorer: bool) -> list[_Group]:
+    """The batch's requests grouped by how they draw; request i has rows bounds[i]:bounds[i + 1] of the batch."""
+    members: dict[tuple[int, int, bool, bool], list[int]] = {}
+    for i, r in enumerate(requests):
+        key = (r.n_samples, r.iw_samples, has_scorer and not r.feature_scores, r.feature_scores)
+        members.setdefault(key, []).append(i)
+    groups = []
+    for (n_samples, iw_samples, by_scorer, feature_scores), ids in members.items():
+        local, start = [], 0
+        for i in ids:
+            stop = start + bounds[i + 1] - bounds[i]
+            local.append((i, start, stop))
+            start = stop
+        rows: slice | np.ndarray = slice(0, bounds[-1])
+        if len(ids) < len(requests):
+            rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids])
+        groups.append(_Group(n_samples, iw_samples, by_scorer, feature_scores, rows, start, local))
+    return groups
+
+
+def _split_features(group: _Group, features: np.ndarray | None, out: list[np.ndarray | None]) -> None:
+    """Each member's rows of the group's feature scores, into out[request index]."""
+    if features is not None:
+        for i, start, stop in group.local_rows:
+            out[i] = features[start:stop]
 
 
 @dataclass(frozen=True)
@@ -203,6 +235,9 @@ class VaeEngine:
         self.runtime = runtime
         self.limits = limits
         self._shape = list(manifest.input_shape)
+        # log_jacobian builds its array on every call; a batch's maths needs it, and its sum, as they are.
+        self._jacobian = manifest.log_jacobian
+        self._jacobian_sum = self._jacobian.sum()
         # The serve-time override (VAE_THRESHOLD), else the calibrated default.
         calibrated = manifest.scoring.calibration.threshold if manifest.scoring else None
         self.default_threshold = threshold if threshold is not None else calibrated
@@ -212,6 +247,11 @@ class VaeEngine:
         """(B, D) raw -> (B, *input_shape) float32 model space; rejects values a bernoulli model cannot score."""
         x = self.manifest.preprocessing.to_model(x_raw)
         if self.manifest.likelihood == "bernoulli":
+            if ((x >= -RANGE_TOLERANCE) & (x <= 1 + RANGE_TOLERANCE)).all():
+                # The common case, one pass: every value is inside the range, so finite, and clipped it fits float32;
+                # the checks below only find the first bad value to name.
+                inside: np.ndarray = np.clip(x, 0.0, 1.0).reshape([len(x), *self._shape]).astype(np.float32)
+                return inside
             outside = (x < -RANGE_TOLERANCE) | (x > 1 + RANGE_TOLERANCE)
             if outside.any():
                 row, col = (int(i) for i in np.argwhere(outside)[0])
@@ -343,9 +383,12 @@ class VaeEngine:
         self.check_draws(len(x_raw), options.n_samples, iw_samples)
         threshold = options.threshold
         if scoring_config:
-            threshold = self.resolve_threshold(options.threshold, options.fpr)
+            no_override = options.threshold is None and options.fpr is None  # most requests: nothing to check
+            threshold = (
+                self.default_threshold if no_override else self.resolve_threshold(options.threshold, options.fpr)
+            )
         return PreparedElbo(
-            self.to_model(x_raw).reshape(len(x_raw), -1).astype(np.float64),
+            self.to_model(x_raw),
             options.n_samples,
             iw_samples,
             new_seed() if options.seed is None else options.seed,
@@ -359,132 +402,130 @@ class VaeEngine:
         Every request's numbers are those it gets alone: its noise comes from its own seed, and each draw's
         log-likelihood depends only on its own input and z. With a scorer graph, ln p(x|z) is computed inside
         it (to float32 rounding of the decoder path); requests for feature_scores, and models without a
-        scorer graph, decode and score in numpy.
+        scorer graph, decode and score in numpy. The maths runs once per group of requests that draw alike,
+        not once per request: a batch of one-instance requests costs a few numpy calls, not a few per request.
         """
         if deadline is not None:
             deadline.check()
-        x = np.concatenate([r.x for r in requests])
-        mu, logvar = self.runtime.encode(x.reshape([len(x), *self._shape]).astype(np.float32))
-        draws, first_row = [], 0
-        for r in requests:
-            rows = np.arange(first_row, first_row + len(r.x))
-            draws.append(self._draws(r, rows, mu, logvar))
-            first_row += len(r.x)
+        x = requests[0].x if len(requests) == 1 else np.concatenate([r.x for r in requests])
+        mu, logvar = self.runtime.encode(x)
+        bounds = list(accumulate((len(r.x) for r in requests), initial=0))  # request i has rows bounds[i]:bounds[i+1]
         # Runtimes written before the scorer graph (tests' fakes among them) have no has_scorer.
-        use_scorer = bool(getattr(self.runtime, "has_scorer", False))
-        by_scorer = [i for i, r in enumerate(requests) if use_scorer and not r.feature_scores]
-        by_decoder = sorted(set(range(len(requests))) - set(by_scorer))
-        log_px: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        log_px |= self._log_px_by_scorer(
-            x, [requests[i] for i in by_scorer], [draws[i] for i in by_scorer], by_scorer, deadline
-        )
-        log_px |= self._log_px_by_decoder(
-            x, [requests[i] for i in by_decoder], [draws[i] for i in by_decoder], by_decoder, deadline
-        )
-        jacobian = self.manifest.log_jacobian
-        results = []
-        for i, (r, drawn) in enumerate(zip(requests, draws, strict=True)):
-            elbo_px, iw_px, features = log_px[i]
-            reconstruction = elbo_px.mean(axis=1) + jacobian.sum()
-            kl = scoring.kl_to_standard_normal(mu[drawn.rows], logvar[drawn.rows])
-            log_likelihood = scoring.bound_from_draws(iw_px, drawn.z_iw, drawn.eps_iw, logvar[drawn.rows], jacobian)
-            feature_scores = None
-            if r.feature_scores and features is not None:
-                feature_scores = -(features / r.n_samples + jacobian).reshape([len(r.x), *self._shape])
-            decisions = self.decide(-log_likelihood, r.threshold) if r.threshold is not None else None
-            results.append(
-                Scored(
-                    reconstruction - kl,
-                    reconstruction,
-                    kl,
-                    log_likelihood,
-                    r.n_samples,
-                    r.iw_samples,
-                    r.seed,
-                    decisions,
-                    feature_scores,
-                )
+        groups = _groups(requests, bounds, bool(getattr(self.runtime, "has_scorer", False)))
+        feature_scores: list[np.ndarray | None] = [None] * len(requests)
+        if len(groups) == 1:  # the common case: the group's per-row results are the batch's, no scatter needed
+            reconstruction, log_likelihood, features = self._score_group(groups[0], requests, x, mu, logvar, deadline)
+            _split_features(groups[0], features, feature_scores)
+        else:
+            reconstruction, log_likelihood = np.empty(len(x)), np.empty(len(x))
+            for group in groups:
+                recon, bound, features = self._score_group(group, requests, x, mu, logvar, deadline)
+                reconstruction[group.rows], log_likelihood[group.rows] = recon, bound
+                _split_features(group, features, feature_scores)
+        kl = scoring.kl_to_standard_normal(mu, logvar)
+        elbo = reconstruction - kl
+        decisions = self.decide(requests, bounds, log_likelihood)
+        return [
+            Scored(
+                elbo[a:b],
+                reconstruction[a:b],
+                kl[a:b],
+                log_likelihood[a:b],
+                r.n_samples,
+                r.iw_samples,
+                r.seed,
+                decided,
+                features,
             )
-        return results
+            for r, a, b, decided, features in zip(
+                requests, bounds[:-1], bounds[1:], decisions, feature_scores, strict=True
+            )
+        ]
 
-    def _draws(self, r: PreparedElbo, rows: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> _Draws:
-        """A request's draws from its own generator: the ELBO's first, then L_K's."""
-        d = self.manifest.latent_dim
-        rng = np.random.default_rng(r.seed)
-        eps = rng.standard_normal((len(r.x), r.n_samples, d), dtype=np.float32)
-        eps_iw = rng.standard_normal((len(r.x), r.iw_samples, d), dtype=np.float32)
-        z = scoring.reparameterize(mu[rows], logvar[rows], eps)
-        z_iw = scoring.reparameterize(mu[rows], logvar[rows], eps_iw)
-        return _Draws(rows, z, z_iw, eps_iw)
-
-    def _log_px_by_scorer(
+    def _score_group(
         self,
-        x: np.ndarray,
+        group: _Group,
         requests: list[PreparedElbo],
-        draws: list[_Draws],
-        ids: list[int],
+        x: np.ndarray,
+        mu: np.ndarray,
+        logvar: np.ndarray,
         deadline: Deadline | None,
-    ) -> dict[int, tuple[np.ndarray, np.ndarray, None]]:
-        """ln p(x|z) of the ELBO's and L_K's draws (B, L) and (B, K) through the scorer graph. Requests with the
-        same L + K share calls: their draws stack into one (rows, L + K, d) array."""
-        groups: dict[int, list[int]] = {}
-        for j, r in enumerate(requests):
-            groups.setdefault(r.n_samples + r.iw_samples, []).append(j)
-        out: dict[int, tuple[np.ndarray, np.ndarray, None]] = {}
-        for members in groups.values():
-            rows = np.concatenate([draws[j].rows for j in members])
-            z = np.concatenate([np.concatenate([draws[j].z, draws[j].z_iw], axis=1) for j in members])
-            x_rows = x[rows].reshape([len(rows), *self._shape]).astype(np.float32)
-            log_px = scoring.log_likelihood_draws(x_rows, z, self.runtime.score, check=checker(deadline))
-            start = 0
-            for j in members:
-                r, n = requests[j], len(requests[j].x)
-                mine = log_px[start : start + n]
-                out[ids[j]] = (mine[:, : r.n_samples], mine[:, r.n_samples :], None)
-                start += n
-        return out
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A group's reconstruction (n,), L_K (n,) and, with feature_scores, each feature's share (n, *input_shape)."""
+        n_samples, jacobian = group.n_samples, self._jacobian
+        logvar_g = logvar[group.rows]
+        eps = self._group_noise(group, requests)
+        z = scoring.reparameterize(mu[group.rows], logvar_g, eps)  # (n, L + K, d)
+        features = None
+        if group.by_scorer:
+            log_px = scoring.log_likelihood_draws(x[group.rows], z, self.runtime.score, check=checker(deadline))
+        else:
+            log_px, features = self._log_px_by_decoder(x[group.rows], z, n_samples, group.feature_scores, deadline)
+        # The mean as np.mean computes it (the sum, then / L), without its Python wrapper.
+        reconstruction = np.add.reduce(log_px[:, :n_samples], axis=1) / n_samples + self._jacobian_sum
+        log_likelihood = scoring.bound_from_draws(
+            log_px[:, n_samples:], z[:, n_samples:], eps[:, n_samples:], logvar_g, jacobian
+        )
+        if features is not None:
+            features = -(features / n_samples + jacobian).reshape([len(features), *self._shape])
+        return reconstruction, log_likelihood, features
+
+    def _group_noise(self, group: _Group, requests: list[PreparedElbo]) -> np.ndarray:
+        """eps (n, L + K, d) float32: each member's draws from its own generator, the ELBO's L first, then L_K's K.
+
+        Each member draws straight into its rows of the group's arrays (Generator's `out`), in the order it
+        would draw alone, so its noise is the same as alone.
+        """
+        d, n = self.manifest.latent_dim, group.n_rows
+        eps = np.empty((n, group.n_samples, d), dtype=np.float32)
+        eps_iw = np.empty((n, group.iw_samples, d), dtype=np.float32)
+        for j, start, stop in group.local_rows:
+            rng = np.random.default_rng(requests[j].seed)
+            rng.standard_normal(dtype=np.float32, out=eps[start:stop])
+            rng.standard_normal(dtype=np.float32, out=eps_iw[start:stop])
+        return np.concatenate((eps, eps_iw), axis=1)
 
     def _log_px_by_decoder(
-        self,
-        x: np.ndarray,
-        requests: list[PreparedElbo],
-        draws: list[_Draws],
-        ids: list[int],
-        deadline: Deadline | None,
-    ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-        """The same through the decoder graph and the numpy reference, in shared chunks of draws; with each
-        feature's log-probability summed over the ELBO's draws for requests that ask for feature_scores."""
-        if not requests:
-            return {}
-        d = self.manifest.latent_dim
-        owners, zs, marks = [], [], []
-        for r, drawn in zip(requests, draws, strict=True):
-            owners += [np.repeat(drawn.rows, r.n_samples), np.repeat(drawn.rows, r.iw_samples)]
-            zs += [drawn.z.reshape(-1, d), drawn.z_iw.reshape(-1, d)]
-            marks += [
-                np.full(drawn.z.shape[0] * drawn.z.shape[1], r.feature_scores),
-                np.zeros(drawn.z_iw.shape[0] * drawn.z_iw.shape[1], bool),
-            ]
-        want_features = any(r.feature_scores for r in requests)
+        self, x: np.ndarray, z: np.ndarray, n_samples: int, feature_scores: bool, deadline: Deadline | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """ln p(x|z) (n, L + K) through the decoder graph and the numpy reference, in shared chunks of draws; with
+        feature_scores, also each feature's log-probability summed over the ELBO's L draws, (n, D)."""
+        n, draws, d = z.shape
+        marks = None
+        if feature_scores:  # the first L draws of every row are the ELBO's
+            marks = np.tile(np.arange(draws) < n_samples, n)
         log_px, features = scoring.log_likelihood_rows(
-            x,
-            np.concatenate(owners),
-            np.concatenate(zs),
+            x.reshape(n, -1).astype(np.float64),
+            np.repeat(np.arange(n), draws),
+            z.reshape(n * draws, d),
             self.runtime.decode,
             self.manifest.likelihood,
-            np.concatenate(marks) if want_features else None,
+            marks,
             check=checker(deadline),
         )
-        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        start = 0
-        for i, r, drawn in zip(ids, requests, draws, strict=True):
-            n_elbo, n_iw = len(r.x) * r.n_samples, len(r.x) * r.iw_samples
-            elbo_px = log_px[start : start + n_elbo].reshape(len(r.x), r.n_samples)
-            iw_px = log_px[start + n_elbo : start + n_elbo + n_iw].reshape(len(r.x), r.iw_samples)
-            mine = features[drawn.rows] if r.feature_scores and features is not None else None
-            out[i] = (elbo_px, iw_px, mine)
-            start += n_elbo + n_iw
-        return out
+        return log_px.reshape(n, draws), features
+
+    def decide(
+        self, requests: list[PreparedElbo], bounds: list[int], log_likelihood: np.ndarray
+    ) -> list[Decisions | None]:
+        """Each request's decisions against its own threshold, with one p-value lookup for the whole batch."""
+        if all(r.threshold is None for r in requests):  # only while the model is being calibrated
+            return [None] * len(requests)
+        anomaly_score = -log_likelihood
+        calibration = self._calibration()
+        p_value = scoring.p_values(anomaly_score, calibration.sorted_scores, calibration.n)
+        thresholds = {r.threshold for r in requests}
+        if len(thresholds) == 1:  # the common case: every request at the default threshold
+            is_anomaly = anomaly_score > requests[0].threshold
+        else:
+            per_request = [np.nan if r.threshold is None else r.threshold for r in requests]
+            is_anomaly = anomaly_score > np.repeat(np.asarray(per_request, dtype=np.float64), np.diff(bounds))
+        return [
+            None
+            if r.threshold is None
+            else Decisions(anomaly_score[a:b], float(r.threshold), is_anomaly[a:b], p_value[a:b])
+            for r, a, b in zip(requests, bounds[:-1], bounds[1:], strict=True)
+        ]
 
     def _calibration(self) -> Calibration:
         if self.manifest.scoring is None:
@@ -507,12 +548,6 @@ class VaeEngine:
         chosen = self.default_threshold if threshold is None else threshold
         assert chosen is not None  # a calibrated model always has a default threshold
         return chosen
-
-    def decide(self, anomaly_score: np.ndarray, threshold: float) -> Decisions:
-        """Decisions against a threshold, with conformal p-values against the calibration scores."""
-        calibration = self._calibration()
-        p_value = scoring.p_values(anomaly_score, calibration.sorted_scores, calibration.n)
-        return Decisions(anomaly_score, float(threshold), anomaly_score > threshold, p_value)
 
     def warm_up(self) -> None:
         """One real inference through both graphs; raises if the model cannot produce finite numbers."""

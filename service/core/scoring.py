@@ -19,11 +19,15 @@ Decode = Callable[[np.ndarray], tuple[np.ndarray, ...]]  # z (N, d) float32 -> p
 # log_prob_per_feature(...).sum(axis=1) computes it (tests pin the two together).
 Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
+# np.sum's own reduction without its Python wrapper: the same sums, bit for bit, for a few µs less per call
+# on the small arrays of one-instance requests.
+_sum = np.add.reduce
+
 
 def kl_to_standard_normal(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """KL(N(mu, diag e^logvar) || N(0, I)) per row, (B, d) -> (B,); 1/2 sum(mu^2 + sigma^2 - 1 - ln sigma^2)."""
     mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
-    kl: np.ndarray = 0.5 * np.sum(mu**2 + np.exp(logvar) - 1.0 - logvar, axis=1)
+    kl: np.ndarray = 0.5 * _sum(mu**2 + np.exp(logvar) - 1.0 - logvar, axis=1)
     return kl
 
 
@@ -46,7 +50,7 @@ def distribution_mean(params: tuple[np.ndarray, ...], likelihood: str) -> np.nda
 
 def reparameterize(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
     """z = mu + sigma * eps: mu, logvar (B, d), eps (B, L, d) -> z (B, L, d) float32."""
-    z: np.ndarray = (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32)
+    z: np.ndarray = (mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps).astype(np.float32, copy=False)
     return z
 
 
@@ -109,10 +113,14 @@ def log_likelihood_draws(
 
 def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     """ln sum exp(a) along axis without overflow; -inf where every term is -inf."""
-    peak = np.max(a, axis=axis, keepdims=True)
+    if a.shape[axis] == 1:
+        # One term (K = 1, the common request): the shifted sum below is exactly a + ln 1 = a + 0.0, so skip it.
+        one: np.ndarray = np.squeeze(a, axis=axis) + 0.0
+        return one
+    peak = np.maximum.reduce(a, axis=axis, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
     with np.errstate(divide="ignore"):
-        out: np.ndarray = np.squeeze(peak, axis=axis) + np.log(np.sum(np.exp(a - peak), axis=axis))
+        out: np.ndarray = np.squeeze(peak, axis=axis) + np.log(_sum(np.exp(a - peak), axis=axis))
     return out
 
 
@@ -121,10 +129,10 @@ def bound_from_draws(
 ) -> np.ndarray:
     """L_K from ln p(x|z_k) (B, K), the draws z (B, K, d), their noise eps and the posterior logvar (B, d)."""
     eps64, z64 = eps.astype(np.float64), z.astype(np.float64)
-    log_prior = -0.5 * np.sum(LOG_2PI + z64**2, axis=2)
-    log_posterior = -0.5 * np.sum(LOG_2PI + logvar.astype(np.float64)[:, None, :] + eps64**2, axis=2)
+    log_prior = -0.5 * _sum(LOG_2PI + z64**2, axis=2)
+    log_posterior = -0.5 * _sum(LOG_2PI + logvar.astype(np.float64)[:, None, :] + eps64**2, axis=2)
     log_weights = log_px + log_prior - log_posterior
-    jacobian = 0.0 if log_jacobian is None else float(np.sum(log_jacobian))
+    jacobian = 0.0 if log_jacobian is None else float(_sum(log_jacobian, axis=None))
     return logsumexp(log_weights, axis=1) - math.log(eps.shape[1]) + jacobian
 
 
