@@ -124,8 +124,8 @@ class PreparedElbo:
 
 @dataclass(frozen=True)
 class _Group:
-    """Requests of one batch that draw alike: the same L and K, and the same path (scorer graph, or decoder with or
-    without feature scores). Their draws stack into one array, so the maths runs once for all of them."""
+    """Requests of one batch that draw alike: the same L and K, and the same path (scorer graph or decoder), with or
+    without feature scores. Their draws stack into one array, so the maths runs once for all of them."""
 
     n_samples: int
     iw_samples: int
@@ -140,7 +140,7 @@ def _groups(requests: list[PreparedElbo], bounds: list[int], has_scorer: bool) -
     """The batch's requests grouped by how they draw; request i has rows bounds[i]:bounds[i + 1] of the batch."""
     members: dict[tuple[int, int, bool, bool], list[int]] = {}
     for i, r in enumerate(requests):
-        key = (r.n_samples, r.iw_samples, has_scorer and not r.feature_scores, r.feature_scores)
+        key = (r.n_samples, r.iw_samples, has_scorer, r.feature_scores)
         members.setdefault(key, []).append(i)
     groups = []
     for (n_samples, iw_samples, by_scorer, feature_scores), ids in members.items():
@@ -181,7 +181,7 @@ class Scored:
     iw_samples: int
     seed: int
     decisions: Decisions | None = None  # None only while the model is being calibrated
-    feature_scores: np.ndarray | None = None  # (B, *input_shape), sums to -reconstruction
+    feature_scores: np.ndarray | None = None  # (B, *input_shape), sums to -reconstruction (float32 rounding)
 
     def value(self, name: str) -> Any:
         """One field of ELBO_OUTPUTS by name: the scores' own, or the decisions'."""
@@ -401,9 +401,10 @@ class VaeEngine:
 
         Every request's numbers are those it gets alone: its noise comes from its own seed, and each draw's
         log-likelihood depends only on its own input and z. With a scorer graph, ln p(x|z) is computed inside
-        it (to float32 rounding of the decoder path); requests for feature_scores, and models without a
-        scorer graph, decode and score in numpy. The maths runs once per group of requests that draw alike,
-        not once per request: a batch of one-instance requests costs a few numpy calls, not a few per request.
+        it (to float32 rounding of the decoder path), feature_scores or not; models without a scorer graph
+        decode and score in numpy, and feature_scores always come from the decoder. The maths runs once per
+        group of requests that draw alike, not once per request: a batch of one-instance requests costs a few
+        numpy calls, not a few per request.
         """
         if deadline is not None:
             deadline.check()
@@ -458,7 +459,12 @@ class VaeEngine:
         z = scoring.reparameterize(mu[group.rows], logvar_g, eps)  # (n, L + K, d)
         features = None
         if group.by_scorer:
+            # The scores come from the scorer whether or not feature scores are asked for, so a request's numbers
+            # never depend on that option; the per-feature shares come from the decoder, over the ELBO's draws
+            # only, and sum to -reconstruction to float32 rounding.
             log_px = scoring.log_likelihood_draws(x[group.rows], z, self.runtime.score, check=checker(deadline))
+            if group.feature_scores:
+                _, features = self._log_px_by_decoder(x[group.rows], z[:, :n_samples], n_samples, True, deadline)
         else:
             log_px, features = self._log_px_by_decoder(x[group.rows], z, n_samples, group.feature_scores, deadline)
         # The mean as np.mean computes it (the sum, then / L), without its Python wrapper.

@@ -179,6 +179,5 @@ def test_feature_scores_sum_to_minus_reconstruction(clients):
         card = client.get("/v1/model").json()
         features = np.asarray(body["feature_scores"])
         assert features.shape == (3, *card["input_shape"])
-        np.testing.assert_allclose(
-            features.reshape(3, -1).sum(axis=1), -np.asarray(body["reconstruction"]), rtol=1e-9, atol=1e-6
-        )
+        # The shares come from the decoder, the scores from the scorer graph: equal to float32 rounding.
+        np.testing.assert_allclose(features.reshape(3, -1).sum(axis=1), -np.asarray(body["reconstruction"]), rtol=1e-6)
