@@ -78,8 +78,8 @@ def render(rows: list[dict], args, overrides: dict, total_seconds: float) -> str
     lines = [
         "| normal digit | train rows | VAE (default K) | VAE −L_100 | "
         + " | ".join(PEERS.values())
-        + " | K | rows/s at K | rows/s at K=100 | epochs | train s |",
-        "|---|---|---|---|" + "---|" * len(PEERS) + "---|---|---|---|---|",
+        + " | K | rows/s at K | rows/s at K=100 | chosen (hidden / latent) | epochs | train s | train CPU s |",
+        "|---|---|---|---|" + "---|" * len(PEERS) + "---|---|---|---|---|---|---|",
     ]
     for r in rows:
         v = r["vae"]
@@ -87,12 +87,12 @@ def render(rows: list[dict], args, overrides: dict, total_seconds: float) -> str
             f"| {r['digit']} | {r['n_train']} | {fmt(v.auroc_default) if v.ok else 'fails'} | {fmt(v.auroc_k100)} | "
             + " | ".join(fmt(r[m]) for m in PEERS)
             + f" | {v.k or '—'} | {fmt_rate(v.rows_per_s_default)} | {fmt_rate(v.rows_per_s_k100)} | "
-            f"{v.epochs or '—'} | {v.train_seconds:.1f} |"
+            f"{v.capacity or '—'} | {v.epochs or '—'} | {v.train_seconds:.1f} | {v.train_cpu_seconds:.1f} |"
         )
     lines.append(
         f"| **mean** | | **{fmt(vae_mean)}** | **{fmt(vae_mean_k100)}** | "
         + " | ".join(f"**{fmt(means[m])}**" for m in PEERS)
-        + " | | | | | |"
+        + " | | | | | | | |"
     )
     if failed:
         errors = sorted({r["vae"].error for r in failed})
@@ -188,7 +188,8 @@ def main() -> None:
             row = run_digit(digit, x_train, y_train, x_test, y_test, args, overrides, Path(tmp))
             v = row["vae"]
             vae_text = (
-                f"VAE (K={v.k}) {v.auroc_default:.4f}, VAE -L_100 {v.auroc_k100:.4f}"
+                f"VAE (K={v.k}, {v.capacity}, CPU {v.train_cpu_seconds:.0f} s) {v.auroc_default:.4f}, "
+                f"VAE -L_100 {v.auroc_k100:.4f}"
                 if v.ok
                 else f"VAE fails: {v.error}"
             )

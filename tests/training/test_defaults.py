@@ -13,7 +13,16 @@ import pytest
 
 from tests.helpers import write_png_folder, write_tabular_csv
 from training.data import Dataset
-from training.plan import ConfigError, latent_ladder, plan_training, schedule
+from training.plan import (
+    Candidate,
+    ConfigError,
+    choose_capacity,
+    latent_ladder,
+    paired_gaps,
+    patience_steps,
+    plan_training,
+    schedule,
+)
 from training.train_config import TrainConfig
 
 VAE = str(Path(sys.executable).with_name("vae"))
@@ -67,10 +76,10 @@ def test_training_length_is_counted_in_steps():
 def test_unset_capacity_compares_a_linear_model_and_an_mlp_over_the_latent_ladder():
     plan = plan_training(TrainConfig(), table(100, d=6))
     assert [[(c.hidden, c.latent_dim) for c in family] for family in plan.families] == [
-        [([], 1), ([], 2), ([], 4)],
-        [([128, 128], 1), ([128, 128], 2), ([128, 128], 4)],
+        [([], 1), ([], 2), ([], 3), ([], 4)],
+        [([128, 128], 1), ([128, 128], 2), ([128, 128], 3), ([128, 128], 4)],
     ]
-    assert latent_ladder(784) == [1, 2, 4, 8, 16, 32] and latent_ladder(1) == [1]
+    assert latent_ladder(784) == [1, 2, 3, 4, 8, 16, 32] and latent_ladder(1) == [1]
     fixed = plan_training(TrainConfig(hidden=[16], latent_dim=3), table(100))
     assert not fixed.selects
 
@@ -155,3 +164,33 @@ def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr):
     assert f"vae train: chose {'hidden ' + (','.join(map(str, config['hidden'])) or 'linear')}" in result.stderr
     assert len(manifest["training"]["selection"]) >= 2
     assert manifest["training"]["notes"][0].endswith(f" validation, {n_cal} calibration")
+
+
+def test_paired_gaps_measure_each_candidate_against_the_best_on_the_same_rows():
+    best, close, far = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.9, 2.1, 2.8, 4.0]), np.array([0.0, 1.0, 2.0, 3.0])
+    gaps = paired_gaps([best, close, far])
+    assert gaps[0] == (0.0, 0.0)
+    assert gaps[1] == (pytest.approx(0.05), pytest.approx(np.sqrt(0.05 / 3) / 2))  # sd of (.1, -.1, .2, 0) / √4
+    assert gaps[2] == (pytest.approx(1.0), pytest.approx(0.0))  # always 1 nat worse: no doubt at all
+
+
+def test_the_one_standard_error_rule_keeps_the_smallest_latent_the_rows_cannot_tell_from_the_best():
+    best, close, far = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.9, 2.1, 2.8, 4.0]), np.array([0.0, 1.0, 2.0, 3.0])
+    mlp8, mlp2, linear1 = Candidate([128, 128], 8), Candidate([128, 128], 2), Candidate([], 1)
+    assert choose_capacity([mlp8, mlp2, linear1], [best, close, far], "best") == 0
+    assert choose_capacity([mlp8, mlp2, linear1], [best, close, far], "one-se") == 1
+    # At equal latent the linear model is the simpler one.
+    assert choose_capacity([mlp8, mlp2, Candidate([], 2)], [best, close, close], "one-se") == 2
+
+
+def test_non_linear_models_wait_longer_before_stopping():
+    plan = plan_training(TrainConfig(), table(1000))
+    assert (len(plan.train_rows), plan.batch_size, plan.patience, plan.nonlinear_patience) == (800, 100, 38, 100)
+    assert plan.notes[1] == (
+        "likelihood gaussian, shared noise variance, standard scaling; batch 100, up to 1000 epochs, patience 38 "
+        "(100 for non-linear models)"
+    )
+    assert patience_steps([], selecting=True) == 200 and patience_steps([], selecting=False) == 300
+    assert patience_steps([128, 128], selecting=True) == 800
+    fixed = plan_training(TrainConfig(patience=5), table(1000))
+    assert (fixed.patience, fixed.nonlinear_patience) == (5, 5)
