@@ -132,17 +132,17 @@ def default_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProces
 
 
 @pytest.mark.parametrize(
-    "name, n_cal, fpr",
+    "name, n_cal, fpr, hidden, latent",
     [
-        ("table-20", 5, 1 / 6),
-        ("table-50", 12, 1 / 13),
-        ("table-214", 53, 1 / 54),
-        ("table-1000", 100, 0.01),
-        ("png-60", 15, 1 / 16),
-        ("wide-784", 30, 1 / 31),
+        ("table-20", 5, 1 / 6, [], 3),
+        ("table-50", 12, 1 / 13, [], 2),
+        ("table-214", 53, 1 / 54, [128, 128], 3),
+        ("table-1000", 100, 0.01, [], 3),
+        ("png-60", 15, 1 / 16, [256, 256], 4),
+        ("wide-784", 30, 1 / 31, [], 4),
     ],
 )
-def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr):
+def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr, hidden, latent):
     result, out = default_runs[name]
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {out}: best validation ELBO ")
@@ -160,9 +160,17 @@ def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr):
     assert last["noise"] <= 0.1 * last["iqr"] or last["k"] == 256
     # The capacity chosen for the data is printed and stored.
     config = manifest["training"]["config"]
-    assert manifest["latent_dim"] == config["latent_dim"]
-    assert f"vae train: chose {'hidden ' + (','.join(map(str, config['hidden'])) or 'linear')}" in result.stderr
-    assert len(manifest["training"]["selection"]) >= 2
+    assert (config["hidden"], config["latent_dim"], manifest["latent_dim"]) == (hidden, latent, latent)
+    widths = ",".join(map(str, hidden)) or "linear"
+    assert (
+        f"vae train: chose hidden {widths}, latent {latent} (smallest latent within one standard error of the best "
+        f"held-out L_16 of {len(manifest['training']['selection'])} tried)\n"
+    ) in result.stderr
+    # Every candidate's gap to the best and its standard error are stored; the one kept is within one.
+    tried = manifest["training"]["selection"]
+    kept = next(t for t in tried if (t["hidden"], t["latent_dim"]) == (hidden, latent))
+    assert len(tried) >= 2 and kept["below_best"] <= kept["standard_error"]
+    assert min(t["below_best"] for t in tried) == 0.0
     assert manifest["training"]["notes"][0].endswith(f" validation, {n_cal} calibration")
 
 
