@@ -45,6 +45,9 @@ class VaeResult:
     rows_per_s_default: float = float("nan")  # VaeEngine.elbo throughput on the test rows at the default K
     rows_per_s_k100: float = float("nan")
     train_seconds: float = float("nan")
+    # CPU seconds of the training process: on a shared machine, steadier than the wall clock under others' load
+    train_cpu_seconds: float = float("nan")
+    capacity: str = ""  # the capacity `vae train` chose, e.g. "128,128 / 2" or "linear / 16"
     epochs: int = 0
     manifest: object = None
 
@@ -109,7 +112,7 @@ def train_default_vae(x_normal: np.ndarray, workdir: Path, name: str, seed: int,
 
     npy = workdir / f"{name}.npy"
     np.save(npy, np.ascontiguousarray(x_normal, dtype=np.float32))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         artifact = train(
             TrainConfig(
@@ -120,8 +123,8 @@ def train_default_vae(x_normal: np.ndarray, workdir: Path, name: str, seed: int,
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, ValueError):  # ConfigError and DataError are ValueErrors; others are surprises
             traceback.print_exc()
-        return None, f"{type(exc).__name__}: {message}", time.perf_counter() - started
-    return artifact, "", time.perf_counter() - started
+        return None, f"{type(exc).__name__}: {message}", time.perf_counter() - started, float("nan")
+    return artifact, "", time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def engine_for(artifact):
@@ -165,11 +168,17 @@ def timed_scores(engine, x_test: np.ndarray, seed: int, ks: tuple) -> list[tuple
     return [(s, len(flat_x) / b) for s, b in zip(scores, best, strict=True)]
 
 
+def capacity_label(resolved: dict) -> str:
+    """The chosen capacity from the manifest's resolved config: "hidden widths / latent"."""
+    widths = ",".join(map(str, resolved["hidden"])) or "linear"
+    return f"{widths} / {resolved['latent_dim']}"
+
+
 def score_vae(
     x_normal, x_test, labels, workdir: Path, name: str, seed: int, overrides: dict | None = None
 ) -> VaeResult:
     """Train with the defaults and score the test rows at the default K and at K = 100 (labels: 1 = anomaly)."""
-    artifact, error, seconds = train_default_vae(x_normal, workdir, name, seed, overrides)
+    artifact, error, seconds, cpu_seconds = train_default_vae(x_normal, workdir, name, seed, overrides)
     if artifact is None:
         return VaeResult(ok=False, error=error, train_seconds=seconds)
     engine = engine_for(artifact)
@@ -183,6 +192,8 @@ def score_vae(
         rows_per_s_default=default_rate,
         rows_per_s_k100=k100_rate,
         train_seconds=seconds,
+        train_cpu_seconds=cpu_seconds,
+        capacity=capacity_label(manifest.training.config),
         epochs=manifest.training.epochs,
         manifest=manifest,
     )

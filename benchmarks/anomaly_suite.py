@@ -392,17 +392,17 @@ def render(rows: list[dict], s: dict, args, overrides: dict, total_seconds: floa
     k_lines = [
         f"| problem | K (manifest) | AUROC at K | AUROC at K = {REFERENCE_K} | rows/s at K "
         f"| rows/s at K = {REFERENCE_K} "
-        "| VAE epochs | VAE train s | PyOD VAE fit s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| VAE chosen (hidden / latent) | VAE epochs | VAE train s | VAE train CPU s | PyOD VAE fit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         v = r["vae"]
         k_lines.append(
             f"| {r['problem'].name} | {v.k or '—'} | {fmt(v.auroc_default)} | {fmt(v.auroc_k100)} | "
-            f"{fmt_rate(v.rows_per_s_default)} | {fmt_rate(v.rows_per_s_k100)} | {v.epochs or '—'} | "
-            f"{v.train_seconds:.1f} | {r['pyod_seconds']:.1f} |"
+            f"{fmt_rate(v.rows_per_s_default)} | {fmt_rate(v.rows_per_s_k100)} | {v.capacity or '—'} | "
+            f"{v.epochs or '—'} | {v.train_seconds:.1f} | {v.train_cpu_seconds:.1f} | {r['pyod_seconds']:.1f} |"
         )
-    k_lines.append(f"| **mean** | | **{fmt(s['vae_mean'])}** | **{fmt(s['vae_mean_k100'])}** | | | | | |")
+    k_lines.append(f"| **mean** | | **{fmt(s['vae_mean'])}** | **{fmt(s['vae_mean_k100'])}** | | | | | | | |")
     command = " ".join(
         filter(
             None,
@@ -484,7 +484,8 @@ def main() -> None:
             row = run_problem(problem, args.seed, overrides, Path(tmp))
             v = row["vae"]
             vae_text = (
-                f"VAE (K={v.k}) {v.auroc_default:.4f}, VAE -L_100 {v.auroc_k100:.4f}"
+                f"VAE (K={v.k}, {v.capacity}, train {v.train_seconds:.0f} s, CPU {v.train_cpu_seconds:.0f} s) "
+                f"{v.auroc_default:.4f}, VAE -L_100 {v.auroc_k100:.4f}"
                 if v.ok
                 else f"VAE fails: {v.error}"
             )

@@ -25,10 +25,12 @@ from training.loss import elbo_terms, importance_weighted_bound
 from training.model import VAE, ModelConfig
 from training.plan import (
     SELECTION_MAX_STEPS,
-    SELECTION_PATIENCE_STEPS,
     Candidate,
     ConfigError,
     TrainingPlan,
+    choose_capacity,
+    paired_gaps,
+    patience_steps,
     plan_training,
     schedule,
     split_indices,
@@ -223,14 +225,14 @@ SELECTION_MAX_TRAIN_ROWS = 4096  # capacities are compared on at most this many 
 SELECTION_MAX_HOLDOUT_ROWS = 1024
 
 
-def heldout_bound(model: VAE, x: torch.Tensor, seed: int, log_jacobian: float) -> float:
-    """Mean L_K over held-out rows, in raw-unit nats: the score the service serves, so higher is a better fit."""
+def heldout_bounds(model: VAE, x: torch.Tensor, seed: int, log_jacobian: float) -> np.ndarray:
+    """L_K of each held-out row, in raw-unit nats: the score the service serves, so higher is a better fit."""
     eps = torch.randn(
         SELECTION_IW_SAMPLES, len(x), model.config.latent_dim, generator=torch.Generator().manual_seed(seed)
     )
     model.eval()
     with torch.inference_mode():
-        return float(importance_weighted_bound(model, x, eps.to(x.device), log_jacobian).mean())
+        return importance_weighted_bound(model, x, eps.to(x.device), log_jacobian).cpu().numpy().astype(np.float64)
 
 
 def selection_folds(plan: TrainingPlan, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -253,6 +255,25 @@ def selection_folds(plan: TrainingPlan, seed: int) -> list[tuple[np.ndarray, np.
     ]
 
 
+def fit_candidate(
+    model_config: ModelConfig,
+    folds: list[tuple[torch.Tensor, torch.Tensor]],
+    config: TrainConfig,
+    plan: TrainingPlan,
+    log_jacobian: float,
+    world: World,
+) -> list[tuple[Fitted, np.ndarray]]:
+    """One capacity fitted on each fold's training rows with selection's budget, and its L_K per held-out row."""
+    out = []
+    for x_train, x_held in folds:
+        patience = patience_steps(model_config.hidden, selecting=True)
+        budget = schedule(config, len(x_train), SELECTION_MAX_STEPS, patience)
+        sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget, strict=False)))
+        fitted = fit_vae(model_config, x_train, x_held, config, sub_plan, world, log_jacobian, progress=False)
+        out.append((fitted, heldout_bounds(fitted.model, x_held, config.seed + 3, log_jacobian)))
+    return out
+
+
 def select_candidate(
     config: TrainConfig,
     dataset: Dataset,
@@ -263,10 +284,11 @@ def select_candidate(
     world: World,
     say,
 ) -> tuple[Candidate, list[dict]]:
-    """Fit each candidate capacity and keep the one with the best held-out L_K; no labels are used.
+    """Fit each candidate capacity and compare them by held-out L_K; no labels are used.
 
     Each family (linear, MLP) climbs its latent ladder and stops at the first size that does not improve on
-    the family's best, so a 784-feature table does not pay for every rung.
+    the family's best, so a 784-feature table does not pay for every rung. The choice among those tried is
+    training.plan.choose_capacity's.
     """
     folds = selection_folds(plan, config.seed)
     local = World(0, 1, world.device)  # every process selects alike; rank 0's choice is shared below
@@ -278,17 +300,14 @@ def select_candidate(
         for tr, ho in folds
     ]
     tried: list[dict] = []
+    rows: list[np.ndarray] = []  # each candidate's held-out L_K per row, rows in the same order for all
     for family in plan.families:
         best_in_family = -math.inf
         for candidate in family:
             cfg = replace(model_config, hidden=list(candidate.hidden), latent_dim=candidate.latent_dim)
-            scores, started = [], time.perf_counter()
-            for x_train, x_held in data:
-                budget = schedule(config, len(x_train), SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
-                sub_plan = replace(plan, **dict(zip(("batch_size", "epochs", "patience"), budget, strict=False)))
-                fitted = fit_vae(cfg, x_train, x_held, config, sub_plan, local, log_jacobian, progress=False)
-                scores.append(heldout_bound(fitted.model, x_held, config.seed + 3, log_jacobian))
-            score = float(np.mean(scores))
+            started = time.perf_counter()
+            rows.append(np.concatenate([r for _, r in fit_candidate(cfg, data, config, plan, log_jacobian, local)]))
+            score = float(rows[-1].mean())
             tried.append({"hidden": candidate.hidden, "latent_dim": candidate.latent_dim, "heldout_lk": score})
             say(
                 f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats "
@@ -297,7 +316,11 @@ def select_candidate(
             if score <= best_in_family:
                 break
             best_in_family = score
-    best = max(range(len(tried)), key=lambda i: tried[i]["heldout_lk"])
+    best = choose_capacity(
+        [Candidate(list(t["hidden"]), int(t["latent_dim"])) for t in tried], rows, config.selection_rule
+    )
+    for entry, gap in zip(tried, paired_gaps(rows), strict=True):
+        entry["below_best"], entry["standard_error"] = gap
     best = int(world.sum([best if world.main else 0])[0])
     chosen = Candidate(list(tried[best]["hidden"]), int(tried[best]["latent_dim"]))
     return chosen, tried
@@ -323,8 +346,11 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
         chosen, selection = select_candidate(
             config, dataset, plan, preprocessing, model_config, log_jacobian, world, say
         )
-        say(f"vae train: chose {chosen.label} (best held-out L_{SELECTION_IW_SAMPLES} of {len(selection)} tried)")
+        rule = "highest" if config.selection_rule == "best" else "smallest latent within one standard error of the best"
+        say(f"vae train: chose {chosen.label} ({rule} held-out L_{SELECTION_IW_SAMPLES} of {len(selection)} tried)")
     model_config = replace(model_config, hidden=list(chosen.hidden), latent_dim=chosen.latent_dim)
+    if chosen.hidden:
+        plan = replace(plan, patience=plan.nonlinear_patience)
 
     x_train = to_model_tensor(dataset.x[plan.train_rows], preprocessing).to(world.device)
     x_val = to_model_tensor(dataset.x[plan.val_rows], preprocessing).to(world.device)

@@ -144,7 +144,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--latent-dim",
         type=positive_int,
         default=argparse.SUPPRESS,
-        help="size of z (default: chosen from 1, 2, 4, ... 32 by held-out L_K)",
+        help="size of z (default: chosen from 1, 2, 3, 4, 8, 16, 32 by held-out L_K)",
     )
     p.add_argument(
         "--arch",
@@ -184,6 +184,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=argparse.SUPPRESS,
         help="rows per gradient step (default: training rows / 8, within 16 to 128)",
+    )
+    p.add_argument(
+        "--selection-rule",
+        choices=["one-se", "best"],
+        default=defaults["selection_rule"],
+        help="how held-out L_K picks the capacity when it is unset: one-se, the smallest latent within one "
+        "standard error of the best; best, the highest",
     )
     p.add_argument("--lr", type=number, default=defaults["lr"], help="Adam learning rate")
     p.add_argument("--beta", type=non_negative_float, default=defaults["beta"], help="KL weight in the loss")

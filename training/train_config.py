@@ -16,7 +16,7 @@ class TrainConfig:
     likelihood: str | None = None  # bernoulli | gaussian; None: bernoulli for digits, gaussian for files
     noise: str | None = None  # gaussian: "shared" (one variance for all features) or "feature"; None: shared
     scaling: str | None = None  # "range" or "standard"; None: range for pixels (C x H x W), standard for tables
-    latent_dim: int | None = None  # size of z; None: chosen from 1, 2, 4, ... 32 by held-out L_K
+    latent_dim: int | None = None  # size of z; None: chosen from 1, 2, 3, 4, 8, 16, 32 by held-out L_K
     arch: str = "mlp"  # mlp, or conv for C x H x W data
     # mlp widths / conv channels, decoder mirrored ([] is linear); None: a linear model and an MLP sized from
     # the features are both tried and the better one by held-out L_K kept (conv: 32,64)
@@ -26,6 +26,9 @@ class TrainConfig:
     epochs: int | None = None  # upper bound; None: from the rows (about 8000 steps); early stopping ends sooner
     batch_size: int | None = None  # rows per gradient step, per process under torchrun; None: rows / 8 in [16, 128]
     lr: float = 3e-3  # Adam learning rate (3e-3 converges several times faster than 1e-3 on small tables)
+    # how held-out L_K picks a capacity: "one-se" (the smallest latent within one standard error of the best)
+    # or "best" (the highest)
+    selection_rule: str = "one-se"
     beta: float = 1.0  # weight of the KL term in the loss (reported ELBOs always use 1)
     seed: int = 0  # fixes the split, the initial weights, the batch order and the noise
     val_fraction: float = 0.1  # held out for early stopping and reported validation metrics

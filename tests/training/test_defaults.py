@@ -13,7 +13,16 @@ import pytest
 
 from tests.helpers import write_png_folder, write_tabular_csv
 from training.data import Dataset
-from training.plan import ConfigError, latent_ladder, plan_training, schedule
+from training.plan import (
+    Candidate,
+    ConfigError,
+    choose_capacity,
+    latent_ladder,
+    paired_gaps,
+    patience_steps,
+    plan_training,
+    schedule,
+)
 from training.train_config import TrainConfig
 
 VAE = str(Path(sys.executable).with_name("vae"))
@@ -67,10 +76,10 @@ def test_training_length_is_counted_in_steps():
 def test_unset_capacity_compares_a_linear_model_and_an_mlp_over_the_latent_ladder():
     plan = plan_training(TrainConfig(), table(100, d=6))
     assert [[(c.hidden, c.latent_dim) for c in family] for family in plan.families] == [
-        [([], 1), ([], 2), ([], 4)],
-        [([128, 128], 1), ([128, 128], 2), ([128, 128], 4)],
+        [([], 1), ([], 2), ([], 3), ([], 4)],
+        [([128, 128], 1), ([128, 128], 2), ([128, 128], 3), ([128, 128], 4)],
     ]
-    assert latent_ladder(784) == [1, 2, 4, 8, 16, 32] and latent_ladder(1) == [1]
+    assert latent_ladder(784) == [1, 2, 3, 4, 8, 16, 32] and latent_ladder(1) == [1]
     fixed = plan_training(TrainConfig(hidden=[16], latent_dim=3), table(100))
     assert not fixed.selects
 
@@ -123,17 +132,17 @@ def default_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProces
 
 
 @pytest.mark.parametrize(
-    "name, n_cal, fpr",
+    "name, n_cal, fpr, hidden, latent",
     [
-        ("table-20", 5, 1 / 6),
-        ("table-50", 12, 1 / 13),
-        ("table-214", 53, 1 / 54),
-        ("table-1000", 100, 0.01),
-        ("png-60", 15, 1 / 16),
-        ("wide-784", 30, 1 / 31),
+        ("table-20", 5, 1 / 6, [], 3),
+        ("table-50", 12, 1 / 13, [], 2),
+        ("table-214", 53, 1 / 54, [128, 128], 3),
+        ("table-1000", 100, 0.01, [], 3),
+        ("png-60", 15, 1 / 16, [256, 256], 4),
+        ("wide-784", 30, 1 / 31, [], 4),
     ],
 )
-def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr):
+def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr, hidden, latent):
     result, out = default_runs[name]
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {out}: best validation ELBO ")
@@ -151,7 +160,45 @@ def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr):
     assert last["noise"] <= 0.1 * last["iqr"] or last["k"] == 256
     # The capacity chosen for the data is printed and stored.
     config = manifest["training"]["config"]
-    assert manifest["latent_dim"] == config["latent_dim"]
-    assert f"vae train: chose {'hidden ' + (','.join(map(str, config['hidden'])) or 'linear')}" in result.stderr
-    assert len(manifest["training"]["selection"]) >= 2
+    assert (config["hidden"], config["latent_dim"], manifest["latent_dim"]) == (hidden, latent, latent)
+    widths = ",".join(map(str, hidden)) or "linear"
+    assert (
+        f"vae train: chose hidden {widths}, latent {latent} (smallest latent within one standard error of the best "
+        f"held-out L_16 of {len(manifest['training']['selection'])} tried)\n"
+    ) in result.stderr
+    # Every candidate's gap to the best and its standard error are stored; the one kept is within one.
+    tried = manifest["training"]["selection"]
+    kept = next(t for t in tried if (t["hidden"], t["latent_dim"]) == (hidden, latent))
+    assert len(tried) >= 2 and kept["below_best"] <= kept["standard_error"]
+    assert min(t["below_best"] for t in tried) == 0.0
     assert manifest["training"]["notes"][0].endswith(f" validation, {n_cal} calibration")
+
+
+def test_paired_gaps_measure_each_candidate_against_the_best_on_the_same_rows():
+    best, close, far = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.9, 2.1, 2.8, 4.0]), np.array([0.0, 1.0, 2.0, 3.0])
+    gaps = paired_gaps([best, close, far])
+    assert gaps[0] == (0.0, 0.0)
+    assert gaps[1] == (pytest.approx(0.05), pytest.approx(np.sqrt(0.05 / 3) / 2))  # sd of (.1, -.1, .2, 0) / √4
+    assert gaps[2] == (pytest.approx(1.0), pytest.approx(0.0))  # always 1 nat worse: no doubt at all
+
+
+def test_the_one_standard_error_rule_keeps_the_smallest_latent_the_rows_cannot_tell_from_the_best():
+    best, close, far = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.9, 2.1, 2.8, 4.0]), np.array([0.0, 1.0, 2.0, 3.0])
+    mlp8, mlp2, linear1 = Candidate([128, 128], 8), Candidate([128, 128], 2), Candidate([], 1)
+    assert choose_capacity([mlp8, mlp2, linear1], [best, close, far], "best") == 0
+    assert choose_capacity([mlp8, mlp2, linear1], [best, close, far], "one-se") == 1
+    # At equal latent the linear model is the simpler one.
+    assert choose_capacity([mlp8, mlp2, Candidate([], 2)], [best, close, close], "one-se") == 2
+
+
+def test_non_linear_models_wait_longer_before_stopping():
+    plan = plan_training(TrainConfig(), table(1000))
+    assert (len(plan.train_rows), plan.batch_size, plan.patience, plan.nonlinear_patience) == (800, 100, 38, 100)
+    assert plan.notes[1] == (
+        "likelihood gaussian, shared noise variance, standard scaling; batch 100, up to 1000 epochs, patience 38 "
+        "(100 for non-linear models)"
+    )
+    assert patience_steps([], selecting=True) == 200 and patience_steps([], selecting=False) == 300
+    assert patience_steps([128, 128], selecting=True) == 800
+    fixed = plan_training(TrainConfig(patience=5), table(1000))
+    assert (fixed.patience, fixed.nonlinear_patience) == (5, 5)

@@ -83,7 +83,8 @@ def test_help_shows_every_default():
     text = " ".join(result.stdout.split())
     for flag, default in [
         ("--data", "digits"),
-        ("--latent-dim", "chosen from 1, 2, 4, ... 32 by held-out L_K"),
+        ("--latent-dim", "chosen from 1, 2, 3, 4, 8, 16, 32 by held-out L_K"),
+        ("--selection-rule", "one-se"),
         (
             "--hidden",
             "a linear model and an MLP sized from the features are both fitted and the better by "

@@ -1,0 +1,112 @@
+"""Diagnosis: every capacity `vae train` would compare, fitted exactly as its selection fits them, with the held-out
+L_16 that selection ranks by (and its paired standard error against the best) next to the test AUROC it leads to.
+
+The AUROC uses the suite's anomaly labels, so it is for studying the label-free criterion, never for choosing:
+`vae train` sees only the held-out likelihood. Every rung of the ladder is fitted (selection stops a family
+early). Example: `.venv/bin/python benchmarks/anomaly_candidates.py --problems s-curve-12d --latents 1,2,4,8`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import trim_mean
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from anomaly_common import auroc, parse_overrides, set_threads  # noqa: E402
+from anomaly_suite import PROBLEMS, Problem  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+from training.data import load_dataset  # noqa: E402
+from training.distributed import World  # noqa: E402
+from training.model import ModelConfig  # noqa: E402
+from training.plan import Candidate, plan_training  # noqa: E402
+from training.train import fit_candidate, heldout_bounds, preprocess, selection_folds, to_model_tensor  # noqa: E402
+from training.train_config import TrainConfig  # noqa: E402
+
+
+def digit_problem(digit: int, seed: int) -> Problem:
+    """anomaly_digits.py's one-vs-rest problem for one normal class, as (N, 1, 8, 8) images."""
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, stratify=y, random_state=seed)
+    images = x_train[y_train == digit].reshape(-1, 1, 8, 8).astype(np.float32)
+    return Problem(
+        f"digit-{digit}", images, x_test.reshape(-1, 1, 8, 8).astype(np.float32), (y_test != digit).astype(int), ""
+    )
+
+
+def study(name: str, config: TrainConfig, candidates: list[Candidate], workdir: Path) -> None:
+    problem = digit_problem(int(name[6:]), config.seed) if name.startswith("digit-") else PROBLEMS[name](config.seed)
+    npy = workdir / f"{name}.npy"
+    np.save(npy, problem.x_train.astype(np.float32))
+    dataset = load_dataset(str(npy))
+    plan = plan_training(replace(config, data=str(npy)), dataset)
+    pre = preprocess(dataset, plan.train_rows, plan.likelihood, plan.scaling)
+    n_features = int(np.prod(dataset.input_shape))
+    log_jacobian = 0.0 if plan.likelihood == "bernoulli" else -float(pre.log_scale(n_features).sum())
+    folds = [
+        (to_model_tensor(dataset.x[tr], pre), to_model_tensor(dataset.x[ho], pre))
+        for tr, ho in selection_folds(plan, config.seed)
+    ]
+    world = World(0, 1, torch.device("cpu"))
+    x_test = to_model_tensor(problem.x_test, pre)
+    results = []
+    for cand in candidates:
+        cfg = ModelConfig(
+            input_shape=list(dataset.input_shape),
+            latent_dim=cand.latent_dim,
+            hidden=list(cand.hidden),
+            likelihood=plan.likelihood,
+            noise=plan.noise,
+        )
+        started = time.perf_counter()
+        fits = fit_candidate(cfg, folds, config, plan, log_jacobian, world)
+        held_rows = [r for _, r in fits]
+        aurocs = [
+            auroc(problem.labels, -heldout_bounds(f.model, x_test, config.seed + 5, log_jacobian)) for f, _ in fits
+        ]
+        epochs = [f.result.epochs_run for f, _ in fits]
+        rows = np.concatenate(held_rows)
+        results.append((cand, rows))
+        print(
+            f"{name}: {cand.label}: held-out L_16 {rows.mean():.3f} (row sd {rows.std(ddof=1):.2f}, "
+            f"median {np.median(rows):.3f}, 10%-trimmed {trim_mean(rows, 0.1):.3f}), "
+            f"test AUROC {np.mean(aurocs):.4f}, epochs {epochs}, {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    best_cand, best_rows = max(results, key=lambda r: r[1].mean())
+    for cand, rows in results:
+        diff = best_rows - rows
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        print(f"{name}: {cand.label}: {diff.mean():.3f} below {best_cand.label}, paired SE {se:.3f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", default="blobs,swiss-roll-20d,s-curve-12d")
+    parser.add_argument("--latents", default="1,2,4,8,16")
+    parser.add_argument("--widths", default="linear,128-128", help="comma-separated; hyphens inside a width")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    set_threads(1)
+    config = TrainConfig(seed=args.seed, progress=False, **parse_overrides(args.set))
+    widths = [[] if w == "linear" else [int(v) for v in w.split("-")] for w in args.widths.split(",")]
+    candidates = [Candidate(w, int(d)) for w in widths for d in args.latents.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.problems.split(","):
+            study(name, config, candidates, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
