@@ -603,7 +603,8 @@ def test_heatmap_scores_are_the_feature_scores_in_nats(served, scans):
         scored = vae.elbo(raw, n_samples=4, iw_samples=1, seed=2, feature_scores=True)
     assert heatmap.scores.shape == (6, 8, 8) and heatmap.seed == 2
     np.testing.assert_array_equal(heatmap.scores, scored.feature_scores[:, 0])
-    np.testing.assert_allclose(heatmap.scores.sum(axis=(1, 2)), -scored.reconstruction, rtol=1e-9)
+    # The shares come from the decoder, the scores from the scorer graph: equal to float32 rounding.
+    np.testing.assert_allclose(heatmap.scores.sum(axis=(1, 2)), -scored.reconstruction, rtol=1e-6)
 
 
 def test_heatmap_png_is_the_servers_picture(served, scans):
