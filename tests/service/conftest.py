@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 
 from service.http.app import create_app
 from service.http.settings import Settings
+from tests.helpers import start_server, stop
 
 MODELS = ["digits", "tabular"]
 RUNTIMES = ["onnx", "torchscript"]
@@ -53,3 +54,11 @@ def onnx_client(request, clients) -> TestClient:
 @pytest.fixture(scope="session")
 def digits_client(clients) -> TestClient:
     return clients["digits", "onnx"]
+
+
+@pytest.fixture(scope="module")
+def served_digits(digits_model_dir):
+    """A real `vae serve` process on the digits model with the default settings, one per test module: its URL."""
+    process, base = start_server(digits_model_dir)
+    yield base
+    stop(process)

@@ -16,26 +16,17 @@ import numpy as np
 import pytest
 from vae_client import VaeClient
 
-from tests.helpers import start_server, stop
-
 GENERATOR = str(Path(sys.executable).with_name("openapi-python-client"))
 CONFIG = Path(__file__).resolve().parents[2] / "client" / "openapi-python-client.yaml"
 PACKAGE = "vae_generated_api"
 
 
 @pytest.fixture(scope="module")
-def server(digits_model_dir):
-    process, base = start_server(digits_model_dir)
-    yield base
-    stop(process)
-
-
-@pytest.fixture(scope="module")
-def generated(server, tmp_path_factory):
+def generated(served_digits, tmp_path_factory):
     """The generated package, imported, and what the generator printed."""
     root = tmp_path_factory.mktemp("generated")
     spec = root / "openapi.json"
-    spec.write_bytes(httpx.get(f"{server}/openapi.json").content)
+    spec.write_bytes(httpx.get(f"{served_digits}/openapi.json").content)
     command = [GENERATOR, "generate", "--path", str(spec), "--meta", "none", "--config", str(CONFIG)]
     done = subprocess.run(
         [*command, "--output-path", str(root / PACKAGE)], capture_output=True, text=True, timeout=300, check=False
@@ -71,18 +62,18 @@ def test_only_the_v2_infer_routes_are_left_out(generated):
     ]
 
 
-def test_generated_elbo_equals_the_native_client(generated, server):
+def test_generated_elbo_equals_the_native_client(generated, served_digits):
     package, _ = generated
     elbo = importlib.import_module(f"{package.__name__}.api.inference.elbo")
     models = importlib.import_module(f"{package.__name__}.models")
     from sklearn.datasets import load_digits
 
     digits = load_digits().data[:5].reshape(5, 1, 8, 8)
-    client = package.Client(base_url=server)
+    client = package.Client(base_url=served_digits)
     body = models.ElboJsonElboRequest(instances=digits.tolist(), n_samples=3, iw_samples=4, seed=11)
     answer = elbo.sync(client=client, body=body)
     assert isinstance(answer, models.ElboResponse), answer
-    with VaeClient(server) as native:
+    with VaeClient(served_digits) as native:
         expected = native.elbo(digits, n_samples=3, iw_samples=4, seed=11)
     for name in ("elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "p_value"):
         np.testing.assert_array_equal(np.asarray(getattr(answer, name)), getattr(expected, name), err_msg=name)
@@ -95,11 +86,13 @@ def test_generated_elbo_equals_the_native_client(generated, server):
     )
 
 
-def test_generated_errors_are_the_documented_error_model(generated, server):
+def test_generated_errors_are_the_documented_error_model(generated, served_digits):
     package, _ = generated
     elbo = importlib.import_module(f"{package.__name__}.api.inference.elbo")
     models = importlib.import_module(f"{package.__name__}.models")
-    response = elbo.sync_detailed(client=package.Client(base_url=server), body=models.ElboJsonElboRequest(instances=[]))
+    response = elbo.sync_detailed(
+        client=package.Client(base_url=served_digits), body=models.ElboJsonElboRequest(instances=[])
+    )
     assert response.status_code == 422
     assert isinstance(response.parsed, models.Error)
     assert (response.parsed.code, response.parsed.error) == (
@@ -108,16 +101,16 @@ def test_generated_errors_are_the_documented_error_model(generated, server):
     )
 
 
-def test_generated_v2_metadata_is_typed(generated, server):
+def test_generated_v2_metadata_is_typed(generated, served_digits):
     package, _ = generated
     metadata = importlib.import_module(f"{package.__name__}.api.open_inference_protocol_v2.model_metadata")
     models = importlib.import_module(f"{package.__name__}.models")
-    answer = metadata.sync(client=package.Client(base_url=server), model_name="digits-encode")
+    answer = metadata.sync(client=package.Client(base_url=served_digits), model_name="digits-encode")
     assert isinstance(answer, models.ModelMetadata)
     assert answer.name == "digits-encode"
     assert answer.platform == models.ModelMetadataPlatform.ONNX_ONNXV1
     assert [(t.name, t.datatype, t.shape) for t in answer.inputs] == [("instances", "FP64", [-1, 1, 8, 8])]
     assert [t.name for t in answer.outputs] == ["mu", "logvar", "sigma"]
-    missing = metadata.sync(client=package.Client(base_url=server), model_name="digits-nothing")
+    missing = metadata.sync(client=package.Client(base_url=served_digits), model_name="digits-nothing")
     assert isinstance(missing, models.ProtocolError)
     assert missing.error.startswith("unknown model 'digits-nothing'; this server serves digits-encode")

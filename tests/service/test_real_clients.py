@@ -14,16 +14,7 @@ import tritonclient.http.aio as triton_aio
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import start_server, stop
-
 ELBO_OUTPUTS = ["elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "is_anomaly", "p_value"]
-
-
-@pytest.fixture(scope="module")
-def server(digits_model_dir):
-    process, base = start_server(digits_model_dir)
-    yield base
-    stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +42,9 @@ def triton_input(name: str, array: np.ndarray, binary: bool = True):
     return tensor
 
 
-def test_triton_health_and_metadata(server):
-    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
-    version = httpx.get(f"{server}/v1/model").json()["version"]
+def test_triton_health_and_metadata(served_digits):
+    client = httpclient.InferenceServerClient(served_digits.removeprefix("http://"))
+    version = httpx.get(f"{served_digits}/v1/model").json()["version"]
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("digits-elbo")
     assert client.is_model_ready("digits-elbo", "1") and client.is_model_ready("digits-elbo", version)
@@ -71,8 +62,8 @@ def test_triton_health_and_metadata(server):
 
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
-def test_triton_elbo_equals_native(server, digits, binary, compression):
-    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+def test_triton_elbo_equals_native(served_digits, digits, binary, compression):
+    client = httpclient.InferenceServerClient(served_digits.removeprefix("http://"))
     outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in ELBO_OUTPUTS]
     result = client.infer(
         "digits-elbo",
@@ -81,16 +72,16 @@ def test_triton_elbo_equals_native(server, digits, binary, compression):
         parameters={"seed": 3, "n_samples": 4},
         request_compression_algorithm=compression,
     )
-    expected = native(server, "/elbo", {"instances": digits.tolist(), "seed": 3, "n_samples": 4})
+    expected = native(served_digits, "/elbo", {"instances": digits.tolist(), "seed": 3, "n_samples": 4})
     assert_equal({name: result.as_numpy(name) for name in ELBO_OUTPUTS}, expected)
     assert result.as_numpy("is_anomaly").dtype == np.bool_
     assert result.get_response()["parameters"]["seed"] == 3
     client.close()
 
 
-def test_triton_standard_arguments_are_taken(server, digits):
+def test_triton_standard_arguments_are_taken(served_digits, digits):
     """sequence_id, priority and timeout (microseconds) go into the request's parameters; none changes the answer."""
-    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    client = httpclient.InferenceServerClient(served_digits.removeprefix("http://"))
     plain = client.infer("digits-encode", [triton_input("instances", digits)])
     given = client.infer(
         "digits-encode",
@@ -108,25 +99,25 @@ def test_triton_standard_arguments_are_taken(server, digits):
         np.testing.assert_array_equal(given.as_numpy(name), plain.as_numpy(name))
     assert_equal(
         {n: plain.as_numpy(n) for n in ("mu", "logvar", "sigma")},
-        native(server, "/encode", {"instances": digits.tolist()}),
+        native(served_digits, "/encode", {"instances": digits.tolist()}),
     )
     client.close()
 
 
-def test_triton_decode_and_sample_equal_native(server):
-    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+def test_triton_decode_and_sample_equal_native(served_digits):
+    client = httpclient.InferenceServerClient(served_digits.removeprefix("http://"))
     z = np.linspace(-1, 1, 8).reshape(2, 4)
     decoded = client.infer("digits-decode", [triton_input("z", z)])
-    np.testing.assert_array_equal(decoded.as_numpy("x"), native(server, "/decode", {"z": z.tolist()})["x"])
+    np.testing.assert_array_equal(decoded.as_numpy("x"), native(served_digits, "/decode", {"z": z.tolist()})["x"])
     sampled = client.infer("digits-sample", [], parameters={"n_samples": 3, "seed": 7, "decode": True})
-    expected = native(server, "/sample", {"n_samples": 3, "seed": 7, "decode": True})
+    expected = native(served_digits, "/sample", {"n_samples": 3, "seed": 7, "decode": True})
     np.testing.assert_array_equal(sampled.as_numpy("z"), np.asarray(expected["z"]))
     np.testing.assert_array_equal(sampled.as_numpy("x"), np.asarray(expected["x"]))
     client.close()
 
 
-def test_triton_errors_carry_the_protocol_status(server, digits):
-    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+def test_triton_errors_carry_the_protocol_status(served_digits, digits):
+    client = httpclient.InferenceServerClient(served_digits.removeprefix("http://"))
     with pytest.raises(InferenceServerException) as unknown:
         client.infer("digits-heatmap", [triton_input("instances", digits)])
     assert unknown.value.status() == "404"
@@ -142,9 +133,9 @@ def test_triton_errors_carry_the_protocol_status(server, digits):
 
 
 # --- tritonclient.http.aio ------------------------------------------------------------------------------------
-def test_triton_aio_equals_native(server, digits):
+def test_triton_aio_equals_native(served_digits, digits):
     async def run():
-        client = triton_aio.InferenceServerClient(server.removeprefix("http://"))
+        client = triton_aio.InferenceServerClient(served_digits.removeprefix("http://"))
         try:
             live, ready = await client.is_server_live(), await client.is_server_ready()
             model_ready = await client.is_model_ready("digits-elbo", "1")
@@ -164,36 +155,36 @@ def test_triton_aio_equals_native(server, digits):
 
     live, ready, model_ready, outputs = asyncio.run(run())
     assert live and ready and model_ready
-    assert_equal(outputs, native(server, "/elbo", {"instances": digits.tolist(), "seed": 5}))
+    assert_equal(outputs, native(served_digits, "/elbo", {"instances": digits.tolist(), "seed": 5}))
 
 
 # --- kserve's InferenceRESTClient -----------------------------------------------------------------------------
-def test_kserve_rest_client_equals_native(server, digits):
+def test_kserve_rest_client_equals_native(served_digits, digits):
     async def run():
         client = InferenceRESTClient(RESTConfig(protocol="v2"))
         try:
             health = (
-                await client.is_server_live(server),
-                await client.is_server_ready(server),
-                await client.is_model_ready(server, "digits-elbo"),
-                await client.is_model_ready(server, "digits-heatmap"),
+                await client.is_server_live(served_digits),
+                await client.is_server_ready(served_digits),
+                await client.is_model_ready(served_digits, "digits-elbo"),
+                await client.is_model_ready(served_digits, "digits-heatmap"),
             )
             answers = {}
             for binary in (True, False):
                 tensor = InferInput("instances", list(digits.shape), "FP64")
                 tensor.set_data_from_numpy(digits.astype(np.float64), binary_data=binary)
                 request = InferRequest("digits-elbo", [tensor], parameters={"seed": 9})
-                response = await client.infer(server, request, model_name="digits-elbo")
+                response = await client.infer(served_digits, request, model_name="digits-elbo")
                 answers[binary] = {out.name: out.as_numpy() for out in response.outputs}
             with pytest.raises(httpx.HTTPStatusError) as unknown:
-                await client.infer(server, InferRequest("digits-heatmap", [tensor]), model_name="digits-heatmap")
+                await client.infer(served_digits, InferRequest("digits-heatmap", [tensor]), model_name="digits-heatmap")
             return health, answers, unknown.value.response
         finally:
             await client.close()
 
     health, answers, unknown = asyncio.run(run())
     assert health == (True, True, True, False)
-    expected = native(server, "/elbo", {"instances": digits.tolist(), "seed": 9})
+    expected = native(served_digits, "/elbo", {"instances": digits.tolist(), "seed": 9})
     for binary, outputs in answers.items():
         assert list(outputs) == ELBO_OUTPUTS, binary
         assert_equal(outputs, expected)

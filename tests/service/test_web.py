@@ -229,13 +229,6 @@ def _value(element) -> float:
     return float(element.get_attribute("data-value"))
 
 
-@pytest.fixture(scope="module")
-def digits_server(digits_model_dir):
-    server, base = start_server(digits_model_dir, "--host", "127.0.0.1")
-    yield base
-    stop(server)
-
-
 def _digit_png(path: Path, card: dict, index: int = 0) -> Path:
     """One of scikit-learn's digits as a PNG of the model's image size (raw 0..16 -> pixels 0..255)."""
     from sklearn.datasets import load_digits
@@ -249,12 +242,12 @@ def _digit_png(path: Path, card: dict, index: int = 0) -> Path:
     return path
 
 
-def test_page_scores_an_uploaded_digit(browser, digits_server, tmp_path):
+def test_page_scores_an_uploaded_digit(browser, served_digits, tmp_path):
     from selenium.webdriver.common.by import By
 
-    card = httpx.get(f"{digits_server}/v1/model").json()
+    card = httpx.get(f"{served_digits}/v1/model").json()
     digit = _digit_png(tmp_path / "digit.png", card)
-    browser.get(f"{digits_server}/")
+    browser.get(f"{served_digits}/")
 
     threshold = _wait(browser, '#card-fields dd[data-field="threshold"]')
     assert _value(threshold) == card["threshold"]
@@ -275,7 +268,7 @@ def test_page_scores_an_uploaded_digit(browser, digits_server, tmp_path):
     seed = browser.find_element(By.ID, "opt-seed").get_attribute("value")
     n_samples = browser.find_element(By.ID, "opt-n-samples").get_attribute("value")
     direct = httpx.post(
-        f"{digits_server}/elbo",
+        f"{served_digits}/elbo",
         files=[("files", ("digit.png", digit.read_bytes(), "image/png"))],
         data={"seed": seed, "n_samples": n_samples},
     ).json()
@@ -299,17 +292,17 @@ def test_page_scores_an_uploaded_digit(browser, digits_server, tmp_path):
     _assert_no_script_errors(browser)
 
 
-def test_page_shows_the_servers_error_for_a_bad_image(browser, digits_server, tmp_path):
+def test_page_shows_the_servers_error_for_a_bad_image(browser, served_digits, tmp_path):
     from selenium.webdriver.common.by import By
 
     wrong = tmp_path / "wrong-size.png"
     Image.new("L", (5, 3), 128).save(wrong)
-    browser.get(f"{digits_server}/")
+    browser.get(f"{served_digits}/")
     _wait(browser, '#card-fields dd[data-field="threshold"]')
     browser.find_element(By.ID, "file-input").send_keys(str(wrong))
     result = _wait(browser, '.result[data-file="wrong-size.png"]', lambda e: e.get_attribute("data-state") != "pending")
     assert result.get_attribute("data-state") == "error"
-    direct = httpx.post(f"{digits_server}/elbo", files=[("files", ("wrong-size.png", wrong.read_bytes(), "image/png"))])
+    direct = httpx.post(f"{served_digits}/elbo", files=[("files", ("wrong-size.png", wrong.read_bytes(), "image/png"))])
     assert direct.status_code == 422
     error = result.find_element(By.CSS_SELECTOR, ".error")
     assert error.text == f"422: {direct.json()['error']}"
@@ -410,13 +403,13 @@ def _upload(browser, path: Path):
     return result
 
 
-def test_heatmaps_share_one_scale_with_a_legend_in_nats(browser, digits_server, tmp_path):
+def test_heatmaps_share_one_scale_with_a_legend_in_nats(browser, served_digits, tmp_path):
     from selenium.webdriver.common.by import By
 
     from service.core.images import heat_colours
 
-    card = httpx.get(f"{digits_server}/v1/model").json()
-    browser.get(f"{digits_server}/")
+    card = httpx.get(f"{served_digits}/v1/model").json()
+    browser.get(f"{served_digits}/")
     _wait(browser, '#card-fields dd[data-field="threshold"]')
     assert not browser.find_element(By.ID, "heat-legend").is_displayed()  # nothing scored yet
     seed = browser.find_element(By.ID, "opt-seed").get_attribute("value")
@@ -427,7 +420,7 @@ def test_heatmaps_share_one_scale_with_a_legend_in_nats(browser, digits_server, 
         digit = _digit_png(tmp_path / f"digit{index}.png", card, index)
         result = _upload(browser, digit)
         direct = httpx.post(
-            f"{digits_server}/elbo",
+            f"{served_digits}/elbo",
             files=[("files", (digit.name, digit.read_bytes(), "image/png"))],
             data={"seed": seed, "n_samples": n_samples, "feature_scores": "true"},
         ).json()
@@ -452,15 +445,15 @@ def test_heatmaps_share_one_scale_with_a_legend_in_nats(browser, digits_server, 
     _assert_no_script_errors(browser)
 
 
-def test_page_fits_a_phone_screen(browser, digits_server, tmp_path):
+def test_page_fits_a_phone_screen(browser, served_digits, tmp_path):
     """At 390 x 844 CSS pixels (a phone), after scoring an image: nothing is wider than the screen, so the page
     never scrolls sideways and the header band is whole."""
-    card = httpx.get(f"{digits_server}/v1/model").json()
+    card = httpx.get(f"{served_digits}/v1/model").json()
     browser.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
     )
     try:
-        browser.get(f"{digits_server}/")
+        browser.get(f"{served_digits}/")
         _wait(browser, '#card-fields dd[data-field="threshold"]')
         _wait(browser, '#picture-list figure[data-picture="curves.png"] img', _loaded_image)
         _upload(browser, _digit_png(tmp_path / "phone.png", card))
