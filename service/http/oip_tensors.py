@@ -239,11 +239,10 @@ def response_bound(tensors: list[tuple[Any, bool, str]]) -> int:
     return total
 
 
-def response_parts(
-    head: dict, outputs: list[tuple[str, np.ndarray, bool]]
-) -> tuple[Iterator[bytes], int | None, int | None]:
-    """The response body of encode_response in chunks, for streaming: (chunks, the body's length when any output
-    is binary, the JSON header's length when any output is binary). Binary data goes a slice at a time."""
+def _tensors(outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[list[dict], list[np.ndarray]]:
+    """The outputs' tensor descriptions, and the flat arrays whose bytes follow the JSON header (binary outputs).
+
+    JSON data goes flat in row-major order, with the shape beside it."""
     tensors, binary = [], []
     for name, array, as_binary in outputs:
         datatype = datatype_of(array)
@@ -255,6 +254,15 @@ def response_parts(
         else:
             tensor["data"] = array.reshape(-1)
         tensors.append(tensor)
+    return tensors, binary
+
+
+def response_parts(
+    head: dict, outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[Iterator[bytes], int | None, int | None]:
+    """The response body of encode_response in chunks, for streaming: (chunks, the body's length when any output
+    is binary, the JSON header's length when any output is binary). Binary data goes a slice at a time."""
+    tensors, binary = _tensors(outputs)
     if not binary:
         return chunks(json_parts({**head, "outputs": tensors})), None, None
     header = write_json({**head, "outputs": tensors})
@@ -270,22 +278,9 @@ def response_parts(
 
 
 def encode_response(head: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
-    """The response body for (name, array, as binary) outputs, and the JSON header's length when any is binary.
-
-    JSON data goes flat in row-major order, with the shape beside it.
-    """
-    tensors, chunks = [], []
-    for name, array, binary in outputs:
-        datatype = datatype_of(array)
-        array = np.ascontiguousarray(array, dtype=OUTPUT_TYPES[datatype])
-        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
-            chunks.append(array.tobytes())
-            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
-        else:
-            tensor["data"] = array.reshape(-1)
-        tensors.append(tensor)
+    """The response body for (name, array, as binary) outputs, and the JSON header's length when any is binary."""
+    tensors, binary = _tensors(outputs)
     header = write_json({**head, "outputs": tensors})
-    if not chunks:
+    if not binary:
         return header, None
-    return header + b"".join(chunks), len(header)
+    return header + b"".join(flat.tobytes() for flat in binary), len(header)
