@@ -411,8 +411,7 @@ class VaeEngine:
         x = requests[0].x if len(requests) == 1 else np.concatenate([r.x for r in requests])
         mu, logvar = self.runtime.encode(x)
         bounds = list(accumulate((len(r.x) for r in requests), initial=0))  # request i has rows bounds[i]:bounds[i+1]
-        # Runtimes written before the scorer graph (tests' fakes among them) have no has_scorer.
-        groups = _groups(requests, bounds, bool(getattr(self.runtime, "has_scorer", False)))
+        groups = _groups(requests, bounds, self.runtime.has_scorer)
         feature_scores: list[np.ndarray | None] = [None] * len(requests)
         if len(groups) == 1:  # the common case: the group's per-row results are the batch's, no scatter needed
             reconstruction, log_likelihood, features = self._score_group(groups[0], requests, x, mu, logvar, deadline)

@@ -37,6 +37,12 @@ class _Graphs:
 
     has_scorer = False
 
+    def _graph_names(self, artifact: Artifact) -> tuple[GraphName, ...]:
+        """The graphs to load: encoder and decoder, and the scorer when the model has one (then `score` works)."""
+        graphs = graph_names(artifact)
+        self.has_scorer = "scorer" in graphs
+        return graphs
+
     def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
 
@@ -70,8 +76,7 @@ class OnnxRuntime(_Graphs):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         self._sessions = {}
-        graphs = graph_names(artifact)
-        self.has_scorer = "scorer" in graphs
+        graphs = self._graph_names(artifact)
         for graph in graphs:
             path = artifact.path(graph, "onnx")
             try:
@@ -102,8 +107,7 @@ class TorchScriptRuntime(_Graphs):
             torch.set_num_threads(threads)
         self._torch = torch
         self._modules = {}
-        graphs = graph_names(artifact)
-        self.has_scorer = "scorer" in graphs
+        graphs = self._graph_names(artifact)
         for graph in graphs:
             path = artifact.path(graph, "torchscript")
             try:
