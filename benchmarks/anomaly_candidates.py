@@ -31,7 +31,14 @@ from training.data import load_dataset  # noqa: E402
 from training.distributed import World  # noqa: E402
 from training.model import ModelConfig  # noqa: E402
 from training.plan import Candidate, plan_training  # noqa: E402
-from training.train import fit_candidate, heldout_bounds, preprocess, selection_folds, to_model_tensor  # noqa: E402
+from training.train import (  # noqa: E402
+    fit_candidate,
+    heldout_bounds,
+    preprocess,
+    raw_log_jacobian,
+    selection_folds,
+    to_model_tensor,
+)
 from training.train_config import TrainConfig  # noqa: E402
 
 
@@ -53,7 +60,7 @@ def study(name: str, config: TrainConfig, candidates: list[Candidate], workdir: 
     plan = plan_training(replace(config, data=str(npy)), dataset)
     pre = preprocess(dataset, plan.train_rows, plan.likelihood, plan.scaling)
     n_features = int(np.prod(dataset.input_shape))
-    log_jacobian = 0.0 if plan.likelihood == "bernoulli" else -float(pre.log_scale(n_features).sum())
+    log_jacobian = raw_log_jacobian(plan.likelihood, pre, n_features)
     folds = [
         (to_model_tensor(dataset.x[tr], pre), to_model_tensor(dataset.x[ho], pre))
         for tr, ho in selection_folds(plan, config.seed)

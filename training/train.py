@@ -326,11 +326,17 @@ def select_candidate(
     return chosen, tried
 
 
+def raw_log_jacobian(likelihood: str, preprocessing: Preprocessing, n_features: int) -> float:
+    """What turns a model-space density into one in raw units (see Manifest.log_jacobian), summed over the
+    features; 0 for bernoulli, whose data are not rescaled densities. A constant, so gradients ignore it."""
+    return 0.0 if likelihood == "bernoulli" else -float(preprocessing.log_scale(n_features).sum())
+
+
 def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: World, say) -> Artifact | None:
     preprocessing = preprocess(dataset, plan.train_rows, plan.likelihood, plan.scaling)
     n_features = int(np.prod(dataset.input_shape))
-    # Reported ELBOs are densities in raw units (see Manifest.log_jacobian); a constant, so gradients ignore it.
-    log_jacobian = 0.0 if plan.likelihood == "bernoulli" else -float(preprocessing.log_scale(n_features).sum())
+    # Reported ELBOs are densities in raw units.
+    log_jacobian = raw_log_jacobian(plan.likelihood, preprocessing, n_features)
     first = plan.families[0][0]
     model_config = ModelConfig(
         input_shape=list(dataset.input_shape),
