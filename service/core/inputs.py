@@ -81,7 +81,9 @@ def as_float_array(value: Any, field: str, max_depth: int = MAX_DEPTH) -> np.nda
         array = leaves.astype(np.float64)
     except OverflowError:
         raise InvalidInput(f"{field}: a number is too large for a 64-bit float") from None
-    if not np.all(np.isfinite(array)):
+    # A sum is finite only if every value is (NaN and infinities carry through it), so one C reduction clears the
+    # common case; a finite batch whose sum overflows takes the exact check.
+    if not math.isfinite(np.add.reduce(array, axis=None)) and not np.all(np.isfinite(array)):
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise InvalidInput(f"{field}{''.join(f'[{i}]' for i in index)}: expected a finite number, got {array[index]}")
     return array
@@ -101,7 +103,9 @@ def check_array(array: np.ndarray, input_shape: list[int], max_instances: int) -
     checked before any conversion (a batch of the wrong shape costs no copy)."""
     check_batch_header(array.dtype, array.shape, input_shape, max_instances)
     array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)):
+    # A sum is finite only if every value is (NaN and infinities carry through it), so one C reduction clears the
+    # common case; a finite batch whose sum overflows takes the exact check.
+    if not math.isfinite(np.add.reduce(array, axis=None)) and not np.all(np.isfinite(array)):
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise InvalidInput(f"instances{''.join(f'[{i}]' for i in index)}: expected a finite number, got {array[index]}")
     return array.reshape(len(array), math.prod(input_shape))

@@ -8,12 +8,15 @@ Both take and return float32 numpy arrays in model space, so everything above th
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from service.core.artifact import Artifact, GraphName
 from service.core.errors import ArtifactError
+
+# Calls of fewer rows than this run on one thread (OnnxRuntime): where two threads began to pay on the digits MLP.
+SERIAL_ROWS = 128
 
 
 class Runtime(Protocol):
@@ -61,30 +64,35 @@ class _Graphs:
 
 
 class OnnxRuntime(_Graphs):
+    """The graphs in ONNX Runtime sessions. With more than one intra-op thread and `serial_rows` > 0, each graph
+    also gets a one-thread session for calls of fewer than `serial_rows` rows (draws counted, for the scorer).
+
+    Why two: ONNX Runtime's thread pool, not spinning, wakes its other threads for every operator, and on
+    small batches that costs more than it saves: on the digits MLP, encoder + scorer took 18.9 µs for one row
+    on one thread and 24.9 µs on two; 44 and 60 µs for 16 rows; 453 and 395 µs for 256 rows; 3.8 and 2.4 ms
+    for 2,048 (docs/benchmark-serving.md). Served requests are mostly small batches, while the event loop needs
+    a core of its own; large batches, and `vae score`'s chunks, still get every thread. The two sessions give
+    the same numbers (the graphs' kernels do not split a reduction across threads; tested).
+    """
+
     name = "onnx"
 
     def __init__(
-        self, artifact: Artifact, intra_op_threads: int = 0, inter_op_threads: int = 0, spinning: bool = False
+        self,
+        artifact: Artifact,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        spinning: bool = False,
+        serial_rows: int = 0,
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        # Spinning threads keep a core busy after every call; with several workers that steals the
-        # cores the other processes need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
-        self._sessions = {}
         graphs = self._graph_names(artifact)
-        for graph in graphs:
-            path = artifact.path(graph, "onnx")
-            try:
-                self._sessions[graph] = ort.InferenceSession(
-                    str(path), sess_options=options, providers=["CPUExecutionProvider"]
-                )
-            except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-                raise ArtifactError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
+        self._sessions = {
+            graph: _session(artifact, graph, intra_op_threads, inter_op_threads, spinning) for graph in graphs
+        }
+        self._serial_rows = serial_rows if intra_op_threads != 1 else 0
+        self._serial_sessions = (
+            {graph: _session(artifact, graph, 1, 1, spinning) for graph in graphs} if self._serial_rows else {}
+        )
         specs = {graph: getattr(artifact.manifest.graphs, graph) for graph in graphs}
         self._outputs = {graph: spec.outputs for graph, spec in specs.items()}
         self._inputs = {graph: spec.inputs for graph, spec in specs.items()}
@@ -94,7 +102,29 @@ class OnnxRuntime(_Graphs):
             name: np.ascontiguousarray(value, dtype=np.float32)
             for name, value in zip(self._inputs[graph], values, strict=True)
         }
-        return tuple(self._sessions[graph].run(self._outputs[graph], feed))
+        # Rows of work: the batch, times the draws for the scorer (its z is (B, K, d)).
+        rows = values[-1].shape[0] * (values[-1].shape[1] if graph == "scorer" else 1)
+        sessions = self._serial_sessions if rows < self._serial_rows else self._sessions
+        return tuple(sessions[graph].run(self._outputs[graph], feed))
+
+
+def _session(
+    artifact: Artifact, graph: GraphName, intra_op_threads: int, inter_op_threads: int, spinning: bool
+) -> Any:  # an onnxruntime.InferenceSession; onnxruntime is imported only when a runtime is built
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    # Spinning threads keep a core busy after every call; with several workers that steals the
+    # cores the other processes need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    path = artifact.path(graph, "onnx")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        raise ArtifactError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
 
 
 class TorchScriptRuntime(_Graphs):
@@ -129,7 +159,9 @@ class TorchScriptRuntime(_Graphs):
 def load_runtime(artifact: Artifact, runtime: str, threads: int = 0, spinning: bool = False) -> Runtime:
     """The one place a runtime is chosen and built."""
     if runtime == "onnx":
-        return OnnxRuntime(artifact, intra_op_threads=threads, inter_op_threads=1, spinning=spinning)
+        return OnnxRuntime(
+            artifact, intra_op_threads=threads, inter_op_threads=1, spinning=spinning, serial_rows=SERIAL_ROWS
+        )
     if runtime == "torchscript":
         return TorchScriptRuntime(artifact, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}; expected 'onnx' or 'torchscript'")

@@ -7,7 +7,14 @@ max_batch_delay_ms > 0 additionally waits that long for more requests before a c
 
 The batches are formed on the event loop, at the end of the turn in which requests arrived or a call
 finished, and handed to the thread whole; the thread hands each batch's results back with one
-call_soon_threadsafe. Per request that is one future and one list append on the event loop. The design
+call_soon_threadsafe. Per request that is one future and one list append on the event loop.
+
+A lone request whose work is cheap runs on the event loop itself (inline_budget_s): handing it to the
+thread and back costs two thread wake-ups, about 50 µs of CPU per request on the digits model, more than
+its whole runtime call. "Cheap" is judged from measured costs: the batcher keeps the seconds per unit of
+work (instances x draws) of its recent calls, and runs a lone request inline only when that rate times its
+units is within the budget, so the event loop is held for about the budget at most, not for a request
+that asks for thousands of draws or a model that takes milliseconds per instance. The design
 it replaced, an asyncio worker task over an asyncio.Queue that ran each batch through the thread pool,
 cost a task switch per request and a thread-pool round trip per batch (docs/benchmark-serving.md, "What
 each change gained"); a thread that took requests from a queue.SimpleQueue itself woke on the first one
@@ -31,6 +38,7 @@ class _Pending:
     size: int  # instances: what max_batch_size counts
     future: asyncio.Future
     state: dict | None  # the request's state: gets "batch_size", the instances in its runtime call
+    units: int  # its work (instances x draws): what the inline budget counts
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -50,11 +58,14 @@ class MicroBatcher:
         max_batch_size: int,
         max_delay_s: float,
         on_batch: Callable[[int, int, list[float]], None] | None = None,
+        inline_budget_s: float = 0.0,
     ) -> None:
         self._run_batch = run_batch
         self._max = max_batch_size
         self._delay = max_delay_s
         self._on_batch = on_batch  # (requests, instances, queue waits in seconds)
+        self._inline_budget = inline_budget_s  # 0: every batch runs in the thread
+        self._unit_seconds: float | None = None  # seconds per unit of work, averaged over recent calls
         self._waiting: list[_Pending] = []  # event loop only
         self._busy = False  # a batch is in the worker thread (event loop only)
         self._dispatch_due = False
@@ -62,16 +73,17 @@ class MicroBatcher:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def submit(self, item: Any, size: int, state: dict | None = None) -> Any:
-        return await self.enqueue(item, size, state)
+    async def submit(self, item: Any, size: int, state: dict | None = None, units: int | None = None) -> Any:
+        return await self.enqueue(item, size, state, units)
 
-    def enqueue(self, item: Any, size: int, state: dict | None = None) -> asyncio.Future:
-        """The future of the item's result (on the running event loop); done early, it drops out."""
+    def enqueue(self, item: Any, size: int, state: dict | None = None, units: int | None = None) -> asyncio.Future:
+        """The future of the item's result (on the running event loop); done early, it drops out. `units` is its
+        work for the inline budget (instances x draws; `size` when not given)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # the first request, or (in tests) a new event loop
             self._loop, self._busy, self._waiting, self._dispatch_due = loop, False, [], False
         future = loop.create_future()
-        self._waiting.append(_Pending(item, size, future, state))
+        self._waiting.append(_Pending(item, size, future, state, size if units is None else units))
         if not self._dispatch_due and not self._busy:
             self._dispatch_due = True
             loop.call_soon(self._dispatch)  # after this turn of the loop: every request that arrived in it
@@ -109,6 +121,9 @@ class MicroBatcher:
                 return
         del self._waiting[: len(batch)]
         self._busy = True
+        if not self._waiting and len(batch) == 1 and self._cheap(batch[0]):
+            self._finished(batch, self._run_timed(batch))  # alone and cheap: here, without two thread hops
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="vae-batcher", daemon=True)
             self._thread.start()
@@ -127,21 +142,34 @@ class MicroBatcher:
         if self._waiting:
             self._dispatch()
 
+    def _cheap(self, pending: _Pending) -> bool:
+        """Whether the measured cost of work says this request's runtime call fits the inline budget."""
+        rate = self._unit_seconds
+        return self._inline_budget > 0 and rate is not None and rate * pending.units <= self._inline_budget
+
     def _work(self) -> None:
         while (taken := self._batches.get()) is not _STOP:
             batch, loop = taken
-            started = time.perf_counter()
-            instances = sum(p.size for p in batch)
-            for pending in batch:
-                if pending.state is not None:
-                    pending.state["batch_size"] = instances
-            if self._on_batch is not None:
-                self._on_batch(len(batch), instances, [started - p.queued_at for p in batch])
-            results = self._run_isolated([p.item for p in batch])
+            results = self._run_timed(batch)
             try:
                 loop.call_soon_threadsafe(self._finished, batch, results)
             except RuntimeError:  # that event loop has closed (a test's): nobody is waiting for these
                 pass
+
+    def _run_timed(self, batch: list[_Pending]) -> list[Any]:
+        """One runtime call for the batch (in the thread, or inline): its metrics, and the cost per unit it took."""
+        started = time.perf_counter()
+        instances = sum(p.size for p in batch)
+        for pending in batch:
+            if pending.state is not None:
+                pending.state["batch_size"] = instances
+        if self._on_batch is not None:
+            self._on_batch(len(batch), instances, [started - p.queued_at for p in batch])
+        results = self._run_isolated([p.item for p in batch])
+        rate = (time.perf_counter() - started) / max(1, sum(p.units for p in batch))
+        # A moving average: one slow call (a page fault, the machine busy) moves it a quarter of the way.
+        self._unit_seconds = rate if self._unit_seconds is None else 0.75 * self._unit_seconds + 0.25 * rate
+        return results
 
     def _run_isolated(self, items: list[Any]) -> list[Any]:
         try:

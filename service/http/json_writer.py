@@ -9,8 +9,9 @@ can be streamed in chunks (chunks()) without ever being whole in memory.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ CHUNK_BYTES = 1 << 20  # bytes per chunk of a streamed answer
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
-def json_bytes(*shapes: Sequence[int]) -> int:
+@functools.lru_cache(maxsize=1024)  # every request asks, with the same few shapes; a lookup is a tenth of the sums
+def json_bytes(*shapes: tuple[int, ...]) -> int:
     """The most bytes orjson writes for float64 arrays of these shapes, nested as their shapes, in one object:
     per number JSON_NUMBER_BYTES, per list its brackets and a comma, and the object's keys and scalars."""
     total = JSON_OVERHEAD_BYTES

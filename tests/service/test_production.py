@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time
 
 import numpy as np
@@ -328,6 +329,37 @@ def test_batching_combines_concurrent_requests_and_isolates_a_failure():
     assert isinstance(results[2], ValueError)
     assert seen[0] == ["a"] and seen[1] == ["b", "bad", "c"]  # a lone request runs at once; the rest together
     assert seen[2:] == [["b"], ["bad"], ["c"]]  # the failed batch, item by item
+
+
+def test_a_lone_request_runs_on_the_event_loop_only_when_its_measured_cost_fits_the_budget():
+    ran = []
+
+    def run_batch(items):
+        ran.append((list(items), threading.current_thread().name))
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [f"done {item}" for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=10, max_delay_s=0.0, inline_budget_s=0.01)
+        assert await batcher.submit("first", 1) == "done first"  # no cost measured yet: the thread
+        assert await batcher.submit("cheap", 1) == "done cheap"  # measured far below the budget: here
+        with pytest.raises(ValueError, match="bad item"):  # inline too, and its error is its own
+            await batcher.submit("bad", 1)
+        assert await batcher.submit("costly", 1, units=10**9) == "done costly"  # rate x units over the budget
+        assert await asyncio.gather(batcher.submit("a", 1), batcher.submit("b", 1)) == ["done a", "done b"]
+        await batcher.close()
+
+    asyncio.run(scenario())
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop in this thread
+    assert ran == [
+        (["first"], "vae-batcher"),
+        (["cheap"], loop_thread),
+        (["bad"], loop_thread),
+        (["bad"], loop_thread),  # the failed batch, item by item (here, one)
+        (["costly"], "vae-batcher"),
+        (["a", "b"], "vae-batcher"),  # not alone: together, in the thread
+    ]
 
 
 def test_batches_respect_the_size_limit():

@@ -34,7 +34,11 @@ def is_public(path: str) -> bool:
 
 def has_key(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:
     """True when the headers carry `Authorization: Bearer <key>` (scheme case-insensitive)."""
-    given = next((value for name, value in headers if name == b"authorization"), b"")
+    return bearer_matches(next((value for name, value in headers if name == b"authorization"), b""), key)
+
+
+def bearer_matches(given: bytes, key: bytes) -> bool:
+    """True when an Authorization header's value is `Bearer <key>` (scheme case-insensitive)."""
     scheme, _, token = given.partition(b" ")
     # compare_digest: the time taken says nothing about how much of the key was right
     return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), key)

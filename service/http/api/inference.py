@@ -195,12 +195,16 @@ async def elbo_answer(
 def elbo_content(scored: Scored) -> dict:
     """The JSON answer of /elbo: every field of ELBO_OUTPUTS, float arrays as contiguous float64."""
     content = {}
-    for output in ELBO_OUTPUTS:
-        value = scored.value(output.name)
+    for name, float_array in _JSON_FIELDS:
+        value = scored.value(name)
         if value is None:  # feature_scores, when not asked for
             continue
-        content[output.name] = floats(value) if output.kind != "per_request" and output.dtype is float else value
+        content[name] = floats(value) if float_array else value
     return content
+
+
+# Each field of an /elbo answer, and whether it is an array of floats (written as contiguous float64).
+_JSON_FIELDS = tuple((o.name, o.kind != "per_request" and o.dtype is float) for o in ELBO_OUTPUTS)
 
 
 @dataclass(frozen=True)

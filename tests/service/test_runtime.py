@@ -1,0 +1,76 @@
+"""OnnxRuntime's two sessions per graph: calls of few rows on one thread, larger ones on every thread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.core.artifact import load_artifact
+from service.core.runtime import SERIAL_ROWS, OnnxRuntime, load_runtime
+
+
+class Counting:
+    """A session stand-in that counts its calls and passes them on."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.calls = 0
+
+    def run(self, *args, **kwargs):
+        self.calls += 1
+        return self.session.run(*args, **kwargs)
+
+
+def counted(runtime: OnnxRuntime) -> tuple[dict, dict]:
+    runtime._sessions = {g: Counting(s) for g, s in runtime._sessions.items()}
+    runtime._serial_sessions = {g: Counting(s) for g, s in runtime._serial_sessions.items()}
+    return runtime._serial_sessions, runtime._sessions
+
+
+@pytest.fixture(scope="module")
+def artifact(model_dirs):
+    return load_artifact(model_dirs["digits"])
+
+
+def test_calls_below_serial_rows_take_the_one_thread_session(artifact):
+    runtime = OnnxRuntime(artifact, intra_op_threads=2, serial_rows=8)
+    serial, parallel = counted(runtime)
+    d, shape = artifact.manifest.latent_dim, artifact.manifest.input_shape
+    rng = np.random.default_rng(0)
+    x7, x8 = rng.random((7, *shape), dtype=np.float32), rng.random((8, *shape), dtype=np.float32)
+    runtime.encode(x7)
+    assert (serial["encoder"].calls, parallel["encoder"].calls) == (1, 0)
+    runtime.encode(x8)
+    assert (serial["encoder"].calls, parallel["encoder"].calls) == (1, 1)
+    runtime.decode(rng.standard_normal((7, d), dtype=np.float32))
+    assert (serial["decoder"].calls, parallel["decoder"].calls) == (1, 0)
+    # The scorer's rows are draws: 1 input x 7 draws stays on one thread, 2 x 4 does not.
+    runtime.score(x7[:1], rng.standard_normal((1, 7, d), dtype=np.float32))
+    assert (serial["scorer"].calls, parallel["scorer"].calls) == (1, 0)
+    runtime.score(x7[:2], rng.standard_normal((2, 4, d), dtype=np.float32))
+    assert (serial["scorer"].calls, parallel["scorer"].calls) == (1, 1)
+
+
+def test_the_one_thread_session_gives_the_numbers_of_a_one_thread_runtime(artifact):
+    two = OnnxRuntime(artifact, intra_op_threads=2, serial_rows=SERIAL_ROWS)
+    one = OnnxRuntime(artifact, intra_op_threads=1)
+    d, shape = artifact.manifest.latent_dim, artifact.manifest.input_shape
+    rng = np.random.default_rng(1)
+    for rows in (1, 5, SERIAL_ROWS - 1):
+        x = rng.random((rows, *shape), dtype=np.float32)
+        z = rng.standard_normal((rows, 1, d), dtype=np.float32)
+        for got, want in zip(two.encode(x), one.encode(x), strict=True):
+            assert np.array_equal(got, want)
+        assert np.array_equal(two.score(x, z), one.score(x, z))
+    # Above serial_rows every thread works, to float32 rounding of the same numbers.
+    x = rng.random((4 * SERIAL_ROWS, *shape), dtype=np.float32)
+    for got, want in zip(two.encode(x), one.encode(x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_one_thread_runtimes_keep_one_session_per_graph(artifact):
+    assert OnnxRuntime(artifact, intra_op_threads=1, serial_rows=SERIAL_ROWS)._serial_sessions == {}
+    assert OnnxRuntime(artifact, intra_op_threads=2)._serial_sessions == {}  # serial_rows 0: one session
+    served = load_runtime(artifact, "onnx", threads=2)
+    assert isinstance(served, OnnxRuntime) and set(served._serial_sessions) == set(served._sessions)
+    assert load_runtime(artifact, "onnx", threads=1)._serial_sessions == {}  # type: ignore[attr-defined]
