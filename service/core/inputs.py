@@ -7,6 +7,7 @@ the field may have, so no nesting, however deep, gets further than a 422 that na
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import reprlib
@@ -142,7 +143,36 @@ def read_npy(data: bytes | memoryview, input_shape: list[int], max_instances: in
     """A .npy body -> (B, D) float64. Its header's dtype and shape are checked before the data is read, and the
     data is viewed in place, not copied, until it is converted once (a 60 MB body of the wrong shape costs
     nothing; one of the right shape holds at most max_instances rows)."""
-    stream = io.BytesIO(bytes(data[:NPY_HEADER_BYTES]))  # the header alone: BytesIO would copy the whole body
+    shape, fortran_order, dtype, offset = _npy_header(bytes(data[: _npy_header_length(data)]))
+    check_batch_header(dtype, shape, input_shape, max_instances)
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise MalformedRequest(
+            f"the body is not a readable .npy array: its header promises {expected} bytes of data "
+            f"({list(shape)} of {dtype}), the body holds {len(data) - offset}"
+        )
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
+    return check_array(array.reshape(shape, order="F" if fortran_order else "C"), input_shape, max_instances)
+
+
+def _npy_header_length(data: bytes | memoryview) -> int:
+    """The bytes of a .npy body's header, magic included, as its version's length field gives them (at most
+    NPY_HEADER_BYTES; when the body is not .npy, NPY_HEADER_BYTES, and _npy_header says what is wrong)."""
+    head = bytes(data[:12])
+    if len(head) == 12 and head[:6] == b"\x93NUMPY":
+        if head[6] == 1:
+            return min(10 + int.from_bytes(head[8:10], "little"), NPY_HEADER_BYTES)
+        if head[6] == 2:
+            return min(12 + int.from_bytes(head[8:12], "little"), NPY_HEADER_BYTES)
+    return NPY_HEADER_BYTES
+
+
+# Clients send the same few shapes again and again, and numpy parses a header with ast.literal_eval (about
+# 50 µs), so parsed headers are kept. The key is the header's own bytes, nothing after it.
+@functools.lru_cache(maxsize=256)
+def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of a .npy header; MalformedRequest or InvalidInput if unusable."""
+    stream = io.BytesIO(head)
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
@@ -157,16 +187,7 @@ def read_npy(data: bytes | memoryview, input_shape: list[int], max_instances: in
         raise MalformedRequest(f"the body is not a readable .npy array: {exc}") from None
     if dtype.hasobject or dtype.fields is not None:
         raise InvalidInput(f"instances: expected a numeric array, got dtype {dtype}")
-    check_batch_header(dtype, shape, input_shape, max_instances)
-    expected = math.prod(shape) * dtype.itemsize
-    offset = stream.tell()
-    if len(data) - offset != expected:
-        raise MalformedRequest(
-            f"the body is not a readable .npy array: its header promises {expected} bytes of data "
-            f"({list(shape)} of {dtype}), the body holds {len(data) - offset}"
-        )
-    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
-    return check_array(array.reshape(shape, order="F" if fortran_order else "C"), input_shape, max_instances)
+    return shape, fortran_order, dtype, stream.tell()
 
 
 def parse_latents(value: Any, latent_dim: int, max_instances: int) -> np.ndarray:

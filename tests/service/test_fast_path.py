@@ -64,6 +64,20 @@ REQUESTS = {
     "unknown field": dict(json={"instances": [DIGIT], "temperature": 2}),
     "npy": dict(content=npy([DIGIT]), headers={"content-type": "application/x-npy"}, params={"seed": "2"}),
     "npy, bad": dict(content=b"\x93NUMPY nope", headers={"content-type": "application/x-npy"}),
+    "npy, options": dict(
+        content=npy([DIGIT, DIGIT]),
+        headers={"content-type": "application/x-npy"},
+        params={"seed": "3", "n_samples": "2"},
+    ),
+    "npy, unknown option": dict(
+        content=npy([DIGIT]), headers={"content-type": "application/x-npy"}, params={"temperature": "2"}
+    ),
+    "npy, instances in the query": dict(
+        content=npy([DIGIT]), headers={"content-type": "application/x-npy"}, params={"instances": "1"}
+    ),
+    "npy, wrong width": dict(content=npy([[1.0, 2.0]]), headers={"content-type": "application/x-npy"}),
+    "npy, too many": dict(content=npy([DIGIT] * 4), headers={"content-type": "application/x-npy"}),
+    "npy, NaN": dict(content=npy([[float("nan")] + DIGIT[1:]]), headers={"content-type": "application/x-npy"}),
     "text": dict(content=b"hello", headers={"content-type": "text/plain"}),
 }
 
@@ -115,6 +129,9 @@ def test_the_fast_path_answers_a_json_post_with_the_key_itself(both, passed_on):
         assert (response.status_code, response.headers["x-request-id"]) == (200, "fast-1")
     assert fast.post("/decode", json={"z": [[0.0] * 4]}, headers=KEY).status_code == 200
     assert fast.post("/elbo", json={"instances": [[1.0, 2.0]]}, headers=KEY).status_code == 422  # its own error
+    npy_headers = {**KEY, "content-type": "application/x-npy"}
+    for path, params in (("/elbo", {"seed": "1"}), ("/encode", {})):  # .npy bodies too, where instances are taken
+        assert fast.post(path, content=npy([DIGIT]), headers=npy_headers, params=params).status_code == 200
     assert passed_on == []
 
 
@@ -122,7 +139,7 @@ def test_the_fast_path_answers_a_json_post_with_the_key_itself(both, passed_on):
     ("path", "options"),
     [
         ("/elbo", dict(json={"instances": [DIGIT]}, headers={})),  # no key: the key middleware's 401
-        ("/elbo", dict(content=npy([DIGIT]), headers={**KEY, "content-type": "application/x-npy"})),
+        ("/decode", dict(content=npy([[0.0] * 4]), headers={**KEY, "content-type": "application/x-npy"})),
         ("/elbo", dict(content=b"{}", headers={**KEY, "content-type": "text/plain"})),
         ("/decode", dict(json={"z": [[0.0] * 4]}, headers={**KEY, "accept": "image/png"})),
         ("/sample", dict(json={"instances": [DIGIT]}, headers=KEY)),  # not a fast route

@@ -1,4 +1,5 @@
-"""The hottest requests without Starlette or FastAPI: JSON POSTs to /elbo, /encode and /decode.
+"""The hottest requests without Starlette or FastAPI: JSON POSTs to /elbo, /encode and /decode, and .npy POSTs
+to /elbo and /encode.
 
 The outermost ASGI layer of the app (service/http/app.py). A request it takes builds no Request or Response
 object and passes through no middleware: the layer itself checks the API key, takes the request id, the
@@ -7,10 +8,11 @@ JSON_ROUTES, which the FastAPI routes call too) and writes the answer's bytes. I
 the same Observer as the observability middleware (metrics, access log), so nothing tells the two apart.
 
 What it does not take goes on, untouched, to the app's middleware and routes: other paths and methods, a
-missing or wrong API key, a body that is not JSON, declared too large or without a Content-Length, a PNG
-wanted, a CORS request (an Origin header, when CORS is on) and a model still loading. An error on the fast
-path is rendered by the app's own exception handlers. So every answer, errors included, is the route's:
-tests/service/test_fast_path.py compares them byte for byte.
+missing or wrong API key, a body that is neither JSON nor .npy (or .npy to /decode, which takes no
+instances), declared too large or without a Content-Length, a PNG wanted, a CORS request (an Origin header,
+when CORS is on) and a model still loading. An error on the fast path is rendered by the app's own exception
+handlers. So every answer, errors included, is the route's: tests/service/test_fast_path.py compares them
+byte for byte.
 
 Costs it avoids: FastAPI's own per-request work, the middleware stack (each layer wrapping `send`),
 Starlette's Request, Headers and Response objects; about half the CPU per request of the same app without
@@ -25,10 +27,11 @@ import logging
 
 import orjson
 from fastapi import Request
+from starlette.datastructures import QueryParams
 
 from service.http.api.access import bearer_matches
 from service.http.api.answers import INLINE_BYTES, json_answer
-from service.http.api.body import JSON, parse_json
+from service.http.api.body import JSON, NPY, npy_options, parse_json, parse_npy
 from service.http.api.deps import render_error
 from service.http.api.inference import JSON_ROUTES, JsonRoute
 from service.http.live_model import LiveModel, ModelHost
@@ -36,7 +39,7 @@ from service.http.observability import Observer, with_ids
 from service.http.settings import Settings
 
 log = logging.getLogger("vae.service")
-JSON_TYPE = JSON.encode()
+JSON_TYPE, NPY_TYPE = JSON.encode(), NPY.encode()
 INTERNAL_ERROR = b"Internal Server Error"  # what Starlette's ServerErrorMiddleware answers
 # Larger bodies go the routes' way, copied into one buffer as they arrive (service/http/api/body.py read_raw)
 # rather than joined at the end; their parsing costs far more than the layers the fast path skips.
@@ -55,7 +58,8 @@ class FastPath:
     async def __call__(self, scope, receive, send) -> None:
         route = JSON_ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         live = self.host.current
-        if route is None or live is None or not self._takes(scope["headers"]):
+        kind = self._takes(route, scope["headers"]) if route is not None and live is not None else None
+        if kind is None:
             return await self.app(scope, receive, send)
         request_id = self.observer.request_id(_header(scope["headers"], b"x-request-id"))
         started = self.observer.start()
@@ -71,15 +75,16 @@ class FastPath:
             await send(message)
 
         try:
-            await self._answer(route, live, scope, receive, send_with_ids, state)
+            await self._answer(route, kind, live, scope, receive, send_with_ids, state)
         finally:
             live.release()
             self.observer.finish(
                 started, request_id, "POST", scope["path"], status, live.version, state.get("batch_size")
             )
 
-    def _takes(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Whether this request is one the fast path answers exactly as the routes would (see the docstring)."""
+    def _takes(self, route: JsonRoute, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The body's media type (JSON, or .npy for routes that take instances) when this request is one the
+        fast path answers exactly as the routes would (see the docstring); None otherwise."""
         content_type = length = accept = authorization = None
         origin = False
         for name, value in headers:  # one pass over the headers: the key check's too
@@ -93,9 +98,9 @@ class FastPath:
                 accept = value
             elif name == b"origin":
                 origin = True
-        return (
-            content_type is not None
-            and content_type.partition(b";")[0].strip().lower() == JSON_TYPE
+        kind = content_type.partition(b";")[0].strip().lower() if content_type is not None else None
+        takes = (
+            (kind == JSON_TYPE or (kind == NPY_TYPE and route.takes_npy))
             and length is not None
             and length.isdigit()
             and int(length) <= self.max_fast_body_bytes
@@ -103,8 +108,9 @@ class FastPath:
             and not (origin and self.cors)
             and (self.key is None or bearer_matches(authorization or b"", self.key))
         )
+        return kind if takes else None
 
-    async def _answer(self, route: JsonRoute, live: LiveModel, scope, receive, send, state: dict) -> None:
+    async def _answer(self, route: JsonRoute, kind: bytes, live: LiveModel, scope, receive, send, state: dict) -> None:
         executor = live.executor
         deadline = executor.deadline()
         try:
@@ -112,7 +118,11 @@ class FastPath:
             if raw is None:  # the client went away before its body arrived: nobody to answer
                 state["batch_size"] = None
                 return
-            body, x = await parse_json(raw, route.model, executor, deadline)
+            if kind == NPY_TYPE:  # options in the query string, read as Starlette's Request reads it
+                body = npy_options(QueryParams(scope["query_string"]).multi_items(), route.model)
+                x = await parse_npy(raw, executor, deadline)
+            else:
+                body, x = await parse_json(raw, route.model, executor, deadline)
             content, size = await route.answer(executor, body, x, state, deadline)
         except Exception as exc:
             scope.setdefault("state", {}).update(state)

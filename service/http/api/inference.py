@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from service.core.engine import ELBO_OUTPUTS, PER_INPUT_OUTPUTS, Deadline, ElboO
 from service.core.errors import NotAcceptable
 from service.core.images import grid, grid_canvas, heatmap_overlay, place, png_bytes, png_size_bound, to_pixels
 from service.http.api.answers import check_answer, json_answer
-from service.http.api.body import read_body, request_body_doc
+from service.http.api.body import NPY, accepted_types, read_body, request_body_doc
 from service.http.api.deps import ExecutorDep, floats
 from service.http.executor import Executor
 from service.http.json_writer import json_bytes
@@ -213,6 +214,11 @@ class JsonRoute:
 
     model: type[BaseModel]
     answer: Callable[[Executor, Any, np.ndarray, dict, Deadline], Awaitable[tuple[dict, int]]]
+
+    @cached_property
+    def takes_npy(self) -> bool:
+        """Whether a .npy body may carry its instances (read_body's rule: the model has instances)."""
+        return NPY in accepted_types(self.model)
 
 
 JSON_ROUTES: dict[str, JsonRoute] = {
