@@ -12,8 +12,9 @@ call_soon_threadsafe. Per request that is one future and one list append on the 
 A lone request whose work is cheap runs on the event loop itself (inline_budget_s): handing it to the
 thread and back costs two thread wake-ups, about 50 µs of CPU per request on the digits model, more than
 its whole runtime call. "Cheap" is judged from measured costs: the batcher keeps the seconds per unit of
-work (instances x draws) of its recent calls, and runs a lone request inline only when that rate times its
-units is within the budget, so the event loop is held for about the budget at most, not for a request
+work (instances x draws) of its recent calls, and runs a lone request inline only when the call before was
+a lone request too (not under load, when the event loop has the requests behind it to read) and that rate
+times its units is within the budget, so the event loop is held for about the budget at most, not for a request
 that asks for thousands of draws or a model that takes milliseconds per instance. The design
 it replaced, an asyncio worker task over an asyncio.Queue that ran each batch through the thread pool,
 cost a task switch per request and a thread-pool round trip per batch (docs/benchmark-serving.md, "What
@@ -66,6 +67,7 @@ class MicroBatcher:
         self._on_batch = on_batch  # (requests, instances, queue waits in seconds)
         self._inline_budget = inline_budget_s  # 0: every batch runs in the thread
         self._unit_seconds: float | None = None  # seconds per unit of work, averaged over recent calls
+        self._last_requests = 0  # requests in the last call
         self._waiting: list[_Pending] = []  # event loop only
         self._busy = False  # a batch is in the worker thread (event loop only)
         self._dispatch_due = False
@@ -143,9 +145,16 @@ class MicroBatcher:
             self._dispatch()
 
     def _cheap(self, pending: _Pending) -> bool:
-        """Whether the measured cost of work says this request's runtime call fits the inline budget."""
+        """Whether this lone request may run inline: the last call was a lone request too (under load, a request
+        alone for a moment runs in the thread, while the loop reads the ones behind it), and the measured cost
+        of work says its call fits the inline budget."""
         rate = self._unit_seconds
-        return self._inline_budget > 0 and rate is not None and rate * pending.units <= self._inline_budget
+        return (
+            self._inline_budget > 0
+            and self._last_requests == 1
+            and rate is not None
+            and rate * pending.units <= self._inline_budget
+        )
 
     def _work(self) -> None:
         while (taken := self._batches.get()) is not _STOP:
@@ -166,6 +175,7 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch), instances, [started - p.queued_at for p in batch])
         results = self._run_isolated([p.item for p in batch])
+        self._last_requests = len(batch)
         rate = (time.perf_counter() - started) / max(1, sum(p.units for p in batch))
         # A moving average: one slow call (a page fault, the machine busy) moves it a quarter of the way.
         self._unit_seconds = rate if self._unit_seconds is None else 0.75 * self._unit_seconds + 0.25 * rate

@@ -331,7 +331,7 @@ def test_batching_combines_concurrent_requests_and_isolates_a_failure():
     assert seen[2:] == [["b"], ["bad"], ["c"]]  # the failed batch, item by item
 
 
-def test_a_lone_request_runs_on_the_event_loop_only_when_its_measured_cost_fits_the_budget():
+def test_a_lone_request_runs_on_the_event_loop_only_after_a_lone_call_and_within_the_budget():
     ran = []
 
     def run_batch(items):
@@ -348,6 +348,8 @@ def test_a_lone_request_runs_on_the_event_loop_only_when_its_measured_cost_fits_
             await batcher.submit("bad", 1)
         assert await batcher.submit("costly", 1, units=10**9) == "done costly"  # rate x units over the budget
         assert await asyncio.gather(batcher.submit("a", 1), batcher.submit("b", 1)) == ["done a", "done b"]
+        assert await batcher.submit("after two", 1) == "done after two"  # the last call was not alone: the thread
+        assert await batcher.submit("alone again", 1) == "done alone again"  # lone after lone: here
         await batcher.close()
 
     asyncio.run(scenario())
@@ -359,6 +361,8 @@ def test_a_lone_request_runs_on_the_event_loop_only_when_its_measured_cost_fits_
         (["bad"], loop_thread),  # the failed batch, item by item (here, one)
         (["costly"], "vae-batcher"),
         (["a", "b"], "vae-batcher"),  # not alone: together, in the thread
+        (["after two"], "vae-batcher"),
+        (["alone again"], loop_thread),
     ]
 
 
