@@ -4,6 +4,8 @@ L_16 that selection ranks by (and its paired standard error against the best) ne
 The AUROC uses the suite's anomaly labels, so it is for studying the label-free criterion, never for choosing:
 `vae train` sees only the held-out likelihood. Every rung of the ladder is fitted (selection stops a family
 early). Example: `.venv/bin/python benchmarks/anomaly_candidates.py --problems s-curve-12d --latents 1,2,4,8`.
+`--closed-form` fits only linear models, in closed form (probabilistic PCA, unshrunk and shrunk, as
+training/ppca.py starts them), e.g. `--closed-form --problems digit-2 --latents 8,16,32`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,12 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 from training.data import load_dataset  # noqa: E402
 from training.distributed import World  # noqa: E402
-from training.model import ModelConfig  # noqa: E402
-from training.plan import Candidate, plan_training  # noqa: E402
+from training.model import (
+    VAE,  # noqa: E402
+    ModelConfig,  # noqa: E402
+)
+from training.plan import Candidate, TrainingPlan, plan_training  # noqa: E402
+from training.ppca import initialise_linear_vae  # noqa: E402
 from training.train import (  # noqa: E402
     fit_candidate,
     heldout_bounds,
@@ -52,7 +58,29 @@ def digit_problem(digit: int, seed: int) -> Problem:
     )
 
 
-def study(name: str, config: TrainConfig, candidates: list[Candidate], workdir: Path) -> None:
+@dataclass
+class Setup:
+    """One problem as selection sees it: its folds and the test rows, in model space."""
+
+    problem: Problem
+    folds: list[tuple[torch.Tensor, torch.Tensor]]
+    x_train: torch.Tensor  # the final fit's training rows
+    x_test: torch.Tensor
+    input_shape: list[int]
+    plan: TrainingPlan
+    log_jacobian: float
+
+    def model_config(self, cand: Candidate) -> ModelConfig:
+        return ModelConfig(
+            input_shape=self.input_shape,
+            latent_dim=cand.latent_dim,
+            hidden=list(cand.hidden),
+            likelihood=self.plan.likelihood,
+            noise=self.plan.noise,
+        )
+
+
+def setup(name: str, config: TrainConfig, workdir: Path) -> Setup:
     problem = digit_problem(int(name[6:]), config.seed) if name.startswith("digit-") else PROBLEMS[name](config.seed)
     npy = workdir / f"{name}.npy"
     np.save(npy, problem.x_train.astype(np.float32))
@@ -60,22 +88,49 @@ def study(name: str, config: TrainConfig, candidates: list[Candidate], workdir: 
     plan = plan_training(replace(config, data=str(npy)), dataset)
     pre = preprocess(dataset, plan.train_rows, plan.likelihood, plan.scaling)
     n_features = int(np.prod(dataset.input_shape))
-    log_jacobian = raw_log_jacobian(plan.likelihood, pre, n_features)
     folds = [
         (to_model_tensor(dataset.x[tr], pre), to_model_tensor(dataset.x[ho], pre))
         for tr, ho in selection_folds(plan, config.seed)
     ]
-    world = World(0, 1, torch.device("cpu"))
+    log_jacobian = raw_log_jacobian(plan.likelihood, pre, n_features)
+    x_train = to_model_tensor(dataset.x[plan.train_rows], pre)
     x_test = to_model_tensor(problem.x_test, pre)
+    return Setup(problem, folds, x_train, x_test, list(dataset.input_shape), plan, log_jacobian)
+
+
+def closed_form_study(name: str, config: TrainConfig, latents: list[int], workdir: Path) -> None:
+    """Probabilistic PCA fitted in closed form on each fold (no gradient step), unshrunk and Ledoit-Wolf-shrunk:
+    its held-out log-likelihood (L_16 is exact for it) and test AUROC, and the test AUROC of the same fit to
+    the final fit's training rows (what `vae train` would serve if fine-tuning kept the start)."""
+    s = setup(name, config, workdir)
+    for latent in latents:
+        for shrink in (False, True):
+            rows, aurocs = [], []
+            for x_train, x_held in s.folds:
+                model = VAE(s.model_config(Candidate([], latent)))
+                initialise_linear_vae(model, x_train, shrink=shrink)
+                rows.append(heldout_bounds(model, x_held, config.seed + 3, s.log_jacobian))
+                scores = -heldout_bounds(model, s.x_test, config.seed + 5, s.log_jacobian)
+                aurocs.append(auroc(s.problem.labels, scores))
+            held = np.concatenate(rows)
+            final = VAE(s.model_config(Candidate([], latent)))
+            initialise_linear_vae(final, s.x_train, shrink=shrink)
+            final_auroc = auroc(s.problem.labels, -heldout_bounds(final, s.x_test, config.seed + 5, s.log_jacobian))
+            print(
+                f"{name}: closed-form PPCA, latent {latent}, {'Ledoit-Wolf' if shrink else 'unshrunk'}: held-out "
+                f"log-likelihood {held.mean():.3f} (row sd {held.std(ddof=1):.2f}), test AUROC {np.mean(aurocs):.4f}; "
+                f"fitted to the {len(s.x_train)} training rows: test AUROC {final_auroc:.4f}",
+                flush=True,
+            )
+
+
+def study(name: str, config: TrainConfig, candidates: list[Candidate], workdir: Path) -> None:
+    s = setup(name, config, workdir)
+    problem, folds, x_test, plan, log_jacobian = s.problem, s.folds, s.x_test, s.plan, s.log_jacobian
+    world = World(0, 1, torch.device("cpu"))
     results = []
     for cand in candidates:
-        cfg = ModelConfig(
-            input_shape=list(dataset.input_shape),
-            latent_dim=cand.latent_dim,
-            hidden=list(cand.hidden),
-            likelihood=plan.likelihood,
-            noise=plan.noise,
-        )
+        cfg = s.model_config(cand)
         started = time.perf_counter()
         fits = fit_candidate(cfg, folds, config, plan, log_jacobian, world)
         held_rows = [r for _, r in fits]
@@ -105,6 +160,9 @@ def main() -> None:
     parser.add_argument("--widths", default="linear,128-128", help="comma-separated; hyphens inside a width")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--closed-form", action="store_true", help="linear models in closed form only (PPCA, unshrunk and shrunk)"
+    )
     args = parser.parse_args()
     set_threads(1)
     config = TrainConfig(seed=args.seed, progress=False, **parse_overrides(args.set))
@@ -112,7 +170,10 @@ def main() -> None:
     candidates = [Candidate(w, int(d)) for w in widths for d in args.latents.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.problems.split(","):
-            study(name, config, candidates, Path(tmp))
+            if args.closed_form:
+                closed_form_study(name, config, [int(d) for d in args.latents.split(",")], Path(tmp))
+            else:
+                study(name, config, candidates, Path(tmp))
 
 
 if __name__ == "__main__":

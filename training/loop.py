@@ -6,6 +6,7 @@ It knows nothing of VAEs: the caller supplies a step function and a validation f
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ ValidateFn = Callable[[], dict[str, float]]  # () -> validation metrics incl. th
 @dataclass
 class FitResult:
     best_state: dict[str, torch.Tensor]
-    best_epoch: int
+    best_epoch: int  # 0: the initial weights were never bettered
     best_value: float
     epochs_run: int
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one row per epoch trained
+    initial: dict[str, float] = field(default_factory=dict)  # the validation metrics before any step
 
 
 def fit(
@@ -38,8 +40,17 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train for up to `epochs`, stopping when `monitor` (higher is better) has not improved for `patience` epochs."""
-    best_value, best_epoch, best_state = -float("inf"), 0, copy.deepcopy(model.state_dict())
+    """Train for up to `epochs`, stopping when `monitor` (higher is better) has not improved for `patience` epochs.
+
+    The initial weights are validated too and count as epoch 0, so a model that starts at a good solution (a
+    closed-form fit) keeps it when every later epoch is worse on the held-out rows.
+    """
+    model.eval()
+    with torch.inference_mode():
+        initial = validate()
+    # A non-finite start (a diverged initialisation) must not block every later epoch from counting as better.
+    start = initial[monitor] if math.isfinite(initial[monitor]) else -math.inf
+    best_value, best_epoch, best_state = start, 0, copy.deepcopy(model.state_dict())
     history: list[dict] = []
     bar = tqdm(range(1, epochs + 1), desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
@@ -68,4 +79,4 @@ def fit(
         elif epoch - best_epoch >= patience:
             break
     bar.close()
-    return FitResult(best_state, best_epoch, best_value, len(history), history)
+    return FitResult(best_state, best_epoch, best_value, len(history), history, initial)

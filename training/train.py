@@ -35,6 +35,7 @@ from training.plan import (
     schedule,
     split_indices,
 )
+from training.ppca import initialise_linear_vae, is_ppca
 from training.report import write_report
 from training.train_args import train_parser
 from training.train_config import TrainConfig
@@ -138,9 +139,15 @@ def fit_vae(
     log_jacobian: float,
     progress: bool,
 ) -> Fitted:
-    """Fit one VAE with early stopping on x_val's ELBO; returns it holding its best weights."""
+    """Fit one VAE with early stopping on x_val's ELBO; returns it holding its best weights.
+
+    A linear VAE with shared gaussian noise starts at its closed-form maximum-likelihood fit (training/ppca.py).
+    """
     torch.manual_seed(config.seed)
     model = VAE(model_config).to(world.device)
+    if is_ppca(model):
+        # Start at the closed-form optimum; fine-tuning then keeps it unless held-out rows say otherwise.
+        initialise_linear_vae(model, x_train)
     latent_dim = model_config.latent_dim
     objective: nn.Module = ElboObjective(model, log_jacobian)
     if world.size > 1:

@@ -134,10 +134,10 @@ def default_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProces
 @pytest.mark.parametrize(
     "name, n_cal, fpr, hidden, latent",
     [
-        ("table-20", 5, 1 / 6, [], 3),
-        ("table-50", 12, 1 / 13, [], 2),
-        ("table-214", 53, 1 / 54, [128, 128], 3),
-        ("table-1000", 100, 0.01, [], 3),
+        ("table-20", 5, 1 / 6, [], 2),
+        ("table-50", 12, 1 / 13, [], 4),
+        ("table-214", 53, 1 / 54, [], 3),
+        ("table-1000", 100, 0.01, [], 4),
         ("png-60", 15, 1 / 16, [256, 256], 4),
         ("wide-784", 30, 1 / 31, [], 4),
     ],
