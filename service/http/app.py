@@ -28,7 +28,7 @@ from service.core.runtime import Runtime
 from service.http.api import docs, health, inference, oip, web
 from service.http.api.access import ApiKeyMiddleware, is_public
 from service.http.api.fast_path import FastPath
-from service.http.live_model import ModelHost
+from service.http.live_model import ModelHost, freeze_long_lived
 from service.http.observability import (
     ACCESS_LOG,
     Metrics,
@@ -244,6 +244,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
         _drain_on_sigterm(app, settings.drain_delay_s)
         _reload_on_sighup(host)
         log.info("serving %s (version %s) with the %s runtime", artifact.dir, live.version, live.engine.runtime.name)
+        freeze_long_lived()
         yield
         if grpc_server is not None:
             await grpc_server.stop(settings.request_timeout_s)

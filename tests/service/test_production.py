@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from service.core.artifact import load_artifact
 from service.core.runtime import OnnxRuntime
 from service.http.batching import MicroBatcher
+from service.http.live_model import freeze_long_lived
 from service.http.observability import ACCESS_LOG, JsonFormatter, Metrics
 from service.http.settings import Settings
 
@@ -302,6 +305,37 @@ def test_threads_never_oversubscribe_the_cores(digits_model_dir, monkeypatch):
     assert Settings(model_dir=digits_model_dir, workers=4).runtime_threads == 2
     assert Settings(model_dir=digits_model_dir, workers=16).runtime_threads == 1
     assert Settings(model_dir=digits_model_dir, workers=2, threads=3).runtime_threads == 3
+
+
+# --- the garbage collector ----------------------------------------------------------------------------------
+class Node:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_freeze_long_lived_keeps_what_is_alive_from_collections_and_frees_what_it_kept_before():
+    node = Node()
+    gone = weakref.ref(node)
+    try:
+        freeze_long_lived()
+        assert gc.get_freeze_count() > 0
+        del node
+        gc.collect()
+        assert gone() is not None  # frozen: the collector no longer walks it, garbage or not
+        freeze_long_lived()  # as after a reload: what was frozen and is garbage now is collected
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_a_started_service_has_frozen_its_long_lived_objects(make_client):
+    gc.unfreeze()
+    client = make_client()
+    assert client.get("/readyz").status_code == 200
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
 
 
 # --- the micro-batcher ---------------------------------------------------------------------------------------
