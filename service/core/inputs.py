@@ -155,6 +155,16 @@ def read_npy(data: bytes | memoryview, input_shape: list[int], max_instances: in
     return check_array(array.reshape(shape, order="F" if fortran_order else "C"), input_shape, max_instances)
 
 
+def npy_float64_bytes(data: bytes | memoryview) -> int:
+    """The bytes a .npy body's array takes as float64 (what read_npy makes of it), from its header alone; the
+    body's own length when the header cannot be read (read_npy then says why)."""
+    try:
+        shape, _, _, _ = _npy_header(bytes(data[: _npy_header_length(data)]))
+    except (MalformedRequest, InvalidInput):
+        return len(data)
+    return math.prod(shape) * 8
+
+
 def _npy_header_length(data: bytes | memoryview) -> int:
     """The bytes of a .npy body's header, magic included, as its version's length field gives them (at most
     NPY_HEADER_BYTES; when the body is not .npy, NPY_HEADER_BYTES, and _npy_header says what is wrong)."""

@@ -124,7 +124,7 @@ class MicroBatcher:
         del self._waiting[: len(batch)]
         self._busy = True
         if not self._waiting and len(batch) == 1 and self._cheap(batch[0]):
-            self._finished(batch, self._run_timed(batch))  # alone and cheap: here, without two thread hops
+            self._finished(batch, self._run_guarded(batch))  # alone and cheap: here, without two thread hops
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="vae-batcher", daemon=True)
@@ -159,11 +159,19 @@ class MicroBatcher:
     def _work(self) -> None:
         while (taken := self._batches.get()) is not _STOP:
             batch, loop = taken
-            results = self._run_timed(batch)
+            results = self._run_guarded(batch)
             try:
                 loop.call_soon_threadsafe(self._finished, batch, results)
             except RuntimeError:  # that event loop has closed (a test's): nobody is waiting for these
                 pass
+
+    def _run_guarded(self, batch: list[_Pending]) -> list[Any]:
+        """_run_timed, with anything it raises (on_batch's metrics, say; run_batch's own errors are isolated
+        per item) as every request's result: the batcher must not be left busy with nobody to finish it."""
+        try:
+            return self._run_timed(batch)
+        except Exception as exc:
+            return [exc] * len(batch)
 
     def _run_timed(self, batch: list[_Pending]) -> list[Any]:
         """One runtime call for the batch (in the thread, or inline): its metrics, and the cost per unit it took."""

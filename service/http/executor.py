@@ -27,6 +27,14 @@ from service.http.settings import Settings
 INLINE_BUDGET_S = 0.001
 
 
+def elbo_units(request: PreparedElbo, n_features: int) -> int:
+    """An /elbo request's work for the inline budget: rows x draws; with feature scores, x the features too
+    (they add a decoder pass and each feature's log-density in float64 for every draw), so such a request
+    runs on the event loop only when it is tiny."""
+    units = len(request.x) * (request.n_samples + request.iw_samples)
+    return units * n_features if request.feature_scores else units
+
+
 def _sharing_deadline(run_batch: Callable[..., list[Any]]) -> Callable[[list[tuple[Any, Deadline | None]]], list[Any]]:
     """run_batch over (item, deadline) pairs: a batch's work stops only once every request in it has given up."""
     return lambda pairs: run_batch([item for item, _ in pairs], Deadline.latest(d for _, d in pairs))
@@ -89,7 +97,7 @@ class Executor:
             raise deadline.error() from None
 
     async def elbo(self, request: PreparedElbo, state: dict | None = None, deadline: Deadline | None = None) -> Scored:
-        units = len(request.x) * (request.n_samples + request.iw_samples)  # rows x draws: what a call costs
+        units = elbo_units(request, self.engine.manifest.n_features)
         return await self._run("/elbo", self.engine.elbo_batch, request, len(request.x), state, deadline, units)
 
     async def encode(self, x_model: np.ndarray, state: dict | None = None, deadline: Deadline | None = None) -> Encoded:

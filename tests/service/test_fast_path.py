@@ -4,6 +4,7 @@ included, and leaves what it does not take to them."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -97,6 +98,31 @@ def test_the_same_answer_with_and_without_the_fast_path(both, path, name):
     assert answers[0].content == answers[1].content
     assert answers[0].headers["content-type"] == answers[1].headers["content-type"]
     assert answers[0].headers["x-model-version"] == answers[1].headers["x-model-version"]
+
+
+@pytest.mark.parametrize(
+    "repeated",
+    [
+        [("content-type", "application/json"), ("content-type", "application/x-npy")],
+        [("content-type", "application/x-npy"), ("content-type", "application/json")],
+        [("content-type", "application/json"), ("accept", "image/png"), ("accept", "application/json")],
+    ],
+    ids=["json then npy", "npy then json", "accept png then json"],
+)
+def test_of_repeated_headers_the_first_counts_as_on_the_routes(both, repeated):
+    fast, slow = both
+    body = json.dumps({"instances": [DIGIT], "seed": 0}).encode()
+    if repeated[0][1] == "application/x-npy":
+        body = npy([DIGIT])
+    path = "/decode" if repeated[-1][0] == "accept" else "/elbo"
+    if path == "/decode":
+        body = json.dumps({"z": [[0.0] * 4]}).encode()
+    headers = [("authorization", KEY["authorization"]), *repeated]
+    params = {"seed": "0"} if body.startswith(b"\x93NUMPY") else {}
+    answers = [client.post(path, content=body, headers=headers, params=params) for client in (fast, slow)]
+    assert answers[0].status_code == answers[1].status_code
+    assert answers[0].content == answers[1].content
+    assert answers[0].headers["content-type"] == answers[1].headers["content-type"]
 
 
 @pytest.mark.parametrize("path", sorted(ROUTES))

@@ -380,6 +380,15 @@ def test_a_npy_whose_data_is_short_gets_400(digits_client):
     )
 
 
+def test_a_npy_body_is_read_on_the_event_loop_only_while_its_float64_array_is_small():
+    small = npy_of(np.zeros((100, 64), dtype=np.uint8))
+    assert inputs.npy_float64_bytes(small) == 100 * 64 * 8
+    # 200 KiB of uint8 on the wire, 1.6 MiB once converted: over INLINE_NPY_BYTES, so the worker pool reads it.
+    grows = npy_of(np.zeros((3200, 64), dtype=np.uint8))
+    assert len(grows) < body_module.INLINE_NPY_BYTES < inputs.npy_float64_bytes(grows) == 3200 * 64 * 8
+    assert inputs.npy_float64_bytes(b"not npy at all") == len(b"not npy at all")  # read_npy says what is wrong
+
+
 def png_of(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from service.core.artifact import load_artifact
+from service.core.engine import PreparedElbo
 from service.core.runtime import OnnxRuntime
 from service.http.batching import MicroBatcher
+from service.http.executor import elbo_units
 from service.http.live_model import freeze_long_lived
 from service.http.observability import ACCESS_LOG, JsonFormatter, Metrics
 from service.http.settings import Settings
@@ -398,6 +400,33 @@ def test_a_lone_request_runs_on_the_event_loop_only_after_a_lone_call_and_within
         (["after two"], "vae-batcher"),
         (["alone again"], loop_thread),
     ]
+
+
+def test_an_error_outside_the_runtime_call_fails_its_requests_and_the_batcher_goes_on():
+    def on_batch(requests, instances, waits):
+        if requests == 1:
+            raise RuntimeError("metrics broke")
+
+    async def scenario():
+        batcher = MicroBatcher(
+            lambda items: items, max_batch_size=10, max_delay_s=0.0, on_batch=on_batch, inline_budget_s=1.0
+        )
+        results = []
+        for _ in range(3):  # in the thread, then inline (lone after lone): each fails alone
+            with pytest.raises(RuntimeError, match="metrics broke"):
+                await batcher.submit("lone", 1)
+        results.append(await asyncio.gather(batcher.submit("a", 1), batcher.submit("b", 1)))
+        await batcher.close()
+        return results
+
+    assert asyncio.run(scenario()) == [["a", "b"]]
+
+
+def test_feature_scores_count_every_feature_in_an_elbo_requests_work():
+    x = np.zeros((3, 1, 8, 8), dtype=np.float32)
+    plain = PreparedElbo(x, n_samples=2, iw_samples=5, seed=0, feature_scores=False, threshold=None)
+    assert elbo_units(plain, 64) == 3 * 7
+    assert elbo_units(PreparedElbo(x, 2, 5, 0, True, None), 64) == 3 * 7 * 64
 
 
 def test_batches_respect_the_size_limit():

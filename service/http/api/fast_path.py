@@ -87,15 +87,17 @@ class FastPath:
         fast path answers exactly as the routes would (see the docstring); None otherwise."""
         content_type = length = accept = authorization = None
         origin = False
-        for name, value in headers:  # one pass over the headers: the key check's too
+        # One pass over the headers, the key check's too. Of repeated headers the first counts, as Starlette's
+        # Headers.get reads them for the routes.
+        for name, value in headers:
             if name == b"content-type":
-                content_type = value
+                content_type = value if content_type is None else content_type
             elif name == b"content-length":
                 length = value
             elif name == b"authorization":
-                authorization = value if authorization is None else authorization  # the first, as has_key reads
+                authorization = value if authorization is None else authorization
             elif name == b"accept":
-                accept = value
+                accept = value if accept is None else accept
             elif name == b"origin":
                 origin = True
         kind = content_type.partition(b";")[0].strip().lower() if content_type is not None else None
