@@ -82,12 +82,17 @@ def as_float_array(value: Any, field: str, max_depth: int = MAX_DEPTH) -> np.nda
         array = leaves.astype(np.float64)
     except OverflowError:
         raise InvalidInput(f"{field}: a number is too large for a 64-bit float") from None
+    _check_finite(array, field)
+    return array
+
+
+def _check_finite(array: np.ndarray, field: str) -> None:
+    """InvalidInput naming the first value of a float64 batch that is NaN or infinite."""
     # A sum is finite only if every value is (NaN and infinities carry through it), so one C reduction clears the
     # common case; a finite batch whose sum overflows takes the exact check.
     if not math.isfinite(np.add.reduce(array, axis=None)) and not np.all(np.isfinite(array)):
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise InvalidInput(f"{field}{''.join(f'[{i}]' for i in index)}: expected a finite number, got {array[index]}")
-    return array
 
 
 def parse_instances(value: Any, input_shape: list[int], max_instances: int) -> np.ndarray:
@@ -104,11 +109,7 @@ def check_array(array: np.ndarray, input_shape: list[int], max_instances: int) -
     checked before any conversion (a batch of the wrong shape costs no copy)."""
     check_batch_header(array.dtype, array.shape, input_shape, max_instances)
     array = array.astype(np.float64)
-    # A sum is finite only if every value is (NaN and infinities carry through it), so one C reduction clears the
-    # common case; a finite batch whose sum overflows takes the exact check.
-    if not math.isfinite(np.add.reduce(array, axis=None)) and not np.all(np.isfinite(array)):
-        index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
-        raise InvalidInput(f"instances{''.join(f'[{i}]' for i in index)}: expected a finite number, got {array[index]}")
+    _check_finite(array, "instances")
     return array.reshape(len(array), math.prod(input_shape))
 
 
@@ -143,7 +144,7 @@ def read_npy(data: bytes | memoryview, input_shape: list[int], max_instances: in
     """A .npy body -> (B, D) float64. Its header's dtype and shape are checked before the data is read, and the
     data is viewed in place, not copied, until it is converted once (a 60 MB body of the wrong shape costs
     nothing; one of the right shape holds at most max_instances rows)."""
-    shape, fortran_order, dtype, offset = _npy_header(bytes(data[: _npy_header_length(data)]))
+    shape, fortran_order, dtype, offset = _npy_header_of(data)
     check_batch_header(dtype, shape, input_shape, max_instances)
     expected = math.prod(shape) * dtype.itemsize
     if len(data) - offset != expected:
@@ -159,10 +160,15 @@ def npy_float64_bytes(data: bytes | memoryview) -> int:
     """The bytes a .npy body's array takes as float64 (what read_npy makes of it), from its header alone; the
     body's own length when the header cannot be read (read_npy then says why)."""
     try:
-        shape, _, _, _ = _npy_header(bytes(data[: _npy_header_length(data)]))
+        shape, _, _, _ = _npy_header_of(data)
     except (MalformedRequest, InvalidInput):
         return len(data)
     return math.prod(shape) * 8
+
+
+def _npy_header_of(data: bytes | memoryview) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """_npy_header of a body's header bytes, nothing after them (so the cache's key)."""
+    return _npy_header(bytes(data[: _npy_header_length(data)]))
 
 
 def _npy_header_length(data: bytes | memoryview) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
@@ -60,41 +62,40 @@ class Collect(logging.Handler):
         self.records.append(record)
 
 
+@contextmanager
+def access_lines(level: int) -> Iterator[Collect]:
+    """The `vae.access` records handled while the logger is at `level`; the logger as it was afterwards."""
+    collect = Collect()
+    logger = logging.getLogger("vae.access")
+    logger.addHandler(collect)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield collect
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(before)
+
+
 def test_access_log_lines_are_handled_in_order_by_the_writer_thread():
     # Lines an earlier test's event loop closed on before handing them over (ACCESS_LOG is the process's) go
     # out first, to the handlers as they were, so that only this test's lines reach `collect`.
     ACCESS_LOG.drain()
-    collect = Collect()
-    logger = logging.getLogger("vae.access")
-    logger.addHandler(collect)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
 
-        async def scenario():
-            for i in range(5):
-                ACCESS_LOG.add({"request_id": f"r-{i}", "status": 200})
+    async def scenario():
+        for i in range(5):
+            ACCESS_LOG.add({"request_id": f"r-{i}", "status": 200})
 
+    with access_lines(logging.INFO) as collect:
         asyncio.run(scenario())
         ACCESS_LOG.drain()
-    finally:
-        logger.removeHandler(collect)
-        logger.setLevel(level)
     assert [r.fields["request_id"] for r in collect.records] == [f"r-{i}" for i in range(5)]
     assert {r.threadName for r in collect.records} == {"vae-access-log"}
     assert all(r.getMessage() == "request" and r.levelno == logging.INFO for r in collect.records)
 
 
 def test_no_access_log_work_below_info():
-    collect = Collect()
-    logger = logging.getLogger("vae.access")
-    logger.addHandler(collect)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with access_lines(logging.WARNING) as collect:
         ACCESS_LOG.add({"request_id": "quiet"})
         ACCESS_LOG.drain()
-    finally:
-        logger.removeHandler(collect)
-        logger.setLevel(level)
     assert collect.records == []
