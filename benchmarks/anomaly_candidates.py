@@ -6,6 +6,9 @@ The AUROC uses the suite's anomaly labels, so it is for studying the label-free 
 early). Example: `.venv/bin/python benchmarks/anomaly_candidates.py --problems s-curve-12d --latents 1,2,4,8`.
 `--closed-form` fits only linear models, in closed form (probabilistic PCA, unshrunk and shrunk, as
 training/ppca.py starts them), e.g. `--closed-form --problems digit-2 --latents 8,16,32`.
+`--evidence` compares, for the linear family only and in closed form, the latent that Minka's (2000) Bayesian
+evidence for PCA picks from the training rows' spectrum with the one the held-out likelihood picks, e.g.
+`--evidence --problems digit-2 --latents 1,2,3,4,8,16,32`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anomaly_common import auroc, parse_overrides, set_threads  # noqa: E402
 from anomaly_suite import PROBLEMS, Problem  # noqa: E402
+from sklearn.covariance import ledoit_wolf_shrinkage  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from training.data import load_dataset  # noqa: E402
@@ -35,7 +40,7 @@ from training.model import (
     VAE,  # noqa: E402
     ModelConfig,  # noqa: E402
 )
-from training.plan import Candidate, TrainingPlan, plan_training  # noqa: E402
+from training.plan import Candidate, TrainingPlan, choose_capacity, plan_training  # noqa: E402
 from training.ppca import initialise_linear_vae  # noqa: E402
 from training.train import (  # noqa: E402
     fit_candidate,
@@ -124,6 +129,95 @@ def closed_form_study(name: str, config: TrainConfig, latents: list[int], workdi
             )
 
 
+def covariance_spectrum(x: torch.Tensor, shrink: bool) -> np.ndarray:
+    """The D eigenvalues of x's (N, *shape) sample covariance (N − 1), largest first, optionally shrunk as
+    training/ppca.py shrinks them (Ledoit-Wolf: each moves towards their mean)."""
+    rows = x.reshape(len(x), -1).double().numpy()
+    spectrum = np.linalg.svd(rows - rows.mean(0), compute_uv=False) ** 2 / (len(rows) - 1)
+    spectrum = np.concatenate([spectrum, np.zeros(rows.shape[1] - len(spectrum))])
+    if not shrink:
+        return spectrum
+    alpha = float(ledoit_wolf_shrinkage(rows))
+    return (1 - alpha) * spectrum + alpha * spectrum.mean()
+
+
+def evidence_dimension(spectrum: np.ndarray, n: int, approximation: str = "laplace") -> int:
+    """The rank k in [1, D − 1] that maximises Minka's (2000) evidence for PPCA given N rows' spectrum.
+
+    "laplace" is scikit-learn's `_assess_dimension` (what `PCA(n_components="mle")` maximises); "bic" is the
+    paper's cruder BIC form, −N/2 Σ_{j≤k} ln λ_j − N(D − k)/2 ln v − (m + k)/2 ln N, m = Dk − k(k + 1)/2.
+    """
+    from sklearn.decomposition._pca import _assess_dimension
+
+    d = len(spectrum)
+    evidence = []
+    for k in range(1, d):
+        v = spectrum[k:].mean()
+        # A tail of exactly constant features (a class's blank pixels) has v = 0 and an unbounded evidence at
+        # k = the rank; scikit-learn floors v at 1e-15 and so picks the rank itself. Here that k is left out.
+        if spectrum[k - 1] < 1e-15 or v < 1e-15:
+            evidence.append(-np.inf)
+        elif approximation == "bic":
+            m = d * k - k * (k + 1) / 2
+            evidence.append(-n / 2 * np.log(spectrum[:k]).sum() - n * (d - k) / 2 * np.log(v) - (m + k) / 2 * np.log(n))
+        else:
+            try:
+                evidence.append(_assess_dimension(spectrum, k, n))
+            except ValueError:  # a kept eigenvalue tied with a discarded one (shrunk zeros): log(0), undefined
+                evidence.append(-np.inf)
+    return 1 + int(np.argmax(evidence))
+
+
+def evidence_study(name: str, config: TrainConfig, latents: list[int], workdir: Path) -> None:
+    """Closed-form shrunk PPCA (what linear candidates start at): the latent Minka's evidence picks from the model-space
+    spectrum of the final fit's training rows (and of every non-calibration row), against the one the held-out L_16
+    picks over `latents` (best, and the one-SE rule within the linear family), with each pick's test AUROC."""
+    s = setup(name, config, workdir)
+    n_features = int(np.prod(s.input_shape))
+    latents = [d for d in latents if d < n_features]  # the ladder stops below the feature count
+    # Every non-calibration row: the validation split's fold plus its training rows, or the k folds' held-out parts.
+    every = torch.cat([s.folds[0][0], s.folds[0][1]]) if len(s.folds) == 1 else torch.cat([h for _, h in s.folds])
+    unshrunk = covariance_spectrum(s.x_train, False)
+    varying = unshrunk[unshrunk > 1e-10 * unshrunk[0]]  # constant features (blank pixels) break isotropic noise
+    n = len(s.x_train)
+    picks = {
+        "evidence (Laplace), train rows, unshrunk": evidence_dimension(unshrunk, n),
+        "evidence (Laplace), train rows, shrunk": evidence_dimension(covariance_spectrum(s.x_train, True), n),
+        "evidence (Laplace), train rows, varying subspace": evidence_dimension(varying, n),
+        "evidence (BIC), train rows, unshrunk": evidence_dimension(unshrunk, n, "bic"),
+        f"evidence (Laplace), all {len(every)} non-calibration rows, unshrunk": evidence_dimension(
+            covariance_spectrum(every, False), len(every)
+        ),
+        f"evidence (Laplace), all {len(every)} non-calibration rows, shrunk": evidence_dimension(
+            covariance_spectrum(every, True), len(every)
+        ),
+    }
+    if n >= n_features:  # the private function's use, checked against the public estimator
+        rows_2d = s.x_train.reshape(n, -1).double().numpy()
+        sklearn_mle = PCA(n_components="mle", svd_solver="full").fit(rows_2d).n_components_
+        print(f"{name}: sklearn PCA(n_components='mle') on the train rows: {sklearn_mle}", flush=True)
+    rows = []
+    for latent in latents:
+        held = []
+        for x_train, x_held in s.folds:
+            model = VAE(s.model_config(Candidate([], latent)))
+            initialise_linear_vae(model, x_train)
+            held.append(heldout_bounds(model, x_held, config.seed + 3, s.log_jacobian))
+        rows.append(np.concatenate(held))
+    candidates = [Candidate([], d) for d in latents]
+    picks["held-out L_16, best"] = latents[choose_capacity(candidates, rows, "best")]
+    picks["held-out L_16, one-SE"] = latents[choose_capacity(candidates, rows, "one-se")]
+    for latent, r in zip(latents, rows, strict=True):
+        print(f"{name}: linear {latent}: held-out L_16 {r.mean():.3f} (row sd {r.std(ddof=1):.2f})", flush=True)
+    aurocs: dict[int, float] = {}
+    for latent in sorted(set(picks.values())):
+        final = VAE(s.model_config(Candidate([], latent)))
+        initialise_linear_vae(final, s.x_train)
+        aurocs[latent] = auroc(s.problem.labels, -heldout_bounds(final, s.x_test, config.seed + 5, s.log_jacobian))
+    for how, latent in picks.items():
+        print(f"{name}: {how}: latent {latent}, test AUROC {aurocs[latent]:.4f} (closed form, {len(s.x_train)} rows)")
+
+
 def study(name: str, config: TrainConfig, candidates: list[Candidate], workdir: Path) -> None:
     s = setup(name, config, workdir)
     problem, folds, x_test, plan, log_jacobian = s.problem, s.folds, s.x_test, s.plan, s.log_jacobian
@@ -163,6 +257,9 @@ def main() -> None:
     parser.add_argument(
         "--closed-form", action="store_true", help="linear models in closed form only (PPCA, unshrunk and shrunk)"
     )
+    parser.add_argument(
+        "--evidence", action="store_true", help="linear family in closed form: Minka's evidence against held-out L_16"
+    )
     args = parser.parse_args()
     set_threads(1)
     config = TrainConfig(seed=args.seed, progress=False, **parse_overrides(args.set))
@@ -170,7 +267,9 @@ def main() -> None:
     candidates = [Candidate(w, int(d)) for w in widths for d in args.latents.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.problems.split(","):
-            if args.closed_form:
+            if args.evidence:
+                evidence_study(name, config, [int(d) for d in args.latents.split(",")], Path(tmp))
+            elif args.closed_form:
                 closed_form_study(name, config, [int(d) for d in args.latents.split(",")], Path(tmp))
             else:
                 study(name, config, candidates, Path(tmp))
