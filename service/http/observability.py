@@ -25,7 +25,10 @@ import time
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from functools import cached_property
+from typing import Any
 
 import orjson
 from prometheus_client import (
@@ -109,6 +112,9 @@ class Metrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
 
+        # Each labelled series once: labels() checks and joins its values on every call, a few µs a time, five
+        # times a request at c=1. None of these series is ever removed, so a series found stays right.
+        self._series: dict[tuple, Any] = {}
         self._finished: list[tuple[str, int, str, str, float]] = []  # requests not yet in the metrics
         self._in_flight = 0  # requests started minus finished since the last flush
         self._flush_due = False
@@ -158,15 +164,24 @@ class Metrics:
             counts[endpoint, str(status), version, operation] += 1
             latencies[endpoint, version, operation].append(seconds)
         for (endpoint, status, version, operation), n in counts.items():
-            self.requests.labels(endpoint, status, self.model_name, version, operation).inc(n)
+            self._series_of(self.requests, endpoint, status, self.model_name, version, operation).inc(n)
         for (endpoint, version, operation), values in latencies.items():
-            observe_all(self.latency.labels(endpoint, self.model_name, version, operation), values)
+            observe_all(self._series_of(self.latency, endpoint, self.model_name, version, operation), values)
 
     def observe_batch(self, endpoint: str, requests: int, instances: int, waits: list[float]) -> None:
         """One runtime call of the micro-batcher (called from its thread): its size and its requests' waits."""
-        self.batch_requests.labels(endpoint).observe(requests)
-        self.batch_size.labels(endpoint).observe(instances)
-        observe_all(self.queue_wait.labels(endpoint), waits)
+        self._series_of(self.batch_requests, endpoint).observe(requests)
+        self._series_of(self.batch_size, endpoint).observe(instances)
+        observe_all(self._series_of(self.queue_wait, endpoint), waits)
+
+    def _series_of(self, metric, *labels: str):
+        """metric.labels(*labels), remembered (from either thread: at worst two look it up at once, and both get
+        the same series, since labels() takes the metric's lock)."""
+        key = (metric._name, *labels)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = metric.labels(*labels)
+        return series
 
     def set_model(self, name: str, version: str, format_version: str, runtime: str) -> None:
         """The live version: its series reads 1; the one it replaced goes (reads 0 with several workers)."""
@@ -217,10 +232,60 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class JsonLinesHandler(logging.StreamHandler):
+    """A StreamHandler of JSON lines whose records, when handled inside `batch()` by the thread that opened it,
+    are formatted at once but written together when it closes: one write and one flush instead of one each per
+    line. The access log's thread handles its records this way (AccessLogWriter); every other record, and
+    another thread's meanwhile, is written as it comes, as by any StreamHandler."""
+
+    def __init__(self, stream=None) -> None:
+        super().__init__(stream)
+        self.setFormatter(JsonFormatter())
+        self._batch_thread: int | None = None
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._batch_thread != threading.get_ident():
+            super().emit(record)
+            return
+        try:  # handle() holds the lock here, as for any emit
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        self._batch_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._batch_thread = None
+            with self.lock:  # type: ignore[union-attr]  # StreamHandler always has its lock
+                lines, self._lines = self._lines, []
+                if lines:
+                    try:
+                        self.stream.write(self.terminator.join(lines) + self.terminator)
+                        self.flush()
+                    except Exception:
+                        self.handleError(logging.makeLogRecord({"msg": f"{len(lines)} log lines"}))
+
+
+def batched_lines(logger: logging.Logger) -> ExitStack:
+    """A context in which every JsonLinesHandler that `logger`'s records reach (as Logger.callHandlers walks
+    the loggers) writes the lines this thread gives it in one go, at the end."""
+    stack = ExitStack()
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if isinstance(handler, JsonLinesHandler):
+                stack.enter_context(handler.batch())
+        current = current.parent if current.propagate else None
+    return stack
+
+
 def configure_logging(level: str) -> None:
     """One JSON object per line on stderr for the service's loggers."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler = JsonLinesHandler(sys.stderr)
     logger = logging.getLogger("vae")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
@@ -297,16 +362,17 @@ class AccessLogWriter:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            for finished_at, fields in item:
-                record = access_log.makeRecord(
-                    access_log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}
-                )
-                record.created = finished_at
-                record.msecs = (finished_at - int(finished_at)) * 1000
-                try:
-                    access_log.handle(record)
-                except Exception:  # a broken handler must not end the thread that writes every line
-                    logging.getLogger("vae.service").exception("the access log could not write a line")
+            with batched_lines(access_log):  # one write for the hand-over's lines, not one per line
+                for finished_at, fields in item:
+                    record = access_log.makeRecord(
+                        access_log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}
+                    )
+                    record.created = finished_at
+                    record.msecs = (finished_at - int(finished_at)) * 1000
+                    try:
+                        access_log.handle(record)
+                    except Exception:  # a broken handler must not end the thread that writes every line
+                        logging.getLogger("vae.service").exception("the access log could not write a line")
 
 
 HAND_OVER_S = 0.05  # how long a line may wait on the event loop before the writer thread gets it

@@ -4,13 +4,23 @@ read the same as when each request updated and logged at once."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from service.http.observability import ACCESS_LOG, LATENCY_BUCKETS, Metrics, observe_all
+from service.http.observability import (
+    ACCESS_LOG,
+    LATENCY_BUCKETS,
+    JsonLinesHandler,
+    Metrics,
+    batched_lines,
+    observe_all,
+)
 
 VALUES = [0.0001, 0.0005, 0.0005001, 0.003, 0.003, 0.75, 2.5, 31.0, 1e9]  # bucket edges, between and past all
 
@@ -99,3 +109,84 @@ def test_no_access_log_work_below_info():
         ACCESS_LOG.add({"request_id": "quiet"})
         ACCESS_LOG.drain()
     assert collect.records == []
+
+
+def test_series_are_looked_up_once_and_are_the_metrics_own():
+    metrics = Metrics(model="digits")
+    metrics.observe_batch("/elbo", 3, 5, [0.001, 0.002, 0.003])
+    metrics.observe_batch("/elbo", 1, 2, [0.004])
+    assert metrics._series_of(metrics.batch_size, "/elbo") is metrics.batch_size.labels("/elbo")
+    text = metrics.exposition().decode()
+    assert 'vae_batch_instances_sum{endpoint="/elbo"} 7.0' in text
+    assert 'vae_batch_requests_count{endpoint="/elbo"} 2.0' in text
+    assert 'vae_batch_queue_seconds_count{endpoint="/elbo"} 4.0' in text
+
+
+class CountingStream(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+def json_lines_logger(stream: CountingStream) -> tuple[logging.Logger, JsonLinesHandler]:
+    handler = JsonLinesHandler(stream)
+    logger = logging.getLogger("vae.test-json-lines")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger, handler
+
+
+def test_a_batch_of_json_lines_is_written_at_its_end_in_one_write():
+    stream = CountingStream()
+    logger, _ = json_lines_logger(stream)
+    with batched_lines(logger):
+        for i in range(3):
+            logger.info("line %d", i)
+        assert stream.writes == 0  # held until the batch ends
+    assert stream.writes == 1
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["line 0", "line 1", "line 2"]
+    assert {line["logger"] for line in lines} == {"vae.test-json-lines"}
+    logger.info("after")  # outside a batch: a write per line, as any StreamHandler
+    assert stream.writes == 2
+    assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "after"
+
+
+def test_other_threads_lines_are_not_held_by_a_batch():
+    stream = CountingStream()
+    logger, _ = json_lines_logger(stream)
+    with batched_lines(logger):
+        logger.info("held")
+        other = threading.Thread(target=logger.info, args=("from another thread",))
+        other.start()
+        other.join()
+        assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["from another thread"]
+    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["from another thread", "held"]
+
+
+def test_the_access_log_thread_writes_a_hand_over_in_one_write():
+    ACCESS_LOG.drain()
+    stream = CountingStream()
+    handler = JsonLinesHandler(stream)
+    logger = logging.getLogger("vae.access")
+    logger.addHandler(handler)
+    before = logger.level
+    logger.setLevel(logging.INFO)
+
+    async def scenario():
+        for i in range(4):
+            ACCESS_LOG.add({"request_id": f"r-{i}", "status": 200})
+
+    try:
+        asyncio.run(scenario())
+        ACCESS_LOG.drain()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+    assert stream.writes == 1
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [f"r-{i}" for i in range(4)]
