@@ -80,3 +80,39 @@ def test_bad_values_are_refused_in_plain_words(capsys, argv, message):
     assert code == 2
     assert out == ""
     assert err.splitlines()[-1] == message
+
+
+class FakeUvicorn:
+    def __init__(self):
+        self.calls: list[tuple[object, dict]] = []
+
+    def run(self, app, **options):
+        self.calls.append((app, options))
+
+
+def test_a_supervisor_of_several_workers_builds_no_app(monkeypatch, digits_model_dir):
+    # Each worker builds its own app (service/http/main.py); one in the supervisor would only hold memory.
+    import service.http.app
+    from service.http.settings import Settings
+    from vae_cli.main import _run_uvicorn
+
+    def no_app(settings):
+        raise AssertionError("the supervisor built an app")
+
+    monkeypatch.setattr(service.http.app, "create_app", no_app)
+    monkeypatch.setenv("VAE_WORKERS", "2")  # _run_uvicorn hands the settings to the workers this way; undone after
+    uvicorn = FakeUvicorn()
+    assert _run_uvicorn(uvicorn, Settings(model_dir=digits_model_dir, workers=2), {"workers": 2}) == 0
+    [(app, options)] = uvicorn.calls
+    assert app == "service.http.main:app"
+    assert options["workers"] == 2
+
+
+def test_a_supervisor_of_several_workers_still_refuses_a_bad_model_directory(capsys, tmp_path):
+    from service.http.settings import Settings
+    from vae_cli.main import _run_uvicorn
+
+    uvicorn = FakeUvicorn()
+    assert _run_uvicorn(uvicorn, Settings(model_dir=tmp_path / "nope", workers=2), {}) == 2
+    assert capsys.readouterr().err == f"vae serve: model directory {tmp_path / 'nope'} does not exist\n"
+    assert uvicorn.calls == []

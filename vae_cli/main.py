@@ -218,12 +218,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
+    from service.core.artifact import load_artifact
     from service.core.errors import ArtifactError
-    from service.http.app import create_app
     from service.http.observability import uvicorn_log_config
 
+    app = None
     try:
-        app = create_app(settings)
+        if settings.workers == 1:
+            from service.http.app import create_app
+
+            app = create_app(settings)
+        else:  # each worker builds its own app; the supervisor only checks the model directory, as create_app would
+            load_artifact(settings.model_dir)
     except ArtifactError as exc:
         print(f"vae serve: {exc}", file=sys.stderr)
         return 2
@@ -238,7 +244,7 @@ def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
         limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,
     )
-    if settings.workers == 1:
+    if app is not None:
         uvicorn.run(app, **common)
     else:  # each worker process imports service.http.main, which reads the same settings from the environment
         for name, value in overrides.items():
