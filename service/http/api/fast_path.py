@@ -58,37 +58,28 @@ class FastPath:
     async def __call__(self, scope, receive, send) -> None:
         route = JSON_ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         live = self.host.current
-        kind = self._takes(route, scope["headers"]) if route is not None and live is not None else None
+        kind, given_id = self._takes(route, scope["headers"]) if route is not None and live is not None else _NOT_TAKEN
         if kind is None:
             return await self.app(scope, receive, send)
-        request_id = self.observer.request_id(_header(scope["headers"], b"x-request-id"))
+        request_id = self.observer.request_id(given_id)
         started = self.observer.start()
         live.acquire()
-        state: dict = {"request_id": request_id, "live_model": live}
-        status = 500
-
-        async def send_with_ids(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = with_ids(message.get("headers", []), request_id, live)
-            await send(message)
-
+        state: dict = {"request_id": request_id, "live_model": live, "status": 500}
         try:
-            await self._answer(route, kind, live, scope, receive, send_with_ids, state)
+            await self._answer(route, kind, live, scope, receive, send, state)
         finally:
             live.release()
             self.observer.finish(
-                started, request_id, "POST", scope["path"], status, live.version, state.get("batch_size")
+                started, request_id, "POST", scope["path"], state["status"], live.version, state.get("batch_size")
             )
 
-    def _takes(self, route: JsonRoute, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    def _takes(self, route: JsonRoute, headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
         """The body's media type (JSON, or .npy for routes that take instances) when this request is one the
-        fast path answers exactly as the routes would (see the docstring); None otherwise."""
-        content_type = length = accept = authorization = None
+        fast path answers exactly as the routes would (see the docstring), None otherwise; and its X-Request-ID."""
+        content_type = length = accept = authorization = request_id = None
         origin = False
-        # One pass over the headers, the key check's too. Of repeated headers the first counts, as Starlette's
-        # Headers.get reads them for the routes.
+        # One pass over the headers, the key check's and the request id's too. Of repeated headers the first
+        # counts, as Starlette's Headers.get reads them for the routes.
         for name, value in headers:
             if name == b"content-type":
                 content_type = value if content_type is None else content_type
@@ -100,6 +91,8 @@ class FastPath:
                 accept = value if accept is None else accept
             elif name == b"origin":
                 origin = True
+            elif name == b"x-request-id":
+                request_id = value if request_id is None else request_id
         kind = content_type.partition(b";")[0].strip().lower() if content_type is not None else None
         takes = (
             (kind == JSON_TYPE or (kind == NPY_TYPE and route.takes_npy))
@@ -110,9 +103,11 @@ class FastPath:
             and not (origin and self.cors)
             and (self.key is None or bearer_matches(authorization or b"", self.key))
         )
-        return kind if takes else None
+        return (kind if takes else None), request_id
 
     async def _answer(self, route: JsonRoute, kind: bytes, live: LiveModel, scope, receive, send, state: dict) -> None:
+        """The answer, its status in state["status"]: written here with its ids for a JSON answer that fits in
+        memory (most), or by the app's error handlers or the streamed answer through `_sending_ids`."""
         executor = live.executor
         deadline = executor.deadline()
         try:
@@ -128,14 +123,17 @@ class FastPath:
             content, size = await route.answer(executor, body, x, state, deadline)
         except Exception as exc:
             scope.setdefault("state", {}).update(state)
-            await self._error(scope, receive, send, exc)
+            await self._error(scope, receive, _sending_ids(send, state), exc)
             return
         if size > INLINE_BYTES:  # streamed a chunk at a time from the worker pool, as the route does
-            await json_answer(content, size)(scope, receive, send)
+            await json_answer(content, size)(scope, receive, _sending_ids(send, state))
             return
         answer = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
         headers = [(b"content-length", str(len(answer)).encode()), (b"content-type", JSON_TYPE)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        state["status"] = 200
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": with_ids(headers, state["request_id"], live)}
+        )
         await send({"type": "http.response.body", "body": answer})
 
     async def _error(self, scope, receive, send, exc: Exception) -> None:
@@ -154,8 +152,20 @@ class FastPath:
         await response(scope, receive, send)
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    return next((value for key, value in headers if key == name), None)
+_NOT_TAKEN: tuple[None, None] = (None, None)
+
+
+def _sending_ids(send, state: dict):
+    """`send` for an answer written elsewhere (an error handler, a streamed answer): its status into state, its
+    ids into its headers."""
+
+    async def send_with_ids(message) -> None:
+        if message["type"] == "http.response.start":
+            state["status"] = message["status"]
+            message["headers"] = with_ids(message.get("headers", []), state["request_id"], state["live_model"])
+        await send(message)
+
+    return send_with_ids
 
 
 async def _body(receive) -> bytes | None:
