@@ -180,6 +180,11 @@ class Server:
         process = psutil.Process(self.process.pid)
         return max(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system) the server's processes have used so far, all their threads included."""
+        process = psutil.Process(self.process.pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -328,7 +333,9 @@ def bench(model_dir: Path, duration: float, rounds: int, baseline: Path | None) 
             for _ in range(rounds):
                 for label, server, path, body, content_type in cells:
                     for c in CONCURRENCY:
+                        cpu = server.cpu_seconds()
                         stats = wrk(server.base + path, body, c, duration, content_type)
+                        stats["cpu_us"] = (server.cpu_seconds() - cpu) / max(1, stats["requests"]) * 1e6
                         if (label, c) not in runs or stats["rps"] > runs[label, c]["rps"]:
                             runs[label, c] = stats
             for label, server in servers.items():
@@ -431,12 +438,17 @@ def render(out: dict, duration: float, command: str) -> str:
         "single-draw ELBO, one worker. One more cell sends 256 instances per request as a binary .npy body "
         "(`Content-Type: application/x-npy`, `?iw_samples=1&seed=1`).",
         "",
-        "| server | c | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
+        "The last column is the CPU time the server's own processes used per request in that round (user and "
+        "system, every thread and worker; read from the kernel's accounting, so it leaves out wrk): how much "
+        "machine each server spends on a request, whoever the client is.",
+        "",
+        "| server | c | req/s | p50 ms | p99 ms | errors | server CPU µs / request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (label, c), s in runs.items():
         lines.append(
-            f"| {label} | {c} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors'] + s['non2xx']} |"
+            f"| {label} | {c} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors'] + s['non2xx']} "
+            f"| {s['cpu_us']:.0f} |"
         )
     lines += ["", *[f"- {note}" for note in out["notes"]]]
     lines += [
