@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,9 +15,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from service.http.observability import (
     ACCESS_LOG,
     LATENCY_BUCKETS,
+    JsonFormatter,
     JsonLinesHandler,
     Metrics,
-    batched_lines,
+    json_line,
     observe_all,
 )
 
@@ -132,61 +132,70 @@ class CountingStream(io.StringIO):
         return super().write(text)
 
 
-def json_lines_logger(stream: CountingStream) -> tuple[logging.Logger, JsonLinesHandler]:
-    handler = JsonLinesHandler(stream)
-    logger = logging.getLogger("vae.test-json-lines")
-    logger.handlers[:] = [handler]
+FIELDS = {"request_id": "r-1", "method": "POST", "endpoint": "/elbo", "status": 200, "latency_ms": 1.234}
+
+
+def test_json_line_is_the_line_the_formatter_writes_for_a_record():
+    record = logging.getLogger("vae.access").makeRecord(
+        "vae.access", logging.INFO, __file__, 0, "request", (), None, extra={"fields": FIELDS}
+    )
+    record.created = 1795684338.69749
+    assert json_line(record.created, "info", "vae.access", FIELDS) == JsonFormatter().format(record)
+    assert json_line(record.created, "info", "vae.access", FIELDS) == (
+        '{"ts":1795684338.697,"level":"info","logger":"vae.access","request_id":"r-1","method":"POST",'
+        '"endpoint":"/elbo","status":200,"latency_ms":1.234}'
+    )
+
+
+@contextmanager
+def access_log_to(*handlers: logging.Handler) -> Iterator[None]:
+    """The `vae.access` lines to these handlers only (not on to the `vae` logger's), at info."""
+    ACCESS_LOG.drain()  # earlier tests' lines first, to the handlers as they were
+    logger = logging.getLogger("vae.access")
+    before = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:] = list(handlers)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    return logger, handler
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = before[0], before[1], before[2]
 
 
-def test_a_batch_of_json_lines_is_written_at_its_end_in_one_write():
-    stream = CountingStream()
-    logger, _ = json_lines_logger(stream)
-    with batched_lines(logger):
-        for i in range(3):
-            logger.info("line %d", i)
-        assert stream.writes == 0  # held until the batch ends
-    assert stream.writes == 1
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line["message"] for line in lines] == ["line 0", "line 1", "line 2"]
-    assert {line["logger"] for line in lines} == {"vae.test-json-lines"}
-    logger.info("after")  # outside a batch: a write per line, as any StreamHandler
-    assert stream.writes == 2
-    assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "after"
-
-
-def test_other_threads_lines_are_not_held_by_a_batch():
-    stream = CountingStream()
-    logger, _ = json_lines_logger(stream)
-    with batched_lines(logger):
-        logger.info("held")
-        other = threading.Thread(target=logger.info, args=("from another thread",))
-        other.start()
-        other.join()
-        assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["from another thread"]
-    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["from another thread", "held"]
-
-
-def test_the_access_log_thread_writes_a_hand_over_in_one_write():
-    ACCESS_LOG.drain()
-    stream = CountingStream()
-    handler = JsonLinesHandler(stream)
-    logger = logging.getLogger("vae.access")
-    logger.addHandler(handler)
-    before = logger.level
-    logger.setLevel(logging.INFO)
-
+def hand_over(n: int) -> None:
     async def scenario():
-        for i in range(4):
+        for i in range(n):
             ACCESS_LOG.add({"request_id": f"r-{i}", "status": 200})
 
-    try:
-        asyncio.run(scenario())
-        ACCESS_LOG.drain()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(before)
+    asyncio.run(scenario())
+    ACCESS_LOG.drain()
+
+
+def test_the_access_log_writes_a_hand_over_in_one_write_as_the_service_configures_it():
+    stream = CountingStream()
+    with access_log_to(JsonLinesHandler(stream)):
+        hand_over(4)
     assert stream.writes == 1
-    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [f"r-{i}" for i in range(4)]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == [f"r-{i}" for i in range(4)]
+    assert {(line["level"], line["logger"]) for line in lines} == {("info", "vae.access")}
+
+
+def test_another_handler_on_the_way_gets_the_records_and_the_json_lines_stay_the_same():
+    stream, collect = CountingStream(), Collect()
+    with access_log_to(JsonLinesHandler(stream), collect):
+        hand_over(3)
+    assert stream.writes == 3  # through logging: a write per line, as any StreamHandler
+    assert [r.fields["request_id"] for r in collect.records] == ["r-0", "r-1", "r-2"]
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["r-0", "r-1", "r-2"]
+    formatted = [JsonFormatter().format(r) for r in collect.records]
+    assert stream.getvalue().splitlines() == formatted
+
+
+def test_a_filter_sends_the_access_log_through_its_records():
+    stream = CountingStream()
+    handler = JsonLinesHandler(stream)
+    handler.addFilter(lambda record: record.fields["request_id"] != "r-1")
+    with access_log_to(handler):
+        hand_over(3)
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == ["r-0", "r-2"]
