@@ -307,8 +307,7 @@ class AccessLogWriter:
     handlers as `access_log.info` would. As the service configures logging (only JsonLinesHandlers, no
     filters: json_lines_handlers), it makes the same lines without the records instead, and each handler
     writes the hand-over's lines at once: 1.1 µs of the thread's CPU per line instead of 5.9 (10,000 lines to
-    a file). drain() waits
-    until every record handed over so far has been handled: at shutdown, and in tests.
+    a file). drain() waits until every record handed over so far has been handled: at shutdown, and in tests.
     """
 
     def __init__(self) -> None:
