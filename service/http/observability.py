@@ -471,6 +471,19 @@ def with_ids(headers: list, request_id: str, live) -> list:
     return [*headers, *extra]
 
 
+def sending_ids(send, state: dict):
+    """`send` that notes an answer's status in state["status"] and adds the request's ids to its headers: the
+    request id and, once one answered, the model version (state["request_id"], state["live_model"])."""
+
+    async def send_with_ids(message) -> None:
+        if message["type"] == "http.response.start":
+            state["status"] = message["status"]
+            message["headers"] = with_ids(message.get("headers", []), state["request_id"], state.get("live_model"))
+        await send(message)
+
+    return send_with_ids
+
+
 class ObservabilityMiddleware:
     """Request id in and out, the model version out (and its release), body size limit, metrics, and one JSON
     log line per request."""
@@ -487,16 +500,9 @@ class ObservabilityMiddleware:
         state = scope.setdefault("state", {})
         request_id = state.get("request_id") or self.observer.request_id(headers.get(b"x-request-id"))
         state["request_id"] = request_id
+        state["status"] = 500  # until an answer starts
         started = self.observer.start()
-        status = 500
-
-        async def send_with_id(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = with_ids(message.get("headers", []), request_id, state.get("live_model"))
-            await send(message)
-
+        send_with_id = sending_ids(send, state)
         try:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -515,7 +521,7 @@ class ObservabilityMiddleware:
                 request_id,
                 scope["method"],
                 scope["path"],
-                status,
+                state["status"],
                 version,
                 state.get("batch_size"),
                 state.get("operation", ""),

@@ -35,7 +35,7 @@ from service.http.api.body import JSON, NPY, npy_options, parse_json, parse_npy
 from service.http.api.deps import render_error
 from service.http.api.inference import JSON_ROUTES, JsonRoute
 from service.http.live_model import LiveModel, ModelHost
-from service.http.observability import Observer, with_ids
+from service.http.observability import Observer, sending_ids, with_ids
 from service.http.settings import Settings
 
 log = logging.getLogger("vae.service")
@@ -107,7 +107,7 @@ class FastPath:
 
     async def _answer(self, route: JsonRoute, kind: bytes, live: LiveModel, scope, receive, send, state: dict) -> None:
         """The answer, its status in state["status"]: written here with its ids for a JSON answer that fits in
-        memory (most), or by the app's error handlers or the streamed answer through `_sending_ids`."""
+        memory (most), or by the app's error handlers or the streamed answer through `sending_ids`."""
         executor = live.executor
         deadline = executor.deadline()
         try:
@@ -123,10 +123,10 @@ class FastPath:
             content, size = await route.answer(executor, body, x, state, deadline)
         except Exception as exc:
             scope.setdefault("state", {}).update(state)
-            await self._error(scope, receive, _sending_ids(send, state), exc)
+            await self._error(scope, receive, sending_ids(send, state), exc)
             return
         if size > INLINE_BYTES:  # streamed a chunk at a time from the worker pool, as the route does
-            await json_answer(content, size)(scope, receive, _sending_ids(send, state))
+            await json_answer(content, size)(scope, receive, sending_ids(send, state))
             return
         answer = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
         headers = [(b"content-length", str(len(answer)).encode()), (b"content-type", JSON_TYPE)]
@@ -153,19 +153,6 @@ class FastPath:
 
 
 _NOT_TAKEN: tuple[None, None] = (None, None)
-
-
-def _sending_ids(send, state: dict):
-    """`send` for an answer written elsewhere (an error handler, a streamed answer): its status into state, its
-    ids into its headers."""
-
-    async def send_with_ids(message) -> None:
-        if message["type"] == "http.response.start":
-            state["status"] = message["status"]
-            message["headers"] = with_ids(message.get("headers", []), state["request_id"], state["live_model"])
-        await send(message)
-
-    return send_with_ids
 
 
 async def _body(receive) -> bytes | None:
