@@ -20,6 +20,7 @@ from service.core import scoring
 from service.core.artifact import Calibration, Manifest
 from service.core.errors import InvalidInput, LimitExceeded, ModelNotReady, Timeout
 from service.core.runtime import Runtime
+from service.core.seeding import seeded_generators
 
 # Raw values may sit this far outside a bernoulli model's data range and still count as inside it
 # (rounding in clients' float formatting).
@@ -111,7 +112,9 @@ class ElboOptions:
     fpr: float | None = None  # or the threshold at this false-alarm rate
 
 
-@dataclass(frozen=True)
+# Made once per request, on the hot path: plain slotted dataclasses build in a fifth of a frozen one's time
+# (0.15 against 0.77 µs for nine fields, where frozen sets each field through object.__setattr__).
+@dataclass(slots=True)
 class PreparedElbo:
     """One /elbo request, validated and in model space, ready to join a batch."""
 
@@ -164,7 +167,7 @@ def _split_features(group: _Group, features: np.ndarray | None, out: list[np.nda
             out[i] = features[start:stop]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # per request, as PreparedElbo
 class Decisions:
     anomaly_score: np.ndarray  # (B,) -log_likelihood: higher is more anomalous
     threshold: float
@@ -172,7 +175,7 @@ class Decisions:
     p_value: np.ndarray  # (B,) conformal, against the calibration scores
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # per request, as PreparedElbo
 class Scored:
     elbo: np.ndarray  # (B,)
     reconstruction: np.ndarray  # (B,)
@@ -487,19 +490,23 @@ class VaeEngine:
         return reconstruction, log_likelihood, features
 
     def _group_noise(self, group: _Group, requests: list[PreparedElbo]) -> np.ndarray:
-        """eps (n, L + K, d) float32: each member's draws from its own generator, the ELBO's L first, then L_K's K.
+        """eps (n, L + K, d) float32: each member's draws from its own generator (service/core/seeding.py), the
+        ELBO's L first, then L_K's K, so its noise is the same as alone.
 
-        Each member draws straight into its rows of the group's arrays (Generator's `out`), in the order it
-        would draw alone, so its noise is the same as alone.
+        A one-instance member draws its L + K rows in one call straight into its row of the array: its L then K
+        draws are consecutive there, in the order two calls would draw them. A member of several instances draws
+        (rows, L, d) and then (rows, K, d), as alone.
         """
-        d, n = self.manifest.latent_dim, group.n_rows
-        eps = np.empty((n, group.n_samples, d), dtype=np.float32)
-        eps_iw = np.empty((n, group.iw_samples, d), dtype=np.float32)
-        for j, start, stop in group.local_rows:
-            rng = np.random.default_rng(requests[j].seed)
-            rng.standard_normal(dtype=np.float32, out=eps[start:stop])
-            rng.standard_normal(dtype=np.float32, out=eps_iw[start:stop])
-        return np.concatenate((eps, eps_iw), axis=1)
+        d, n, draws = self.manifest.latent_dim, group.n_rows, group.n_samples
+        eps = np.empty((n, draws + group.iw_samples, d), dtype=np.float32)
+        seeds = [requests[j].seed for j, _, _ in group.local_rows]
+        for (_, start, stop), rng in zip(group.local_rows, seeded_generators(seeds), strict=True):
+            if stop - start == 1:
+                rng.standard_normal(dtype=np.float32, out=eps[start])
+            else:
+                eps[start:stop, :draws] = rng.standard_normal((stop - start, draws, d), dtype=np.float32)
+                eps[start:stop, draws:] = rng.standard_normal((stop - start, group.iw_samples, d), dtype=np.float32)
+        return eps
 
     def _log_px_by_decoder(
         self, x: np.ndarray, z: np.ndarray, n_samples: int, feature_scores: bool, deadline: Deadline | None

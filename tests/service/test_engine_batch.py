@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.core import scoring, seeding
 from service.core.artifact import load_artifact
 from service.core.engine import ELBO_OUTPUTS, ElboOptions, Scored, VaeEngine
 from service.core.runtime import load_runtime
@@ -64,6 +65,62 @@ def test_a_mixed_batch_scores_each_request_as_alone(model_dirs, model):
     assert [s.feature_scores is not None for s in batched] == [False, False, True, False, True, False, False]
     thresholds = [s.decisions.threshold for s in batched]
     assert (thresholds[0], thresholds[1], thresholds[4]) == (engine.default_threshold, 40.0, -5.0)
+
+
+def test_a_batch_of_many_one_instance_requests_scores_each_as_alone(model_dirs, monkeypatch):
+    """Enough requests that their generators are seeded together (service/core/seeding.py), seeds of every size."""
+    seeded_together, states = [], seeding.pcg64_states
+    monkeypatch.setattr(seeding, "pcg64_states", lambda seeds: seeded_together.append(len(seeds)) or states(seeds))
+    artifact = load_artifact(model_dirs["digits"])
+    engine = VaeEngine(artifact.manifest, load_runtime(artifact, "onnx"))
+    seeds = [0, 1, 2**32, 2**53 - 1, 2**63 - 1, *range(100, 100 + 2 * seeding.MIN_VECTORISED)]
+    inputs = [(raw_rows(engine, 1, seed=i), ElboOptions(seed=seed, iw_samples=4)) for i, seed in enumerate(seeds)]
+    batched = engine.elbo_batch([engine.prepare_elbo(x, options) for x, options in inputs])
+    assert seeded_together == [len(seeds)]
+    for (x, options), scored in zip(inputs, batched, strict=True):
+        assert_same(scored, engine.elbo(x, options))
+
+
+class RecordingRuntime:
+    """The ONNX runtime, keeping every z the scorer is given."""
+
+    def __init__(self, runtime) -> None:
+        self.runtime, self.has_scorer, self.draws = runtime, runtime.has_scorer, []
+
+    def encode(self, x):
+        return self.runtime.encode(x)
+
+    def decode(self, z):
+        return self.runtime.decode(z)
+
+    def score(self, x, z):
+        self.draws.append(z.copy())
+        return self.runtime.score(x, z)
+
+
+def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_dirs):
+    """Whatever the batch, a request's noise is numpy's default_rng(seed) drawing (B, L, d) for the ELBO, then
+    (B, K, d) for L_K: for one-instance requests (drawn in one call) and a three-instance one, seeded together."""
+    artifact = load_artifact(model_dirs["digits"])
+    runtime = RecordingRuntime(load_runtime(artifact, "onnx"))
+    engine = VaeEngine(artifact.manifest, runtime)
+    sizes = [3] + [1] * (seeding.MIN_VECTORISED + 2)
+    inputs = [
+        (raw_rows(engine, n, seed=i), ElboOptions(n_samples=3, seed=40 + i, iw_samples=5)) for i, n in enumerate(sizes)
+    ]
+    prepared = [engine.prepare_elbo(x, options) for x, options in inputs]
+    engine.elbo_batch(prepared)
+    (z,) = runtime.draws  # one group: one scorer call
+    eps = []
+    for n, (_, options) in zip(sizes, inputs, strict=True):
+        rng = np.random.default_rng(options.seed)
+        eps.append(
+            np.concatenate(
+                [rng.standard_normal((n, k, engine.manifest.latent_dim), dtype=np.float32) for k in (3, 5)], axis=1
+            )
+        )
+    mu, logvar = runtime.encode(np.concatenate([p.x for p in prepared]))
+    assert np.array_equal(z, scoring.reparameterize(mu, logvar, np.concatenate(eps)))
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])

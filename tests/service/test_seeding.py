@@ -1,0 +1,38 @@
+"""service/core/seeding.py starts every generator exactly where np.random.default_rng(seed) starts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.core.seeding import MAX_SEED, MIN_VECTORISED, pcg64_states, seeded_generators
+
+# Seeds of one to four 32-bit words, at the edges of each, and random ones below 2**63 (the API's range).
+EDGES = [0, 1, 2, 2**32 - 1, 2**32, 2**53 - 1, 2**53, 2**63 - 1, 2**64 - 1, 2**64, 2**96 + 7, MAX_SEED]
+SEEDS = EDGES + [int(s) for s in np.random.default_rng(0).integers(0, 2**63 - 1, 200)]
+
+
+def test_the_states_are_numpys():
+    want = [np.random.PCG64(seed).state["state"] for seed in SEEDS]
+    assert pcg64_states(SEEDS) == [(w["state"], w["inc"]) for w in want]
+
+
+def test_each_generator_draws_what_default_rng_draws():
+    for seed, generator in zip(SEEDS, seeded_generators(SEEDS), strict=True):
+        numpy_own = np.random.default_rng(seed)
+        for shape in [(3, 1, 8), (3, 5, 8)]:  # two draws in turn, as the engine takes the ELBO's then L_K's
+            assert np.array_equal(
+                generator.standard_normal(shape, dtype=np.float32), numpy_own.standard_normal(shape, dtype=np.float32)
+            )
+        assert np.array_equal(generator.random(5), numpy_own.random(5))  # a float64 draw after float32 ones
+
+
+def test_few_seeds_and_seeds_past_four_words_take_numpys_own_generators():
+    few = list(range(MIN_VECTORISED - 1))
+    assert [g.bit_generator.state for g in seeded_generators(few)] == [
+        np.random.default_rng(s).bit_generator.state for s in few
+    ]
+    large = [*range(MIN_VECTORISED), MAX_SEED + 1]
+    draws = [g.standard_normal(4) for g in seeded_generators(large)]
+    assert all(
+        np.array_equal(d, np.random.default_rng(s).standard_normal(4)) for s, d in zip(large, draws, strict=True)
+    )
