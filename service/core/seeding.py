@@ -5,19 +5,18 @@ alone or in a batch. `default_rng(seed)` costs about 6 µs, nearly all of it See
 with numpy calls on four-word arrays; in a batch of one-instance requests that was about half of the
 engine's work per request. Here SeedSequence's hashing (numpy/random/bit_generator.pyx) runs once for all the
 seeds of a batch, vectorised over them, then PCG64's seeding (pcg64.c, pcg64_set_seed) per seed in Python
-integers, and one PCG64 per thread is moved to each state in turn. tests/service/test_seeding.py pins the
+integers, and one PCG64 is moved to each state in turn. tests/service/test_seeding.py pins the
 states and the draws to numpy's own for seeds of every size.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-# Below this many seeds, numpy's own default_rng is cheaper than the vectorised hashing's fixed cost (~50 µs;
-# then ~2.8 µs a seed, drawing 8 normals included, against ~7 µs: measured equal at about 12 seeds).
+# Below this many seeds, numpy's own default_rng is cheaper than the vectorised path's fixed cost (~55 µs; then
+# ~2.5 µs a seed, 8 normals drawn included, against ~6.8 µs: 6.0 / 4.3 / 3.3 µs a seed at 16 / 30 / 64 seeds).
 MIN_VECTORISED = 16
 # Seeds of up to four 32-bit words fill SeedSequence's pool (pool_size 4) without its extra mixing rounds.
 MAX_SEED = 2**128 - 1
@@ -72,21 +71,16 @@ def pcg64_states(seeds: Sequence[int]) -> list[tuple[int, int]]:
     return states
 
 
-_local = threading.local()
-
-
 def seeded_generators(seeds: Sequence[int]) -> Iterator[np.random.Generator]:
     """For each seed in turn, a generator in the state np.random.default_rng(seed) starts in.
 
-    With many seeds it is one generator (of this thread) moved to each seed's state in turn: draw from it
-    before taking the next.
+    With many seeds it is one generator, this iterator's own, moved to each seed's state in turn: draw from
+    it before taking the next.
     """
     if len(seeds) < MIN_VECTORISED or not all(0 <= s <= MAX_SEED for s in seeds):
         yield from (np.random.default_rng(s) for s in seeds)
         return
-    generator = getattr(_local, "generator", None)
-    if generator is None:
-        generator = _local.generator = np.random.Generator(np.random.PCG64(0))
+    generator = np.random.Generator(np.random.PCG64(0))  # ~6 µs, once for all the seeds
     bit_generator = generator.bit_generator
     for state, inc in pcg64_states(seeds):
         bit_generator.state = {

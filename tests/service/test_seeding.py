@@ -36,3 +36,11 @@ def test_few_seeds_and_seeds_past_four_words_take_numpys_own_generators():
     assert all(
         np.array_equal(d, np.random.default_rng(s).standard_normal(4)) for s, d in zip(large, draws, strict=True)
     )
+
+
+def test_two_batches_seeded_at_once_in_one_thread_keep_their_own_streams():
+    first, second = SEEDS[:20], SEEDS[20:40]
+    for a, b, ga, gb in zip(first, second, seeded_generators(first), seeded_generators(second), strict=True):
+        got_a, got_b = ga.standard_normal(6), gb.standard_normal(6)
+        assert np.array_equal(got_a, np.random.default_rng(a).standard_normal(6))
+        assert np.array_equal(got_b, np.random.default_rng(b).standard_normal(6))
