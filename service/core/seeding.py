@@ -77,7 +77,8 @@ def seeded_generators(seeds: Sequence[int]) -> Iterator[np.random.Generator]:
     With many seeds it is one generator, this iterator's own, moved to each seed's state in turn: draw from
     it before taking the next.
     """
-    if len(seeds) < MIN_VECTORISED or not all(0 <= s <= MAX_SEED for s in seeds):
+    # Python ints only: numpy's small integer types would overflow in the word split (numpy's own path takes them).
+    if len(seeds) < MIN_VECTORISED or not all(type(s) is int and 0 <= s <= MAX_SEED for s in seeds):
         yield from (np.random.default_rng(s) for s in seeds)
         return
     generator = np.random.Generator(np.random.PCG64(0))  # ~6 µs, once for all the seeds

@@ -98,13 +98,15 @@ class RecordingRuntime:
         return self.runtime.score(x, z)
 
 
-def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_dirs):
+@pytest.mark.parametrize("alone", [2, seeding.MIN_VECTORISED + 2])
+def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_dirs, alone):
     """Whatever the batch, a request's noise is numpy's default_rng(seed) drawing (B, L, d) for the ELBO, then
-    (B, K, d) for L_K: for one-instance requests (drawn in one call) and a three-instance one, seeded together."""
+    (B, K, d) for L_K: for one-instance requests (drawn in one call) and a three-instance one, in a batch small
+    enough for numpy's own generators and in one whose generators are seeded together."""
     artifact = load_artifact(model_dirs["digits"])
     runtime = RecordingRuntime(load_runtime(artifact, "onnx"))
     engine = VaeEngine(artifact.manifest, runtime)
-    sizes = [3] + [1] * (seeding.MIN_VECTORISED + 2)
+    sizes = [3] + [1] * alone
     inputs = [
         (raw_rows(engine, n, seed=i), ElboOptions(n_samples=3, seed=40 + i, iw_samples=5)) for i, n in enumerate(sizes)
     ]

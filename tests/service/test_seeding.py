@@ -44,3 +44,22 @@ def test_two_batches_seeded_at_once_in_one_thread_keep_their_own_streams():
         got_a, got_b = ga.standard_normal(6), gb.standard_normal(6)
         assert np.array_equal(got_a, np.random.default_rng(a).standard_normal(6))
         assert np.array_equal(got_b, np.random.default_rng(b).standard_normal(6))
+
+
+def test_seeds_of_numpys_integer_types_take_numpys_own_generators():
+    seeds = [np.int32(7), np.uint8(200), np.int64(2**40), *range(MIN_VECTORISED)]
+    draws = [g.standard_normal(3) for g in seeded_generators(seeds)]
+    assert all(
+        np.array_equal(d, np.random.default_rng(s).standard_normal(3)) for s, d in zip(seeds, draws, strict=True)
+    )
+
+
+def test_one_call_draws_what_two_calls_draw():
+    """What the engine's one-instance noise relies on: L + K rows in one call are the L rows, then the K rows, of
+    two calls; the generator keeps any half-used 64-bit word between calls. Odd sizes included."""
+    for seed in range(50):
+        for d, draws in [(1, 1), (3, 2), (5, 3), (7, 5)]:
+            one = np.random.default_rng(seed).standard_normal((1, draws + 3, d), dtype=np.float32)
+            rng = np.random.default_rng(seed)
+            two = [rng.standard_normal((1, k, d), dtype=np.float32) for k in (draws, 3)]
+            assert np.array_equal(one, np.concatenate(two, axis=1))
