@@ -483,7 +483,7 @@ class VaeEngine:
         # The mean as np.mean computes it (the sum, then / L), without its Python wrapper.
         reconstruction = np.add.reduce(log_px[:, :n_samples], axis=1) / n_samples + self._jacobian_sum
         log_likelihood = scoring.bound_from_draws(
-            log_px[:, n_samples:], z[:, n_samples:], eps[:, n_samples:], logvar_g, jacobian
+            log_px[:, n_samples:], z[:, n_samples:], eps[:, n_samples:], logvar_g, self._jacobian_sum
         )
         if features is not None:
             features = -(features / n_samples + jacobian).reshape([len(features), *self._shape])

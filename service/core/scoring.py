@@ -125,9 +125,10 @@ def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def bound_from_draws(
-    log_px: np.ndarray, z: np.ndarray, eps: np.ndarray, logvar: np.ndarray, log_jacobian: np.ndarray | None = None
+    log_px: np.ndarray, z: np.ndarray, eps: np.ndarray, logvar: np.ndarray, log_jacobian: float = 0.0
 ) -> np.ndarray:
-    """L_K from ln p(x|z_k) (B, K), the draws z (B, K, d), their noise eps and the posterior logvar (B, d).
+    """L_K from ln p(x|z_k) (B, K), the draws z (B, K, d), their noise eps and the posterior logvar (B, d);
+    `log_jacobian` is the model's summed change of variables to raw units (the engine sums it once).
 
     Each draw's weight is ln p(x|z) + ln p(z) - ln q(z|x), with ln p(z) = -1/2 sum(ln 2pi + z^2) and, since
     z = mu + sigma * eps, ln q(z|x) = -1/2 sum(ln 2pi + ln sigma^2 + eps^2): the ln 2pi terms cancel, leaving
@@ -137,8 +138,7 @@ def bound_from_draws(
     half = np.einsum("bkd,bkd->bk", eps, eps, dtype=np.float64) - np.einsum("bkd,bkd->bk", z, z, dtype=np.float64)
     half += _sum(logvar, axis=1, dtype=np.float64)[:, None]
     log_weights = log_px + 0.5 * half
-    jacobian = 0.0 if log_jacobian is None else float(_sum(log_jacobian, axis=None))
-    return logsumexp(log_weights, axis=1) - math.log(eps.shape[1]) + jacobian
+    return logsumexp(log_weights, axis=1) - math.log(eps.shape[1]) + log_jacobian
 
 
 def p_values(scores: np.ndarray, calibration: np.ndarray, n_calibration: int) -> np.ndarray:
