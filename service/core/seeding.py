@@ -61,8 +61,8 @@ def pcg64_states(seeds: Sequence[int]) -> list[tuple[int, int]]:
         mixed ^= mixed >> np.uint32(16)
         for dst, row in zip(others, mixed, strict=True):
             pool[dst] = row
-    words = _hash(np.stack(pool + pool), _B, 0)  # generate_state(4, np.uint64): 8 words from the pool, cycled
-    halves = (words[0::2] | words[1::2].astype(np.uint64) << np.uint64(32)).tolist()  # 4 uint64 words per seed
+    state_words = _hash(np.stack(pool + pool), _B, 0)  # generate_state(4, np.uint64): 8 words from the pool, cycled
+    halves = (state_words[0::2] | state_words[1::2].astype(np.uint64) << np.uint64(32)).tolist()  # 4 uint64 words
     states = []
     for seed_hi, seed_lo, inc_hi, inc_lo in zip(*halves, strict=True):
         inc = ((inc_hi << 64 | inc_lo) << 1 | 1) & _MASK128

@@ -175,7 +175,7 @@ class Metrics:
     def _series_of(self, metric, *labels: str):
         """metric.labels(*labels), remembered (from either thread: at worst two look it up at once, and both get
         the same series, since labels() takes the metric's lock)."""
-        key = (metric._name, *labels)
+        key = (metric, *labels)
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = metric.labels(*labels)
