@@ -39,11 +39,13 @@ def fit(
     monitor: str,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
+    keep_last: bool = False,
 ) -> FitResult:
     """Train for up to `epochs`, stopping when `monitor` (higher is better) has not improved for `patience` epochs.
 
     The initial weights are validated too and count as epoch 0, so a model that starts at a good solution (a
-    closed-form fit) keeps it when every later epoch is worse on the held-out rows.
+    closed-form fit) keeps it when every later epoch is worse on the held-out rows. With `keep_last`, every
+    epoch runs and the last weights are kept: a refit for a number of epochs that early stopping chose before.
     """
     model.eval()
     with torch.inference_mode():
@@ -74,9 +76,13 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{monitor: f"{row[monitor]:.3f}"})
+        if keep_last:
+            continue
         if row[monitor] > best_value:
             best_value, best_epoch, best_state = row[monitor], epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= patience:
             break
     bar.close()
+    if keep_last and history:
+        best_value, best_epoch, best_state = history[-1][monitor], len(history), copy.deepcopy(model.state_dict())
     return FitResult(best_state, best_epoch, best_value, len(history), history, initial)

@@ -138,8 +138,10 @@ def fit_vae(
     world: World,
     log_jacobian: float,
     progress: bool,
+    keep_last: bool = False,
 ) -> Fitted:
-    """Fit one VAE with early stopping on x_val's ELBO; returns it holding its best weights.
+    """Fit one VAE with early stopping on x_val's ELBO; returns it holding its best weights (with `keep_last`,
+    plan.epochs epochs and the last weights: see refit_linear).
 
     A linear VAE with shared gaussian noise starts at its closed-form maximum-likelihood fit (training/ppca.py).
     """
@@ -220,9 +222,42 @@ def fit_vae(
         patience=plan.patience,
         monitor="val_elbo",
         progress=progress,
+        keep_last=keep_last,
     )
     model.load_state_dict(result.best_state)
     return Fitted(model, result)
+
+
+def refit_linear(
+    fitted: Fitted,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor,
+    config: TrainConfig,
+    plan: TrainingPlan,
+    world: World,
+    log_jacobian: float,
+) -> tuple[Fitted, str]:
+    """A chosen linear model fitted again on the training and validation rows together, and a note saying so.
+
+    Early stopping has done its job once it has said how many epochs of fine-tuning from the closed-form start
+    help (its best epoch, often 0). The refit starts at the closed form of every non-calibration row and
+    fine-tunes that many epochs: the fit is a deterministic function of the rows, so more rows make a better
+    estimate of the same thing, and the calibration rows stay unseen. MLPs are not refitted: their fit depends
+    on the random start and the batch order, which a refit without early stopping would not check.
+    """
+    x_all = torch.cat([x_train, x_val])
+    epochs = fitted.result.best_epoch
+    model_config = fitted.model.config
+    refit = fit_vae(
+        model_config, x_all, x_val, config, replace(plan, epochs=epochs), world, log_jacobian, False, keep_last=True
+    )
+    note = (
+        f"refitted linear latent {model_config.latent_dim} on all {len(x_all)} training and validation rows "
+        f"(closed form, then {epochs} epochs, the validated fit's best)"
+    )
+    # The validated fit's record (its held-out ELBO, epochs and history) describes the model selection honestly;
+    # the refit has no held-out rows left to report on.
+    return Fitted(refit.model, fitted.result), note
 
 
 SELECTION_IW_SAMPLES = 16  # K of the held-out L_K that compares capacities
@@ -370,6 +405,10 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     fitted = fit_vae(
         model_config, x_train, x_val, config, plan, world, log_jacobian, progress=config.progress and world.main
     )
+    if config.refit and is_ppca(fitted.model):
+        fitted, note = refit_linear(fitted, x_train, x_val, config, plan, world, log_jacobian)
+        say(f"vae train: {note}")
+        plan = replace(plan, notes=[*plan.notes, note])
     world.barrier()
     if not world.main:
         return None  # only the main process writes the checkpoint and the model directory

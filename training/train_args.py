@@ -231,6 +231,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="epochs without a better validation ELBO before stopping (default: about 300 steps' worth)",
     )
     p.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="keep a linear model as fitted on the training rows, instead of fitting it again on the training "
+        "and validation rows for the epochs early stopping chose",
+    )
+    p.add_argument(
         "--kl-warmup",
         type=non_negative_int,
         default=defaults["kl_warmup"],

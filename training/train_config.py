@@ -42,6 +42,9 @@ class TrainConfig:
     # split supports when it is too small for 0.01 (an explicit rate it cannot support is an error)
     fpr: float | None = None
     patience: int | None = None  # epochs without a better validation ELBO before stopping; None: about 300 steps
+    # a chosen linear model is fitted again on the training and validation rows together, for as many epochs as
+    # early stopping chose (training/train.py refit_linear)
+    refit: bool = True
     kl_warmup: int = 0  # epochs over which beta ramps linearly from 0 (0: no warm-up)
     free_bits: float = 0.0  # per-dimension KL floor in nats against posterior collapse (0: off)
     device: str = "auto"  # auto (CUDA when present), cpu or cuda

@@ -172,6 +172,11 @@ def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr, hidden,
     assert len(tried) >= 2 and kept["below_best"] <= kept["standard_error"]
     assert min(t["below_best"] for t in tried) == 0.0
     assert manifest["training"]["notes"][0].endswith(f" validation, {n_cal} calibration")
+    # A chosen linear model is refitted on the training and validation rows together, and says so.
+    refits = [note for note in manifest["training"]["notes"] if note.startswith("refitted linear latent ")]
+    assert len(refits) == (0 if hidden else 1)
+    for note in refits:
+        assert f"vae train: {note}\n" in result.stderr
 
 
 def test_paired_gaps_measure_each_candidate_against_the_best_on_the_same_rows():

@@ -1,4 +1,4 @@
-"""The training loop's early stopping: the initial weights are a candidate like every epoch's."""
+"""The training loop: early stopping, where the initial weights are a candidate like every epoch's, and keep_last."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class Counter(torch.nn.Module):
         self.value = torch.nn.Parameter(torch.tensor(start))
 
 
-def run(model: Counter, change: float, score, epochs: int = 20, patience: int = 3):
+def run(model: Counter, change: float, score, epochs: int = 20, patience: int = 3, keep_last: bool = False):
     """Each epoch is one batch whose step adds `change` to the value; validation reports score(value)."""
 
     def step(batch: torch.Tensor, epoch: int) -> dict[str, float]:
@@ -33,6 +33,7 @@ def run(model: Counter, change: float, score, epochs: int = 20, patience: int = 
         patience=patience,
         monitor="score",
         progress=False,
+        keep_last=keep_last,
     )
 
 
@@ -56,3 +57,32 @@ def test_a_non_finite_initial_score_never_blocks_later_epochs():
     result = run(Counter(0.0), change=1.0, score=lambda v: math.nan if v == 0.0 else -v)
     assert math.isnan(result.initial["score"])
     assert (result.best_epoch, result.best_value) == (1, pytest.approx(-1.0))
+
+
+def test_keep_last_runs_every_epoch_and_keeps_the_last_weights_whatever_the_score():
+    model = Counter(0.0)
+
+    def step(batch: torch.Tensor, epoch: int) -> dict[str, float]:
+        with torch.no_grad():
+            model.value += 1.0
+        return {"loss": 0.0}
+
+    result = fit(
+        model,
+        lambda epoch: [torch.zeros(1)],
+        step,
+        lambda: {"score": -model.value.item()},  # every epoch worse than the start: early stopping would keep 0
+        epochs=5,
+        patience=1,
+        monitor="score",
+        progress=False,
+        keep_last=True,
+    )
+    assert (result.best_epoch, result.best_value, result.epochs_run) == (5, -5.0, 5)
+    assert float(result.best_state["value"]) == 5.0
+
+
+def test_keep_last_with_no_epochs_keeps_the_initial_weights():
+    result = run(Counter(1.5), change=1.0, score=lambda v: -v, epochs=0, keep_last=True)
+    assert (result.best_epoch, result.best_value, result.epochs_run) == (0, -1.5, 0)
+    assert float(result.best_state["value"]) == 1.5

@@ -18,7 +18,7 @@ from training.loss import importance_weighted_bound
 from training.model import VAE, ModelConfig
 from training.plan import plan_training
 from training.ppca import fit_ppca, initialise_linear_vae
-from training.train import fit_vae
+from training.train import fit_vae, refit_linear
 from training.train_config import TrainConfig
 
 # float32 weights and sums of D terms: the bound matches float64 PCA to about 1e-6 of its size.
@@ -114,3 +114,48 @@ def test_training_starts_at_the_closed_form_fit_and_keeps_it_when_no_epoch_is_be
     assert fitted.result.best_value == fitted.result.initial["val_elbo"]
     exact = shrunk_ppca_log_density(x[plan.train_rows], x[plan.val_rows], 3)
     np.testing.assert_allclose(single_draw_bound(fitted.model, x[plan.val_rows], 1), exact, rtol=0, atol=TOLERANCE)
+
+
+def test_a_chosen_linear_model_is_refitted_in_closed_form_on_the_training_and_validation_rows():
+    x = low_rank_rows(200, 10, rank=3)
+    dataset = Dataset(x, None, "t.npy", "array")
+    config = TrainConfig(hidden=[], latent_dim=3, lr=0.0, progress=False)
+    plan = replace(plan_training(config, dataset), epochs=4, patience=2)
+    x_train, x_val = (torch.from_numpy(x[rows]) for rows in (plan.train_rows, plan.val_rows))
+    model_config = ModelConfig(input_shape=[10], latent_dim=3, hidden=[], likelihood="gaussian", noise="shared")
+    world = World(0, 1, torch.device("cpu"))
+    fitted = fit_vae(model_config, x_train, x_val, config, plan, world, 0.0, False)
+    refitted, note = refit_linear(fitted, x_train, x_val, config, plan, world, 0.0)
+    assert refitted.result is fitted.result  # the validated fit's record is what the manifest reports
+    assert note == (
+        f"refitted linear latent 3 on all {len(plan.train_rows) + len(plan.val_rows)} training and validation "
+        "rows (closed form, then 0 epochs, the validated fit's best)"
+    )
+    rows = np.concatenate([plan.train_rows, plan.val_rows])
+    exact = shrunk_ppca_log_density(x[rows], x[plan.cal_rows], 3)
+    np.testing.assert_allclose(single_draw_bound(refitted.model, x[plan.cal_rows], 1), exact, rtol=0, atol=TOLERANCE)
+    before = shrunk_ppca_log_density(x[plan.train_rows], x[plan.cal_rows], 3)
+    assert np.abs(exact - before).max() > 100 * TOLERANCE  # the two fits are told apart
+
+
+def test_the_refit_fine_tunes_for_the_validated_fits_best_epoch_and_keeps_the_last_weights():
+    x = low_rank_rows(200, 10, rank=3)
+    dataset = Dataset(x, None, "t.npy", "array")
+    config = TrainConfig(hidden=[], latent_dim=3, progress=False)
+    plan = replace(plan_training(config, dataset), epochs=4, patience=2)
+    x_train, x_val = (torch.from_numpy(x[rows]) for rows in (plan.train_rows, plan.val_rows))
+    model_config = ModelConfig(input_shape=[10], latent_dim=3, hidden=[], likelihood="gaussian", noise="shared")
+    world = World(0, 1, torch.device("cpu"))
+    fitted = fit_vae(model_config, x_train, x_val, config, plan, world, 0.0, False)
+    fitted.result.best_epoch = 3  # as if early stopping had chosen three epochs of fine-tuning
+    refitted, note = refit_linear(fitted, x_train, x_val, config, plan, world, 0.0)
+    assert "(closed form, then 3 epochs, the validated fit's best)" in note
+    x_all = torch.cat([x_train, x_val])
+    again = fit_vae(model_config, x_all, x_val, config, replace(plan, epochs=3), world, 0.0, False, keep_last=True)
+    assert (again.result.epochs_run, again.result.best_epoch) == (3, 3)
+    for name, value in refitted.model.state_dict().items():
+        torch.testing.assert_close(value, again.model.state_dict()[name], rtol=0, atol=0)
+    start = linear_vae(10, 3)
+    initialise_linear_vae(start, x_all)
+    moved = [not torch.equal(v, start.state_dict()[k]) for k, v in refitted.model.state_dict().items()]
+    assert any(moved)  # three epochs at the default rate moved the weights from the closed form

@@ -194,3 +194,25 @@ def test_fpr_needs_enough_calibration_rows(tmp_path):
         "--fpr 0.001 needs at least 999 calibration rows; the calibration split has 449: "
         "raise --calibration-fraction or --fpr"
     )
+
+
+def test_no_refit_keeps_the_linear_model_fitted_on_the_training_rows(tmp_path, tabular_csv):
+    common = ["--data", str(tabular_csv), "--hidden", "linear", "--latent-dim", "2", "--epochs", "3", "--no-progress"]
+    runs = {}
+    for name, extra in (("refit", []), ("kept", ["--no-refit"])):
+        out = tmp_path / name
+        result = subprocess.run(
+            [VAE, "train", "--out", str(out), *common, *extra], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        runs[name] = (result.stderr, json.loads((out / "manifest.json").read_text())["training"])
+    refit_stderr, refit = runs["refit"]
+    kept_stderr, kept = runs["kept"]
+    note = next(n for n in refit["notes"] if n.startswith("refitted linear latent 2 on all "))
+    assert f"vae train: {note}\n" in refit_stderr
+    assert not any(n.startswith("refitted") for n in kept["notes"]) and "refitted" not in kept_stderr
+    assert (refit["config"]["refit"], kept["config"]["refit"]) == (True, False)
+    # The validated fit's record is the same either way: the refit changes the weights, not the report.
+    assert (refit["best_val_elbo"], refit["best_epoch"]) == (kept["best_val_elbo"], kept["best_epoch"])
+    weights = [load_checkpoint(tmp_path / name / "checkpoint.pt")["state_dict"] for name in ("refit", "kept")]
+    assert not torch.equal(weights[0]["decoder.net.0.weight"], weights[1]["decoder.net.0.weight"])
