@@ -11,6 +11,7 @@ import logging
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,10 +86,17 @@ def _scores(engine: VaeEngine, x: np.ndarray, seed: int, iw_samples: int, progre
 
 def choose_iw_samples(engine: VaeEngine, x: np.ndarray, seed: int) -> IwSelection:
     """The smallest K on IW_LADDER whose score noise is at most IW_NOISE_TOLERANCE x the scores' IQR."""
+    return noise_ladder(lambda rows, rung_seed, k: _scores(engine, rows, rung_seed, k), x, seed)
+
+
+def noise_ladder(scores: Callable[[np.ndarray, int, int], np.ndarray], x: np.ndarray, seed: int) -> IwSelection:
+    """The smallest rung of IW_LADDER whose score noise is at most IW_NOISE_TOLERANCE x the scores' IQR, for any
+    Monte Carlo score: scores(rows, seed, rung) -> one score per row, rung the number of draws (K for L_K).
+    benchmarks/anomaly_estimators.py applies it to the ELBO's L too."""
     rows = x[:IW_NOISE_ROWS]
     ladder = []
     for k in IW_LADDER:
-        repeats = np.stack([_scores(engine, rows, seed + 7_777 * (r + 1), k) for r in range(IW_NOISE_REPEATS)])
+        repeats = np.stack([scores(rows, seed + 7_777 * (r + 1), k) for r in range(IW_NOISE_REPEATS)])
         noise = float(np.sqrt(np.mean(np.var(repeats, axis=0, ddof=1))))
         q1, q3 = np.percentile(repeats.mean(axis=0), [25, 75])
         ladder.append(IwNoise(k=k, noise=noise, iqr=float(q3 - q1)))

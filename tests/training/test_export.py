@@ -224,3 +224,18 @@ def test_every_model_form_exports_with_parity_and_a_chosen_k(tmp_path, architect
     chosen = selection.ladder[-1]
     assert chosen.noise <= 0.1 * chosen.iqr or chosen.k == 256
     assert all(rung.noise > 0.1 * rung.iqr for rung in selection.ladder[:-1])  # the smallest K that is quiet enough
+
+
+def test_the_noise_ladder_stops_at_the_first_rung_whose_noise_is_a_tenth_of_the_spread():
+    # Rows spread evenly over [0, 4) (interquartile range 2) plus Monte Carlo noise of sd 1/sqrt(draws): the
+    # noise is 0.25 at 16 draws (0.13 of the spread: too noisy) and 0.18 at 32 (0.09: quiet enough). Seeded, so
+    # the measured ratios are exact.
+    spread = np.linspace(0.0, 4.0, 200, endpoint=False)
+
+    def scores(rows: np.ndarray, seed: int, draws: int) -> np.ndarray:
+        return spread[: len(rows)] + np.random.default_rng(seed).standard_normal(len(rows)) / np.sqrt(draws)
+
+    selection = export.noise_ladder(scores, np.zeros((200, 3)), seed=0)
+    assert [rung.k for rung in selection.ladder] == [1, 2, 4, 8, 16, 32]
+    assert [round(rung.noise / rung.iqr, 2) for rung in selection.ladder] == [0.51, 0.37, 0.26, 0.19, 0.13, 0.09]
+    assert (selection.rows, selection.repeats, selection.tolerance) == (200, 4, 0.1)
