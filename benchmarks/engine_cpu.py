@@ -38,7 +38,11 @@ def measure(model_dir: Path, batch: int, iw_samples: int | None, seconds: float)
     engine = VaeEngine(artifact.manifest, load_runtime(artifact, "onnx", threads=1))
     manifest = artifact.manifest
     row = manifest.preprocessing.to_raw(np.full((1, manifest.n_features), 0.3))
-    options = [ElboOptions(seed=seed, iw_samples=iw_samples) for seed in range(batch)]
+    # iw_samples None: the model's default request (its estimator, K and L); else n_samples 1 and that K.
+    options = [
+        ElboOptions(seed=seed) if iw_samples is None else ElboOptions(seed=seed, n_samples=1, iw_samples=iw_samples)
+        for seed in range(batch)
+    ]
     for _ in range(20):  # warm-up: ONNX Runtime's first calls at a new batch size allocate
         engine.elbo_batch([engine.prepare_elbo(row, o) for o in options])
     prepare_cpu = batch_cpu = 0.0

@@ -33,7 +33,7 @@ KEY = "bench-key"
 def one_instance_body(model_dir: Path) -> bytes:
     manifest = load_artifact(model_dir).manifest
     row = manifest.preprocessing.to_raw(np.full((1, manifest.n_features), 0.3))[0].round(4).tolist()
-    return json.dumps({"instances": [row], "iw_samples": 1, "seed": 1}).encode()
+    return json.dumps({"instances": [row], "n_samples": 1, "iw_samples": 1, "seed": 1}).encode()
 
 
 async def post(app, body: bytes) -> None:

@@ -54,19 +54,21 @@ def evaluate(
     labels = anomaly_labels(dataset, normal_label)
     engine = VaeEngine(manifest, load_runtime(artifact, runtime))
     x = dataset.x.reshape(len(dataset.x), -1).astype(np.float64)
-    elbo, log_likelihood, is_anomaly = [], [], []
+    elbo, log_likelihood, scores, is_anomaly = [], [], [], []
     for scored in score_in_chunks(engine, x, ElboOptions(seed=seed, iw_samples=iw_samples), progress=progress):
         elbo.append(scored.elbo)
         log_likelihood.append(scored.log_likelihood)
+        scores.append(scored.decisions.anomaly_score)  # the served score: -L_K or -ELBO_L, the model's estimator
         is_anomaly.append(scored.decisions.is_anomaly)
-        used_k = scored.iw_samples
-    elbo, log_likelihood, is_anomaly = map(np.concatenate, (elbo, log_likelihood, is_anomaly))
-    scores = -log_likelihood
+        used_k, used_l = scored.iw_samples, scored.n_samples
+    elbo, log_likelihood, scores, is_anomaly = map(np.concatenate, (elbo, log_likelihood, scores, is_anomaly))
     report = {
         "model": str(artifact.dir),
         "data": dataset.source,
         "n": len(x),
+        "estimator": manifest.scoring.estimator,
         "iw_samples": used_k,
+        "n_samples": used_l,
         "mean_elbo": float(elbo.mean()),
         "mean_log_likelihood": float(log_likelihood.mean()),
         "bits_per_dim": float(-log_likelihood.mean() / (manifest.n_features * math.log(2))),

@@ -126,7 +126,12 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="K of L_K (default: the K the threshold was calibrated with)",
     )
-    p.add_argument("--n-samples", type=positive_int, default=1, help="draws of the ELBO")
+    p.add_argument(
+        "--n-samples",
+        type=positive_int,
+        default=None,
+        help="L, draws of the ELBO (default: the L the threshold was calibrated with; 1 for models scored by L_K)",
+    )
     p.add_argument("--seed", type=integer, default=0, help="chunk i uses seed + i, as an /elbo request would")
     # service.core.bulk.DEFAULT_CHUNK_ROWS, written out so that parsing imports nothing (a test pins the two).
     p.add_argument("--chunk-rows", type=positive_int, default=4096, help="rows scored at a time (bounds memory)")

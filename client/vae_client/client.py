@@ -90,7 +90,7 @@ class ElboResult:
     reconstruction: np.ndarray  # (B,)
     kl: np.ndarray  # (B,)
     log_likelihood: np.ndarray  # (B,) L_K
-    anomaly_score: np.ndarray  # (B,) -log_likelihood
+    anomaly_score: np.ndarray  # (B,) -log_likelihood, or -elbo for a model scored by the ELBO
     threshold: float
     is_anomaly: np.ndarray  # (B,) bool
     p_value: np.ndarray  # (B,)
@@ -494,7 +494,7 @@ class _Client:
     def _elbo(
         self,
         x: Batch,
-        n_samples: int,
+        n_samples: int | None,
         iw_samples: int | None,
         seed: int | None,
         feature_scores: bool,
@@ -504,7 +504,9 @@ class _Client:
         rows = _batch(x, "x")
         seed = secrets.randbelow(2**62) if seed is None else seed
         card = yield from self._model(fresh=False)
-        k = iw_samples if iw_samples is not None else (card.get("scoring") or {}).get("iw_samples", 1)
+        scoring = card.get("scoring") or {}
+        k = iw_samples if iw_samples is not None else scoring.get("iw_samples", 1)
+        draws = n_samples if n_samples is not None else scoring.get("n_samples", 1)
         options = {
             "n_samples": n_samples,
             "iw_samples": iw_samples,
@@ -516,7 +518,7 @@ class _Client:
             "/elbo",
             rows,
             options,
-            n_samples + k,
+            draws + k,
             seed,
             answer_rows=lambda card: [()] * 7 + ([tuple(card.get("input_shape", []))] if feature_scores else []),
         )
@@ -627,15 +629,15 @@ class VaeClient(_Client):
         self,
         x: Batch,
         *,
-        n_samples: int = 1,
+        n_samples: int | None = None,
         iw_samples: int | None = None,
         seed: int | None = None,
         feature_scores: bool = False,
         threshold: float | None = None,
         fpr: float | None = None,
     ) -> ElboResult:
-        """POST /elbo: per-input ELBO, L_K and anomaly decisions. iw_samples defaults to the calibration's K;
-        threshold or fpr replace the default decision threshold."""
+        """POST /elbo: per-input ELBO, L_K and anomaly decisions. n_samples and iw_samples default to the
+        calibration's L and K; threshold or fpr replace the default decision threshold."""
         return self._run(self._elbo(x, n_samples, iw_samples, seed, feature_scores, threshold, fpr))
 
     def heatmap(self, x: Batch, *, n_samples: int = 8, seed: int | None = None) -> Heatmap:
@@ -708,7 +710,7 @@ class AsyncVaeClient(_Client):
         self,
         x: Batch,
         *,
-        n_samples: int = 1,
+        n_samples: int | None = None,
         iw_samples: int | None = None,
         seed: int | None = None,
         feature_scores: bool = False,

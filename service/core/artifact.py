@@ -122,7 +122,8 @@ MAX_CALIBRATION_SCORES = 10_000
 
 
 class Calibration(BaseModel):
-    """Anomaly scores (-L_K) of a held-out split of the normal training data, and the default threshold."""
+    """Anomaly scores (-L_K, or -ELBO_L: Scoring.estimator) of a held-out split of the normal training data, and
+    the default threshold."""
 
     n: int = Field(gt=0, description="calibration rows scored")
     scores: list[float] = Field(description="sorted ascending; all n, or evenly spaced order statistics")
@@ -145,15 +146,16 @@ class Calibration(BaseModel):
 
 
 class IwNoise(BaseModel):
-    """The Monte Carlo noise of the score -L_K at one K, measured on calibration rows."""
+    """The Monte Carlo noise of the score at one number of draws (K of -L_K, or L of -ELBO_L), measured on
+    calibration rows."""
 
-    k: int
+    k: int = Field(description="draws: K for the iwae estimator, L for the elbo estimator")
     noise: float = Field(description="root-mean-square over rows of the score's standard deviation across seeds")
     iqr: float = Field(description="interquartile range of the calibration scores at this K")
 
 
 class IwSelection(BaseModel):
-    """K chosen from the data: the smallest K on the ladder whose noise is at most `tolerance` x IQR."""
+    """The draws chosen from the data: the smallest rung of the ladder whose noise is at most `tolerance` x IQR."""
 
     tolerance: float
     rows: int = Field(description="calibration rows the noise was measured on")
@@ -162,12 +164,20 @@ class IwSelection(BaseModel):
 
 
 class Scoring(BaseModel):
-    """How the service scores by default: the estimator and K the threshold was calibrated with."""
+    """How the service scores by default: the estimator, K and L the threshold was calibrated with.
 
-    estimator: Literal["iwae"] = "iwae"
-    iw_samples: int = Field(gt=0, description="K of the importance-weighted bound L_K")
+    The anomaly score is -L_K ("iwae") or -ELBO_L ("elbo"); manifests written before "elbo" existed have no
+    n_samples and score by -L_K, as they always did."""
+
+    estimator: Literal["iwae", "elbo"] = Field(
+        "iwae", description="iwae: the anomaly score is -log_likelihood (L_K); elbo: it is -elbo (ELBO_L)"
+    )
+    iw_samples: int = Field(gt=0, description="K of the importance-weighted bound L_K: a request's default")
+    n_samples: int = Field(1, gt=0, description="L, the ELBO's draws: a request's default")
     seed: int = Field(description="seed of the calibration run")
-    iw_selection: IwSelection | None = Field(None, description="how K was chosen, when `vae train` chose it")
+    iw_selection: IwSelection | None = Field(
+        None, description="how K (iwae) or L (elbo) was chosen, when `vae train` chose it"
+    )
     calibration: Calibration
 
 

@@ -38,7 +38,7 @@ def score_file(
     out: str | Path,
     *,
     iw_samples: int | None = None,
-    n_samples: int = 1,
+    n_samples: int | None = None,
     seed: int = 0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     runtime: str = "onnx",

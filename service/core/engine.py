@@ -104,7 +104,7 @@ class ElboOptions:
     """What one /elbo request asks for, however it arrives: the native routes (JSON, .npy, multipart, the fast
     path), OIP v2, `vae score`, `vae evaluate` and calibration all build one and call prepare_elbo or elbo."""
 
-    n_samples: int = 1  # L: draws of the Monte Carlo ELBO
+    n_samples: int | None = None  # L: draws of the Monte Carlo ELBO; None: the model's default (1 before calibration)
     seed: int | None = None  # the request's noise; None: a fresh seed, returned in the answer
     iw_samples: int | None = None  # K of L_K; None: the K the threshold was calibrated with
     feature_scores: bool = False  # also each feature's share of -reconstruction
@@ -169,7 +169,7 @@ def _split_features(group: _Group, features: np.ndarray | None, out: list[np.nda
 
 @dataclass(slots=True)  # per request, as PreparedElbo
 class Decisions:
-    anomaly_score: np.ndarray  # (B,) -log_likelihood: higher is more anomalous
+    anomaly_score: np.ndarray  # (B,) -log_likelihood or -elbo (the model's estimator): higher is more anomalous
     threshold: float
     is_anomaly: np.ndarray  # (B,) anomaly_score > threshold
     p_value: np.ndarray  # (B,) conformal, against the calibration scores
@@ -214,7 +214,13 @@ ELBO_OUTPUTS: tuple[Output, ...] = (
     Output("reconstruction", "per_input", float, "(1/L) sum_l ln p(x|z_l), nats per input"),
     Output("kl", "per_input", float, "KL(q(z|x) || N(0, I)) in closed form, nats per input"),
     Output("log_likelihood", "per_input", float, "L_K, the importance-weighted bound on ln p(x), nats"),
-    Output("anomaly_score", "per_input", float, "-log_likelihood: higher is more anomalous"),
+    Output(
+        "anomaly_score",
+        "per_input",
+        float,
+        "-log_likelihood, or -elbo for a model whose scoring.estimator is elbo (GET /v1/model): higher is more "
+        "anomalous",
+    ),
     Output("threshold", "per_request", float, "the anomaly score above which an input is flagged"),
     Output("is_anomaly", "per_input", bool, "anomaly_score > threshold"),
     Output("p_value", "per_input", float, "conformal: (1 + #{calibration scores >= score}) / (n_cal + 1)"),
@@ -250,6 +256,8 @@ class VaeEngine:
         # The serve-time override (VAE_THRESHOLD), else the calibrated default.
         calibrated = manifest.scoring.calibration.threshold if manifest.scoring else None
         self.default_threshold = threshold if threshold is not None else calibrated
+        # The bound whose negative is the anomaly score: L_K, or the ELBO (service/core/artifact.py Scoring).
+        self.scores_elbo = manifest.scoring is not None and manifest.scoring.estimator == "elbo"
 
     # --- conversions between raw units and model space -------------------------------------------------
     def to_model(self, x_raw: np.ndarray) -> np.ndarray:
@@ -387,14 +395,16 @@ class VaeEngine:
         """Everything about one /elbo request that can fail, checked before it joins a batch.
 
         Per-input ELBO (L = n_samples draws), L_K (K = iw_samples draws) and the anomaly decisions, in nats
-        (beta = 1). K defaults to the calibration's, so the default decision uses the estimator its threshold
+        (beta = 1). L and K default to the calibration's, so the default decision uses the estimator its threshold
         was calibrated with. The ELBO's draws come first from the seeded generator, then L_K's.
         """
         scoring_config = self.manifest.scoring
-        iw_samples = options.iw_samples
+        iw_samples, n_samples = options.iw_samples, options.n_samples
         if iw_samples is None:
             iw_samples = scoring_config.iw_samples if scoring_config else 1
-        self.check_draws(len(x_raw), options.n_samples, iw_samples)
+        if n_samples is None:
+            n_samples = scoring_config.n_samples if scoring_config else 1
+        self.check_draws(len(x_raw), n_samples, iw_samples)
         threshold = options.threshold
         if scoring_config:
             no_override = options.threshold is None and options.fpr is None  # most requests: nothing to check
@@ -403,7 +413,7 @@ class VaeEngine:
             )
         return PreparedElbo(
             self.to_model(x_raw),
-            options.n_samples,
+            n_samples,
             iw_samples,
             new_seed() if options.seed is None else options.seed,
             options.feature_scores,
@@ -438,7 +448,7 @@ class VaeEngine:
                 _split_features(group, features, feature_scores)
         kl = scoring.kl_to_standard_normal(mu, logvar)
         elbo = reconstruction - kl
-        decisions = self.decide(requests, bounds, log_likelihood)
+        decisions = self.decide(requests, bounds, elbo if self.scores_elbo else log_likelihood)
         return [
             Scored(
                 elbo[a:b],
@@ -528,13 +538,12 @@ class VaeEngine:
         )
         return log_px.reshape(n, draws), features
 
-    def decide(
-        self, requests: list[PreparedElbo], bounds: list[int], log_likelihood: np.ndarray
-    ) -> list[Decisions | None]:
-        """Each request's decisions against its own threshold, with one p-value lookup for the whole batch."""
+    def decide(self, requests: list[PreparedElbo], bounds: list[int], bound: np.ndarray) -> list[Decisions | None]:
+        """Each request's decisions against its own threshold, with one p-value lookup for the whole batch; `bound`
+        is the per-input L_K or ELBO (the model's estimator), whose negative is the anomaly score."""
         if all(r.threshold is None for r in requests):  # only while the model is being calibrated
             return [None] * len(requests)
-        anomaly_score = -log_likelihood
+        anomaly_score = -bound
         calibration = self._calibration()
         p_value = scoring.p_values(anomaly_score, calibration.sorted_scores, calibration.n)
         thresholds = {r.threshold for r in requests}

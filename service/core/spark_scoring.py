@@ -72,7 +72,7 @@ def score_dataframe(
     seed: int = 0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     iw_samples: int | None = None,
-    n_samples: int = 1,
+    n_samples: int | None = None,
     runtime: str = "onnx",
     ship: bool = False,
 ) -> DataFrame:
@@ -95,7 +95,7 @@ def _score(
     seed: int,
     chunk_rows: int,
     iw_samples: int | None,
-    n_samples: int,
+    n_samples: int | None,
     runtime: str,
     ship: bool,
 ) -> tuple[DataFrame, int]:
@@ -225,7 +225,7 @@ def score_parquet(
 
 def _score_options(options: dict[str, Any]) -> dict[str, Any]:
     defaults = dict(
-        columns=None, seed=0, chunk_rows=DEFAULT_CHUNK_ROWS, iw_samples=None, n_samples=1, runtime="onnx", ship=False
+        columns=None, seed=0, chunk_rows=DEFAULT_CHUNK_ROWS, iw_samples=None, n_samples=None, runtime="onnx", ship=False
     )
     unknown = options.keys() - defaults.keys()
     if unknown:

@@ -37,7 +37,12 @@ class DecodeRequest(Request):
 
 class ElboRequest(Request):
     instances: list[Any] = Field(description=INSTANCES_DOC)
-    n_samples: StrictInt = Field(1, ge=1, description="Monte Carlo draws L for the reconstruction term")
+    n_samples: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="Monte Carlo draws L for the reconstruction term; default: the L the threshold was calibrated "
+        "with (1 for a model scored by log_likelihood)",
+    )
     iw_samples: StrictInt | None = Field(
         None, ge=1, description="K for log_likelihood; default: the K the threshold was calibrated with"
     )

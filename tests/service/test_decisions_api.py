@@ -16,9 +16,12 @@ ZERO_DIGIT = [0.0] * 64
 def test_every_response_carries_decisions(client):
     card = client.get("/v1/model").json()
     body = client.post("/elbo", json={"instances": instances_for(client, 3), "seed": 0}).json()
-    assert body["iw_samples"] == card["scoring"]["iw_samples"]
-    assert body["threshold"] == card["scoring"]["calibration"]["threshold"]
-    np.testing.assert_array_equal(body["anomaly_score"], -np.asarray(body["log_likelihood"]))
+    scoring = card["scoring"]
+    # The default request scores with the calibrated estimator and draws: an MLP by its ELBO (L chosen, K = 1).
+    assert (scoring["estimator"], scoring["iw_samples"]) == ("elbo", 1)
+    assert (body["n_samples"], body["iw_samples"]) == (scoring["n_samples"], scoring["iw_samples"])
+    assert body["threshold"] == scoring["calibration"]["threshold"]
+    np.testing.assert_array_equal(body["anomaly_score"], -np.asarray(body["elbo"]))
     assert body["is_anomaly"] == [s > body["threshold"] for s in body["anomaly_score"]]
     assert all(0 < p <= 1 for p in body["p_value"])
     assert "feature_scores" not in body

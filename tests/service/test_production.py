@@ -90,7 +90,7 @@ def test_configured_instance_and_sample_limits(make_client):
     assert error(client.post("/elbo", json={"instances": [DIGIT], "n_samples": 4}), 422) == (
         "n_samples: 4 exceeds the limit of 3 (VAE_MAX_SAMPLES)"
     )
-    assert error(client.post("/elbo", json={"instances": [DIGIT], "iw_samples": 5}), 422) == (
+    assert error(client.post("/elbo", json={"instances": [DIGIT], "n_samples": 1, "iw_samples": 5}), 422) == (
         "iw_samples: 5 exceeds the limit of 4 (VAE_MAX_IW_SAMPLES)"
     )
 

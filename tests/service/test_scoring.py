@@ -139,15 +139,18 @@ def test_false_alarm_rate_on_fresh_normal_data_matches_the_target(calibration_se
     assert abs(rate - 0.1) < 3.5 * sd, rate
 
 
-def test_the_false_alarm_rate_holds_with_the_k_chosen_from_the_data(chosen_k_calibration_setup):
+def test_the_false_alarm_rate_holds_with_the_draws_chosen_from_the_data(chosen_k_calibration_setup):
     model_dir, fresh = chosen_k_calibration_setup
     artifact = load_artifact(model_dir)
     engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
     scoring_ = artifact.manifest.scoring
-    assert scoring_.iw_selection is not None and scoring_.iw_samples == scoring_.iw_selection.ladder[-1].k
+    # An MLP scores by the ELBO: L chosen from the data, K = 1 beside it.
+    assert (scoring_.estimator, scoring_.iw_samples) == ("elbo", 1)
+    assert scoring_.iw_selection is not None and scoring_.n_samples == scoring_.iw_selection.ladder[-1].k
     assert (scoring_.calibration.n, scoring_.calibration.fpr) == (390, 0.1)
-    scored = engine.elbo(fresh, ElboOptions(seed=123))  # no iw_samples: the chosen K, as the threshold was set
-    assert scored.iw_samples == scoring_.iw_samples
+    scored = engine.elbo(fresh, ElboOptions(seed=123))  # no n_samples: the chosen L, as the threshold was set
+    assert (scored.n_samples, scored.iw_samples) == (scoring_.n_samples, 1)
+    np.testing.assert_array_equal(scored.decisions.anomaly_score, -scored.elbo)
     rate = scored.decisions.is_anomaly.mean()
     sd = math.sqrt(0.1 * 0.9 / len(fresh) + 0.1 * 0.9 / (scoring_.calibration.n + 1))
     assert abs(rate - 0.1) < 3.5 * sd, rate

@@ -330,8 +330,11 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
         row = _wait(browser, "#table-results tbody tr")
         auth = {"authorization": "Bearer s3cret"}
         instance = [float(v) for v in lines[1].split(",")]
+        # The form's n_samples: the model's calibrated L, so the page's decisions are the default ones.
+        n_samples = int(browser.find_element(By.ID, "opt-n-samples").get_attribute("value"))
+        assert n_samples == httpx.get(f"{base}/v1/model", headers=auth).json()["scoring"]["n_samples"]
         direct = httpx.post(
-            f"{base}/elbo", json={"instances": [instance], "seed": 0, "n_samples": 8}, headers=auth
+            f"{base}/elbo", json={"instances": [instance], "seed": 0, "n_samples": n_samples}, headers=auth
         ).json()
         cell = lambda name: row.find_element(By.CSS_SELECTOR, f'td[data-field="{name}"]')  # noqa: E731
         assert _value(cell("elbo")) == direct["elbo"][0]
@@ -366,7 +369,9 @@ def test_page_scores_a_pasted_csv_row(browser, tabular_model_dir, tabular_csv, t
 
 
 def test_page_says_why_the_false_alarm_rate_is_not_the_default(browser, tmp_path):
-    """A 50-row table: the calibration split supports no rate below 1/13, and K is chosen from the data."""
+    """A 50-row table: the calibration split supports no rate below 1/13, and L is chosen from the data."""
+    from selenium.webdriver.common.by import By
+
     from tests.helpers import write_tabular_csv
     from training.train import TrainConfig, train
 
@@ -380,8 +385,12 @@ def test_page_says_why_the_false_alarm_rate_is_not_the_default(browser, tmp_path
         browser.get(f"{base}/")
         fpr = _wait(browser, '#card-fields dd[data-field="fpr"]')
         assert fpr.text == f"{calibration['fpr']:.4g} ({calibration['fpr_note']})"
-        k = _wait(browser, '#card-fields dd[data-field="iw_samples"]')
-        assert k.text.startswith(f"{card['scoring']['iw_samples']} (chosen: score noise ")
+        # An MLP scores by the ELBO, with L chosen from the data; the form sends that L.
+        assert card["scoring"]["estimator"] == "elbo"
+        assert _wait(browser, '#card-fields dd[data-field="estimator"]').text == "−elbo (ELBO_L)"
+        draws = _wait(browser, '#card-fields dd[data-field="n_samples"]')
+        assert draws.text.startswith(f"{card['scoring']['n_samples']} (chosen: score noise ")
+        assert browser.find_element(By.ID, "opt-n-samples").get_attribute("value") == str(card["scoring"]["n_samples"])
         _assert_no_script_errors(browser)
     finally:
         stop(server)

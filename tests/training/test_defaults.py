@@ -152,9 +152,14 @@ def test_no_flags_trains_from_20_rows_up(default_runs, name, n_cal, fpr, hidden,
     assert (calibration["fpr_note"] is None) == (fpr == 0.01)
     if calibration["fpr_note"]:
         assert f"vae train: {calibration['fpr_note']}\n" in result.stderr  # said in one line
-    # K chosen from the data: the last rung tried is the K served, and every rung's noise is recorded.
-    selection = manifest["scoring"]["iw_selection"]
-    assert selection["ladder"][-1]["k"] == manifest["scoring"]["iw_samples"]
+    # The estimator follows the model (L_K for the exact posterior of the linear model, the ELBO for an MLP), and
+    # its draws are chosen from the data: the last rung tried is the K or L served, every rung's noise recorded.
+    scoring = manifest["scoring"]
+    assert scoring["estimator"] == ("elbo" if hidden else "iwae")
+    draws = scoring["n_samples"] if hidden else scoring["iw_samples"]
+    assert (scoring["iw_samples"] if hidden else scoring["n_samples"]) == 1
+    selection = scoring["iw_selection"]
+    assert selection["ladder"][-1]["k"] == draws
     assert [rung["k"] for rung in selection["ladder"]] == [2**i for i in range(len(selection["ladder"]))]
     last = selection["ladder"][-1]
     assert last["noise"] <= 0.1 * last["iqr"] or last["k"] == 256

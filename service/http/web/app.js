@@ -134,10 +134,16 @@ function renderCard() {
   // The rate the threshold was set for; when the calibration split was too small for the default, why.
   field(list, "false-alarm rate", "fpr", calibration.fpr,
     calibration.fpr_note ? `${fmt(calibration.fpr)} (${calibration.fpr_note})` : undefined);
-  const chosen = card.scoring.iw_selection;
-  field(list, "iw_samples (K)", "iw_samples", card.scoring.iw_samples, chosen
-    ? `${card.scoring.iw_samples} (chosen: score noise ${fmt(chosen.ladder.at(-1).noise)} nats, at most ${chosen.tolerance} × IQR)`
+  // The estimator the threshold was set with: -L_K, or -ELBO_L; its draws chosen from the data when selection is set.
+  const { estimator, iw_samples: k, n_samples: l = 1, iw_selection: chosen } = card.scoring;
+  const byElbo = estimator === "elbo";
+  field(list, "anomaly score", "estimator", null, byElbo ? "−elbo (ELBO_L)" : "−log_likelihood (L_K)");
+  const [drawsLabel, drawsName, draws] = byElbo ? ["n_samples (L)", "n_samples", l] : ["iw_samples (K)", "iw_samples", k];
+  field(list, drawsLabel, drawsName, draws, chosen
+    ? `${draws} (chosen: score noise ${fmt(chosen.ladder.at(-1).noise)} nats, at most ${chosen.tolerance} × IQR)`
     : undefined);
+  // The page scores with the calibrated L, so its decisions are the default ones.
+  if (byElbo) $("opt-n-samples").value = String(l);
   field(list, "calibration rows", "calibration_n", calibration.n);
   if (card.image) {
     const { channels, height, width, resize } = card.image;
