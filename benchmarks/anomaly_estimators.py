@@ -77,10 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(1)
     print(
-        "| problem | chosen (hidden / latent) | K | AUROC −L_K (served) | L (noise rule) | AUROC −ELBO_L "
-        "| rows/s −L_K | rows/s −ELBO_L |"
+        "| problem | chosen (hidden / latent) | served estimator | K (noise rule) | AUROC −L_K | rows/s −L_K "
+        "| L (noise rule) | AUROC −ELBO_L | rows/s −ELBO_L |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.problems.split(","):
             print(study(name, args.seed, Path(tmp)), flush=True)
