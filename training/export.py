@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from service.core.artifact import (
     PARITY_TOLERANCE,
     Artifact,
     Calibration,
+    Estimator,
     Graph,
     Graphs,
     ImageSpec,
@@ -79,9 +79,6 @@ IW_LADDER = tuple(2**i for i in range(9))  # 1, 2, 4, ... 256
 IW_NOISE_TOLERANCE = 0.1
 IW_NOISE_ROWS = 256  # calibration rows the noise is measured on
 IW_NOISE_REPEATS = 4  # independent seeds per row
-
-
-Estimator = Literal["iwae", "elbo"]
 
 
 def estimator_options(estimator: Estimator, draws: int) -> ElboOptions:

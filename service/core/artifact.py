@@ -163,13 +163,16 @@ class IwSelection(BaseModel):
     ladder: list[IwNoise]
 
 
+Estimator = Literal["iwae", "elbo"]  # the bound whose negative is the anomaly score: L_K, or the ELBO
+
+
 class Scoring(BaseModel):
     """How the service scores by default: the estimator, K and L the threshold was calibrated with.
 
     The anomaly score is -L_K ("iwae") or -ELBO_L ("elbo"); manifests written before "elbo" existed have no
     n_samples and score by -L_K, as they always did."""
 
-    estimator: Literal["iwae", "elbo"] = Field(
+    estimator: Estimator = Field(
         "iwae", description="iwae: the anomaly score is -log_likelihood (L_K); elbo: it is -elbo (ELBO_L)"
     )
     iw_samples: int = Field(gt=0, description="K of the importance-weighted bound L_K: a request's default")
