@@ -332,7 +332,7 @@ def bench(model_dir: Path, duration: float, rounds: int, baseline: Path | None) 
                 if label.startswith("vae serve") or label.startswith("before"):
                     cells.append((f"{label}, iw_samples=1", server, path, k1, JSON))
                     if "fast path off" not in label and not label.startswith("before"):
-                        cells.append((f"{label}, default K", server, path, default_k, JSON))
+                        cells.append((f"{label}, default request", server, path, default_k, JSON))
                     if label == "vae serve, 1 worker":
                         binary = f"{label}, {BINARY_ROWS} instances .npy, iw_samples=1"
                         cells.append((binary, server, "/elbo?n_samples=1&iw_samples=1&seed=1", npy.getvalue(), NPY))
@@ -394,7 +394,11 @@ def targets(out: dict) -> list[tuple[str, str, str]]:
     ratio("c=1 ≥ 1.5× the naive FastAPI + ORT app", f"{one}, iw_samples=1", 1, "naive FastAPI + ORT", 1.5)
     ratio("c=1 ≥ 2× TorchServe batchSize 1", f"{one}, iw_samples=1", 1, ts1, 2.0)
     ratio(
-        f"default request ({out['calibrated_k']}), c=64 ≥ 1.0× TorchServe batched", f"{one}, default K", 64, ts32, 1.0
+        f"default request ({out['calibrated_k']}), c=64 ≥ 1.0× TorchServe batched",
+        f"{one}, default request",
+        64,
+        ts32,
+        1.0,
     )
     two = "vae serve, 2 workers, iw_samples=1"
     ratio("(2 workers) iw_samples=1, c=64 against TorchServe batched", two, 64, ts32, 2.0)
