@@ -578,7 +578,8 @@ def _check_answer_size(op: Operation, live: LiveModel, parsed: Parsed, chosen: l
     engine, manifest = live.engine, live.artifact.manifest
     given = next(iter(parsed.inputs.values()), None)
     batch = len(given) if given is not None and given.ndim > 0 else 1
-    draws = getattr(parsed.options, "n_samples", 1)
+    # Only sample's outputs have a draws axis; elbo's n_samples may be None (the model's L), and no shape uses it.
+    draws = getattr(parsed.options, "n_samples", None) or 1
     if op is OPERATIONS["sample"]:
         engine.check_draws(batch, draws)
     shapes = op.outputs(manifest)
