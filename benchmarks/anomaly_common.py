@@ -150,7 +150,7 @@ def _score_pass(engine, flat_x: np.ndarray, seed: int, iw_samples: int | None) -
 
 
 def estimator_label(scoring) -> str:
-    """The served default score of a manifest's scoring, as the tables show it: "−L_4" or "−ELBO_16"."""
+    """The served default score of a manifest's scoring, as the tables show it (short): "−L_4" or "−ELBO_16"."""
     return f"−ELBO_{scoring.n_samples}" if scoring.estimator == "elbo" else f"−L_{scoring.iw_samples}"
 
 

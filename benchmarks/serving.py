@@ -315,14 +315,8 @@ def bench(model_dir: Path, duration: float, rounds: int, baseline: Path | None) 
     out = {"runs": runs, "servers": {}, "notes": [], "rounds": rounds}
     out["raw"] = {b: raw_onnx(model_dir, b) for b in (1, BINARY_ROWS)}
     scoring = artifact.manifest.scoring
-    # The default request's estimator, as the tables name it: "K = 8" (-L_K) or "ELBO, L = 16".
-    out["calibrated_k"] = (
-        "1"
-        if scoring is None
-        else f"ELBO, L = {scoring.n_samples}"
-        if scoring.estimator == "elbo"
-        else f"K = {scoring.iw_samples}"
-    )
+    # The default request's estimator, as the tables name it: "−L_K, K = 8" or "−ELBO_L, L = 16".
+    out["calibrated_k"] = "uncalibrated" if scoring is None else scoring.score_label
     with tempfile.TemporaryDirectory() as tmp:
         servers = start_servers(model_dir, baseline, Path(tmp), k1, out["notes"])
         try:

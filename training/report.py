@@ -154,7 +154,7 @@ def plot_calibration(artifact: Artifact, path: Path) -> None:
         linestyle="--",
         label=f"threshold {calibration.threshold:.2f} (fpr {calibration.fpr:g})",
     )
-    ax.set_xlabel(f"anomaly score −L_K, K = {scoring.iw_samples} (nats)")
+    ax.set_xlabel(f"anomaly score {scoring.score_label} (nats)")
     ax.set_ylabel(f"calibration rows (n = {calibration.n})")
     ax.legend()
     fig.tight_layout()

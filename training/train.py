@@ -465,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {artifact.dir}: best validation ELBO {summary.best_val_elbo:.3f} nats "
         f"at epoch {summary.best_epoch} of {summary.epochs}; threshold {calibration.threshold:.3f} "
-        f"at fpr {calibration.fpr:.4g} from {calibration.n} calibration rows, K = {scoring.iw_samples}"
+        f"at fpr {calibration.fpr:.4g} from {calibration.n} calibration rows; score {scoring.score_label}"
     )
     return 0
 

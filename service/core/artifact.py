@@ -183,6 +183,11 @@ class Scoring(BaseModel):
     )
     calibration: Calibration
 
+    @property
+    def score_label(self) -> str:
+        """The default anomaly score as people read it: "−ELBO_L, L = 16" or "−L_K, K = 4"."""
+        return f"−ELBO_L, L = {self.n_samples}" if self.estimator == "elbo" else f"−L_K, K = {self.iw_samples}"
+
 
 class Manifest(BaseModel):
     """manifest.json: everything a loader needs to serve the directory."""

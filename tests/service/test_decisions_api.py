@@ -102,3 +102,29 @@ def test_non_finite_threshold(digits_client):
         headers={"content-type": "application/json"},
     )
     assert error(response, 422) == "threshold: Input should be a finite number (got inf)"
+
+
+def test_a_model_scored_by_l_k_decides_on_minus_log_likelihood(digits_model_dir):
+    from service.core.artifact import load_artifact
+    from service.core.engine import ElboOptions, VaeEngine
+    from service.core.runtime import OnnxRuntime
+
+    artifact = load_artifact(digits_model_dir)
+    scoring = artifact.manifest.scoring.model_copy(update={"estimator": "iwae", "iw_samples": 3, "n_samples": 1})
+    engine = VaeEngine(artifact.manifest.model_copy(update={"scoring": scoring}), OnnxRuntime(artifact))
+    scored = engine.elbo(np.array([ZERO_DIGIT, [8.0] * 64]), ElboOptions(seed=0))
+    assert (scored.n_samples, scored.iw_samples) == (1, 3)
+    np.testing.assert_array_equal(scored.decisions.anomaly_score, -scored.log_likelihood)
+    assert scoring.score_label == "−L_K, K = 3"
+
+
+def test_a_manifest_from_before_the_elbo_estimator_scores_by_l_k():
+    from service.core.artifact import Scoring
+
+    calibration = {"n": 3, "scores": [1.0, 2.0, 3.0], "fpr": 0.25, "threshold": 3.0}
+    old = Scoring.model_validate({"estimator": "iwae", "iw_samples": 8, "seed": 0, "calibration": calibration})
+    assert (old.estimator, old.iw_samples, old.n_samples, old.score_label) == ("iwae", 8, 1, "−L_K, K = 8")
+    new = Scoring.model_validate(
+        {"estimator": "elbo", "iw_samples": 1, "n_samples": 16, "seed": 0, "calibration": calibration}
+    )
+    assert new.score_label == "−ELBO_L, L = 16"
