@@ -22,6 +22,8 @@ from service.core.errors import InvalidInput, LimitExceeded, ModelNotReady, Time
 from service.core.runtime import Runtime
 from service.core.seeding import seeded_generators
 
+# Said of a request's n_samples or iw_samples that the request left out, when a limit refuses it.
+MODEL_DEFAULT = " (the model's default; send a smaller one)"
 # Raw values may sit this far outside a bernoulli model's data range and still count as inside it
 # (rounding in clients' float formatting).
 RANGE_TOLERANCE = 1e-6
@@ -301,14 +303,20 @@ class VaeEngine:
         return self.manifest.preprocessing.to_raw(flat).reshape(mean.shape)
 
     # --- limits -------------------------------------------------------------------------------------------
-    def check_draws(self, batch: int, n_samples: int, iw_samples: int = 0) -> None:
+    def check_draws(
+        self, batch: int, n_samples: int, iw_samples: int = 0, defaulted: tuple[bool, bool] = (False, False)
+    ) -> None:
+        """Refuses draws beyond the limits. `defaulted` says which of n_samples and iw_samples the request left out
+        (the model's calibrated L and K), so that the message names them as the model's, not the request's."""
         if n_samples > self.limits.max_samples:
             raise InvalidInput(
-                f"n_samples: {n_samples} exceeds the limit of {self.limits.max_samples} (VAE_MAX_SAMPLES)"
+                f"n_samples: {n_samples}{MODEL_DEFAULT if defaulted[0] else ''} exceeds the limit of "
+                f"{self.limits.max_samples} (VAE_MAX_SAMPLES)"
             )
         if iw_samples > self.limits.max_iw_samples:
             raise InvalidInput(
-                f"iw_samples: {iw_samples} exceeds the limit of {self.limits.max_iw_samples} (VAE_MAX_IW_SAMPLES)"
+                f"iw_samples: {iw_samples}{MODEL_DEFAULT if defaulted[1] else ''} exceeds the limit of "
+                f"{self.limits.max_iw_samples} (VAE_MAX_IW_SAMPLES)"
             )
         draws = batch * (n_samples + iw_samples)
         if draws > self.limits.max_draws:
@@ -404,7 +412,7 @@ class VaeEngine:
             iw_samples = scoring_config.iw_samples if scoring_config else 1
         if n_samples is None:
             n_samples = scoring_config.n_samples if scoring_config else 1
-        self.check_draws(len(x_raw), n_samples, iw_samples)
+        self.check_draws(len(x_raw), n_samples, iw_samples, (options.n_samples is None, options.iw_samples is None))
         threshold = options.threshold
         if scoring_config:
             no_override = options.threshold is None and options.fpr is None  # most requests: nothing to check

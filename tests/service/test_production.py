@@ -93,6 +93,12 @@ def test_configured_instance_and_sample_limits(make_client):
     assert error(client.post("/elbo", json={"instances": [DIGIT], "n_samples": 1, "iw_samples": 5}), 422) == (
         "iw_samples: 5 exceeds the limit of 4 (VAE_MAX_IW_SAMPLES)"
     )
+    # Left out, n_samples is the model's calibrated L, and the message says whose it is.
+    default_l = client.get("/v1/model").json()["scoring"]["n_samples"]
+    assert default_l > 3
+    assert error(client.post("/elbo", json={"instances": [DIGIT], "iw_samples": 1}), 422) == (
+        f"n_samples: {default_l} (the model's default; send a smaller one) exceeds the limit of 3 (VAE_MAX_SAMPLES)"
+    )
 
 
 # --- timeouts ------------------------------------------------------------------------------------------------
