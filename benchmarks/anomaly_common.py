@@ -42,7 +42,7 @@ class VaeResult:
     error: str = ""  # why training failed (the first line of the exception)
     auroc_default: float = float("nan")  # the served default anomaly score: -L_K or -ELBO_L, as calibrated
     auroc_k100: float = float("nan")  # -L_100
-    estimator: str = ""  # the default score, e.g. "−L_4" or "−ELBO_16" (manifest.scoring)
+    estimator: str = ""  # the default score, e.g. "−L_K, K = 4" or "−ELBO_L, L = 16" (Scoring.score_label)
     rows_per_s_default: float = float("nan")  # VaeEngine.elbo throughput on the test rows by default
     rows_per_s_k100: float = float("nan")
     train_seconds: float = float("nan")
@@ -140,18 +140,15 @@ def _score_pass(engine, flat_x: np.ndarray, seed: int, iw_samples: int | None) -
     """Scores of every row through VaeEngine.elbo, REQUEST_ROWS rows per call (one /elbo request each), and the
     seconds it took. iw_samples None: the request with no options, scored as served (the manifest's estimator,
     K and L); else -L_K at that K, with one ELBO draw beside it."""
-    options = ElboOptions() if iw_samples is None else ElboOptions(n_samples=1, iw_samples=iw_samples)
+    from training.export import estimator_options
+
+    options = ElboOptions() if iw_samples is None else estimator_options("iwae", iw_samples)
     scores = []
     started = time.perf_counter()
     for start in range(0, len(flat_x), REQUEST_ROWS):
         scored = engine.elbo(flat_x[start : start + REQUEST_ROWS], replace(options, seed=seed + start))
         scores.append(scored.decisions.anomaly_score if iw_samples is None else -scored.log_likelihood)
     return np.concatenate(scores), time.perf_counter() - started
-
-
-def estimator_label(scoring) -> str:
-    """The served default score of a manifest's scoring, as the tables show it (short): "−L_4" or "−ELBO_16"."""
-    return f"−ELBO_{scoring.n_samples}" if scoring.estimator == "elbo" else f"−L_{scoring.iw_samples}"
 
 
 def timed_scores(engine, x_test: np.ndarray, seed: int, ks: tuple) -> list[tuple[np.ndarray, float]]:
@@ -194,7 +191,7 @@ def score_vae(
         ok=True,
         auroc_default=auroc(labels, default_scores),
         auroc_k100=auroc(labels, k100_scores),
-        estimator=estimator_label(manifest.scoring),
+        estimator=manifest.scoring.score_label,
         rows_per_s_default=default_rate,
         rows_per_s_k100=k100_rate,
         train_seconds=seconds,

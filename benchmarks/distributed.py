@@ -74,7 +74,10 @@ def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Pa
         np.save(subset, source[:rows])
         data = subset
     started = time.perf_counter()
-    score_file(model_dir, data, tmp / "scores.csv", iw_samples=iw_samples, progress=False, chunk_rows=chunk)
+    # n_samples 1, as the in-memory pass below and the bare graphs' 1 + K draws (the model's default L otherwise).
+    score_file(
+        model_dir, data, tmp / "scores.csv", iw_samples=iw_samples, n_samples=1, progress=False, chunk_rows=chunk
+    )
     bulk = rows / (time.perf_counter() - started)
 
     artifact = load_artifact(model_dir)
@@ -177,7 +180,9 @@ def main() -> None:
         )
 
     manifest = json.loads((tmp / "one" / "manifest.json").read_text())
-    calibrated_k = manifest["scoring"]["iw_samples"]
+    scoring = manifest["scoring"]
+    # The default request's draws: K of L_K, or L of the ELBO (measured as L_K at that K: the same decoder work).
+    calibrated_k = scoring["n_samples"] if scoring.get("estimator") == "elbo" else scoring["iw_samples"]
     print("\n## Scoring rows of the same file (chunks of 1024)\n")
     print("| K (iw_samples) | rows | path | rows / s | share of raw |")
     print("|---|---|---|---|---|")

@@ -316,7 +316,7 @@ def bench(model_dir: Path, duration: float, rounds: int, baseline: Path | None) 
     out["raw"] = {b: raw_onnx(model_dir, b) for b in (1, BINARY_ROWS)}
     scoring = artifact.manifest.scoring
     # The default request's estimator, as the tables name it: "−L_K, K = 8" or "−ELBO_L, L = 16".
-    out["calibrated_k"] = "uncalibrated" if scoring is None else scoring.score_label
+    out["default_score"] = "uncalibrated" if scoring is None else scoring.score_label
     with tempfile.TemporaryDirectory() as tmp:
         servers = start_servers(model_dir, baseline, Path(tmp), k1, out["notes"])
         try:
@@ -388,7 +388,7 @@ def targets(out: dict) -> list[tuple[str, str, str]]:
     ratio("c=1 ≥ 1.5× the naive FastAPI + ORT app", f"{one}, iw_samples=1", 1, "naive FastAPI + ORT", 1.5)
     ratio("c=1 ≥ 2× TorchServe batchSize 1", f"{one}, iw_samples=1", 1, ts1, 2.0)
     ratio(
-        f"default request ({out['calibrated_k']}), c=64 ≥ 1.0× TorchServe batched",
+        f"default request ({out['default_score']}), c=64 ≥ 1.0× TorchServe batched",
         f"{one}, default request",
         64,
         ts32,
@@ -438,7 +438,7 @@ def render(out: dict, duration: float, command: str) -> str:
         "",
         "Each request is one digits instance (MLP 64-256-128-8, bernoulli) to POST /elbo with a fixed seed: "
         f"`n_samples=1, iw_samples=1` (two draws: the single-draw ELBO and L_1), or no options (the calibrated "
-        f"default: {out['calibrated_k']}). `vae serve` runs with "
+        f"default: {out['default_score']}). `vae serve` runs with "
         "an API key, JSON access logs at info (to a file), metrics, request ids and the default limits on. "
         "The ceiling is a bare ASGI callable under uvicorn (uvloop, httptools) that parses the same body with "
         "orjson and returns a constant; the naive app is FastAPI with a pydantic body and a sync endpoint that "
