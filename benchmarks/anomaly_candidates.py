@@ -40,7 +40,7 @@ from training.model import (
     VAE,  # noqa: E402
     ModelConfig,  # noqa: E402
 )
-from training.plan import Candidate, TrainingPlan, choose_capacity, plan_training  # noqa: E402
+from training.plan import Candidate, TrainingPlan, choose_capacity, default_noise, plan_training  # noqa: E402
 from training.ppca import initialise_linear_vae  # noqa: E402
 from training.train import (  # noqa: E402
     fit_candidate,
@@ -81,7 +81,7 @@ class Setup:
             latent_dim=cand.latent_dim,
             hidden=list(cand.hidden),
             likelihood=self.plan.likelihood,
-            noise=self.plan.noise,
+            noise=cand.noise,
         )
 
 
@@ -221,6 +221,8 @@ def evidence_study(name: str, config: TrainConfig, latents: list[int], workdir: 
 def study(name: str, config: TrainConfig, candidates: list[Candidate], workdir: Path) -> None:
     s = setup(name, config, workdir)
     problem, folds, x_test, plan, log_jacobian = s.problem, s.folds, s.x_test, s.plan, s.log_jacobian
+    # Each width gets the noise `vae train` would give it on this problem (or --set noise=...).
+    candidates = [replace(c, noise=default_noise(config, c.hidden, plan.scaling)) for c in candidates]
     world = World(0, 1, torch.device("cpu"))
     results = []
     for cand in candidates:

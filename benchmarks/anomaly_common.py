@@ -172,9 +172,13 @@ def timed_scores(engine, x_test: np.ndarray, seed: int, ks: tuple) -> list[tuple
 
 
 def capacity_label(resolved: dict) -> str:
-    """The chosen capacity from the manifest's resolved config: "hidden widths / latent"."""
+    """The chosen capacity from the manifest's resolved config: "hidden widths / latent", and ", diagonal noise"
+    for a gaussian decoder with a variance per feature (the others share one or are bernoulli)."""
     widths = ",".join(map(str, resolved["hidden"])) or "linear"
-    return f"{widths} / {resolved['latent_dim']}"
+    noise = (
+        ", diagonal noise" if resolved.get("likelihood") == "gaussian" and resolved.get("noise") == "diagonal" else ""
+    )
+    return f"{widths} / {resolved['latent_dim']}{noise}"
 
 
 def score_vae(

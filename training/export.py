@@ -211,9 +211,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+# Checkpoints written before the decoder's constant log-variance could be per feature named it "shared".
+RENAMED_WEIGHTS = {"decoder.shared.value": "decoder.constant_logvar.value"}
+
+
 def model_from_checkpoint(checkpoint: dict) -> VAE:
     model = VAE(ModelConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    model.load_state_dict({RENAMED_WEIGHTS.get(k, k): v for k, v in checkpoint["state_dict"].items()})
     return model.eval()
 
 

@@ -30,9 +30,16 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"  # p(x|z)
     architecture: Literal["mlp", "conv"] = "mlp"  # conv needs input_shape C x H x W
-    # gaussian only: "feature", a variance per feature; "shared", one learned variance for every feature (the
-    # probabilistic-PCA form, whose scores are not dominated by near-constant features: docs/benchmark-anomaly.md)
-    noise: Literal["feature", "shared"] = "feature"
+    # gaussian only: "feature", a variance per feature that the decoder computes from z; "diagonal", one learned
+    # variance per feature, the same for every z (factor analysis's form, unchanged in meaning when a feature is
+    # rescaled); "shared", one learned variance for every feature (the probabilistic-PCA form, whose scores are
+    # not dominated by near-constant pixels: docs/benchmark-anomaly.md)
+    noise: Literal["feature", "diagonal", "shared"] = "feature"
+
+    @property
+    def constant_noise(self) -> bool:
+        """The decoder's variance is learned once, not computed from z."""
+        return self.noise in ("diagonal", "shared")
 
     @property
     def n_features(self) -> int:
@@ -128,14 +135,13 @@ class ConvGaussianDecoder(ConvDecoder):
     """z (B, latent_dim) -> (mean, logvar), each (B, C, H, W)."""
 
     def __init__(self, config: ModelConfig) -> None:
-        shared = config.noise == "shared"
-        super().__init__(config, params_per_channel=1 if shared else 2)
-        self.shared = SharedLogVariance() if shared else None
+        super().__init__(config, params_per_channel=1 if config.constant_noise else 2)
+        self.constant_logvar = ConstantLogVariance(config) if config.constant_noise else None
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if self.shared is not None:
+        if self.constant_logvar is not None:
             mean = self.params(z)
-            return mean, self.shared(mean)
+            return mean, self.constant_logvar(mean)
         mean, logvar = self.params(z).chunk(2, dim=1)
         return mean, logvar.clamp(self.logvar_min, self.logvar_max)
 
@@ -171,13 +177,15 @@ class BernoulliDecoder(nn.Module):
         return (logits,)
 
 
-class SharedLogVariance(nn.Module):
-    """One learned log-variance for every feature, broadcast to the mean's shape so the graphs' outputs keep
-    their form (B, *input_shape) and the service needs no special case."""
+class ConstantLogVariance(nn.Module):
+    """A learned log-variance that does not depend on z: one for every feature (shared noise) or one per feature
+    (diagonal noise). Broadcast to the mean's shape so the graphs' outputs keep their form (B, *input_shape) and
+    the service needs no special case."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.value = nn.Parameter(torch.zeros(()))
+        shape = () if config.noise == "shared" else tuple(config.input_shape)
+        self.value = nn.Parameter(torch.zeros(shape))
         self.logvar_min, self.logvar_max = DECODER_LOGVAR_RANGE
 
     def forward(self, mean: Tensor) -> Tensor:
@@ -191,15 +199,15 @@ class GaussianDecoder(nn.Module):
         super().__init__()
         self.input_shape = list(config.input_shape)
         self.logvar_min, self.logvar_max = DECODER_LOGVAR_RANGE
-        self.shared = SharedLogVariance() if config.noise == "shared" else None
-        per_feature = 1 if self.shared is not None else 2
+        self.constant_logvar = ConstantLogVariance(config) if config.constant_noise else None
+        per_feature = 1 if self.constant_logvar is not None else 2
         self.net = mlp([config.latent_dim, *reversed(config.hidden), per_feature * config.n_features])
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         shape = [z.shape[0]] + self.input_shape
-        if self.shared is not None:
+        if self.constant_logvar is not None:
             mean = self.net(z).reshape(shape)
-            return mean, self.shared(mean)
+            return mean, self.constant_logvar(mean)
         mean, logvar = self.net(z).chunk(2, dim=1)
         logvar = logvar.clamp(self.logvar_min, self.logvar_max)
         return mean.reshape(shape), logvar.reshape(shape)

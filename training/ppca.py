@@ -80,7 +80,7 @@ def initialise_linear_vae(model: VAE, x: torch.Tensor, shrink: bool = True) -> N
     encoder_mu = (scale / fit.eigenvalues)[:, None] * fit.components  # (q, D)
     low, high = ENCODER_LOGVAR_RANGE
     encoder_logvar = np.clip(np.log(fit.noise_variance / fit.eigenvalues), low, high)  # (q,)
-    head, decoder, shared = model.encoder.head, model.decoder.net[0], model.decoder.shared
+    head, decoder, noise = model.encoder.head, model.decoder.net[0], model.decoder.constant_logvar
     q = config.latent_dim
     with torch.no_grad():
         head.weight.zero_()
@@ -89,7 +89,7 @@ def initialise_linear_vae(model: VAE, x: torch.Tensor, shrink: bool = True) -> N
         head.bias[q:] = torch.as_tensor(encoder_logvar, dtype=head.bias.dtype)
         decoder.weight.copy_(torch.as_tensor(decoder_weight, dtype=decoder.weight.dtype))
         decoder.bias.copy_(torch.as_tensor(fit.mean, dtype=decoder.bias.dtype))
-        shared.value.fill_(math.log(fit.noise_variance))
+        noise.value.fill_(math.log(fit.noise_variance))
 
 
 def is_ppca(model: VAE) -> bool:

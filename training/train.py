@@ -346,11 +346,20 @@ def select_candidate(
     for family in plan.families:
         best_in_family = -math.inf
         for candidate in family:
-            cfg = replace(model_config, hidden=list(candidate.hidden), latent_dim=candidate.latent_dim)
+            cfg = replace(
+                model_config, hidden=list(candidate.hidden), latent_dim=candidate.latent_dim, noise=candidate.noise
+            )
             started = time.perf_counter()
             rows.append(np.concatenate([r for _, r in fit_candidate(cfg, data, config, plan, log_jacobian, local)]))
             score = float(rows[-1].mean())
-            tried.append({"hidden": candidate.hidden, "latent_dim": candidate.latent_dim, "heldout_lk": score})
+            tried.append(
+                {
+                    "hidden": candidate.hidden,
+                    "latent_dim": candidate.latent_dim,
+                    "noise": candidate.noise,
+                    "heldout_lk": score,
+                }
+            )
             say(
                 f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats "
                 f"({time.perf_counter() - started:.1f} s)"
@@ -358,14 +367,12 @@ def select_candidate(
             if score <= best_in_family:
                 break
             best_in_family = score
-    best = choose_capacity(
-        [Candidate(list(t["hidden"]), int(t["latent_dim"])) for t in tried], rows, config.selection_rule
-    )
+    candidates = [Candidate(list(t["hidden"]), int(t["latent_dim"]), t["noise"]) for t in tried]
+    best = choose_capacity(candidates, rows, config.selection_rule)
     for entry, gap in zip(tried, paired_gaps(rows), strict=True):
         entry["below_best"], entry["standard_error"] = gap
     best = int(world.sum([best if world.main else 0])[0])
-    chosen = Candidate(list(tried[best]["hidden"]), int(tried[best]["latent_dim"]))
-    return chosen, tried
+    return candidates[best], tried
 
 
 def raw_log_jacobian(likelihood: str, preprocessing: Preprocessing, n_features: int) -> float:
@@ -386,7 +393,7 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
         hidden=list(first.hidden),
         likelihood=plan.likelihood,
         architecture=config.arch,
-        noise=plan.noise,
+        noise=first.noise,
     )
     selection: list[dict] = []
     chosen = first
@@ -396,7 +403,7 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
         )
         rule = "highest" if config.selection_rule == "best" else "smallest latent within one standard error of the best"
         say(f"vae train: chose {chosen.label} ({rule} held-out L_{SELECTION_IW_SAMPLES} of {len(selection)} tried)")
-    model_config = replace(model_config, hidden=list(chosen.hidden), latent_dim=chosen.latent_dim)
+    model_config = replace(model_config, hidden=list(chosen.hidden), latent_dim=chosen.latent_dim, noise=chosen.noise)
     if chosen.hidden:
         plan = replace(plan, patience=plan.nonlinear_patience)
 
@@ -415,7 +422,7 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     model, result = fitted.model.cpu(), fitted.result  # export always produces CPU-loadable graphs
     resolved = asdict(config) | {
         "likelihood": plan.likelihood,
-        "noise": plan.noise,
+        "noise": chosen.noise,
         "scaling": plan.scaling,
         "latent_dim": chosen.latent_dim,
         "hidden": list(chosen.hidden),

@@ -128,10 +128,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--noise",
-        choices=["shared", "feature"],
+        choices=["shared", "diagonal", "feature"],
         default=argparse.SUPPRESS,
-        help="gaussian p(x|z): one variance shared by all features (probabilistic PCA's form), or one "
-        "per feature (default: shared)",
+        help="gaussian p(x|z): shared, one variance for all features (probabilistic PCA's form); diagonal, "
+        "one learned variance per feature; feature, one per feature computed from z (default: shared for "
+        "linear models and pixels, diagonal for non-linear models of standardised tables)",
     )
     p.add_argument(
         "--scaling",

@@ -14,7 +14,9 @@ class TrainConfig:
     label_column: str | None = None  # a table's label column: never a feature; labels colour the report's pictures
     out: str = "models/digits"  # the model directory to write
     likelihood: str | None = None  # bernoulli | gaussian; None: bernoulli for digits, gaussian for files
-    noise: str | None = None  # gaussian: "shared" (one variance for all features) or "feature"; None: shared
+    # gaussian: "shared" (one variance for all features), "diagonal" (one learned per feature) or "feature" (one per
+    # feature computed from z); None: training.plan.default_noise
+    noise: str | None = None
     scaling: str | None = None  # "range" or "standard"; None: range for pixels (C x H x W), standard for tables
     latent_dim: int | None = None  # size of z; None: chosen from 1, 2, 3, 4, 8, 16, 32 by held-out L_K
     arch: str = "mlp"  # mlp, or conv for C x H x W data

@@ -75,10 +75,16 @@ def test_training_length_is_counted_in_steps():
 
 def test_unset_capacity_compares_a_linear_model_and_an_mlp_over_the_latent_ladder():
     plan = plan_training(TrainConfig(), table(100, d=6))
-    assert [[(c.hidden, c.latent_dim) for c in family] for family in plan.families] == [
-        [([], 1), ([], 2), ([], 3), ([], 4)],
-        [([128, 128], 1), ([128, 128], 2), ([128, 128], 3), ([128, 128], 4)],
+    mlp = [128] * 4
+    assert [[(c.hidden, c.latent_dim, c.noise) for c in family] for family in plan.families] == [
+        [([], 1, "shared"), ([], 2, "shared"), ([], 3, "shared"), ([], 4, "shared")],
+        [(mlp, 1, "diagonal"), (mlp, 2, "diagonal"), (mlp, 3, "diagonal"), (mlp, 4, "diagonal")],
     ]
+    assert plan.notes[1].startswith(
+        "likelihood gaussian, one noise variance for all features (linear models), one noise variance per "
+        "feature (non-linear models), standard scaling; "
+    )
+    assert [family[0].hidden for family in plan_training(TrainConfig(), table(100, d=65)).families] == [[], [256] * 4]
     assert latent_ladder(784) == [1, 2, 3, 4, 8, 16, 32] and latent_ladder(1) == [1]
     fixed = plan_training(TrainConfig(hidden=[16], latent_dim=3), table(100))
     assert not fixed.selects
@@ -88,7 +94,21 @@ def test_pixels_are_scaled_by_their_range_and_tables_standardised():
     pixels = Dataset(np.zeros((50, 1, 4, 4), dtype=np.float32), None, "p.npy", "array")
     assert plan_training(TrainConfig(), pixels).scaling == "range"
     assert plan_training(TrainConfig(), table(50)).scaling == "standard"
-    assert plan_training(TrainConfig(), table(50)).noise == "shared"
+
+
+def test_the_noise_is_shared_for_linear_models_and_pixels_and_per_feature_for_mlps_of_tables():
+    pixels = Dataset(np.zeros((50, 1, 4, 4), dtype=np.float32), None, "p.npy", "array")
+    noises = lambda plan: [family[0].noise for family in plan.families]  # noqa: E731
+    assert noises(plan_training(TrainConfig(likelihood="gaussian"), pixels)) == ["shared", "shared"]
+    assert noises(plan_training(TrainConfig(), table(50))) == ["shared", "diagonal"]
+    assert noises(plan_training(TrainConfig(scaling="range"), table(50))) == ["shared", "shared"]
+    # An explicit --noise is every candidate's.
+    assert noises(plan_training(TrainConfig(noise="feature"), table(50))) == ["feature", "feature"]
+    assert (
+        plan_training(TrainConfig(noise="diagonal"), table(50))
+        .notes[1]
+        .startswith("likelihood gaussian, one noise variance per feature, standard scaling; ")
+    )
 
 
 def test_too_few_rows_names_both_numbers(tmp_path):
@@ -138,7 +158,7 @@ def default_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProces
         ("table-50", 12, 1 / 13, [], 4),
         ("table-214", 53, 1 / 54, [], 3),
         ("table-1000", 100, 0.01, [], 4),
-        ("png-60", 15, 1 / 16, [256, 256], 4),
+        ("png-60", 15, 1 / 16, [256] * 4, 1),
         ("wide-784", 30, 1 / 31, [], 4),
     ],
 )
@@ -205,8 +225,8 @@ def test_non_linear_models_wait_longer_before_stopping():
     plan = plan_training(TrainConfig(), table(1000))
     assert (len(plan.train_rows), plan.batch_size, plan.patience, plan.nonlinear_patience) == (800, 100, 38, 100)
     assert plan.notes[1] == (
-        "likelihood gaussian, shared noise variance, standard scaling; batch 100, up to 1000 epochs, patience 38 "
-        "(100 for non-linear models)"
+        "likelihood gaussian, one noise variance for all features (linear models), one noise variance per feature "
+        "(non-linear models), standard scaling; batch 100, up to 1000 epochs, patience 38 (100 for non-linear models)"
     )
     assert patience_steps([], selecting=True) == 200 and patience_steps([], selecting=False) == 300
     assert patience_steps([128, 128], selecting=True) == 800

@@ -192,6 +192,7 @@ def test_load_checkpoint_names_the_bad_file(tmp_path):
         ("mlp", [], "bernoulli", "feature"),
         ("mlp", [8], "gaussian", "feature"),
         ("conv", [4], "gaussian", "shared"),
+        ("mlp", [8], "gaussian", "diagonal"),  # the default MLP of a standardised table
     ],
 )
 def test_every_model_form_exports_with_parity_and_chosen_draws(tmp_path, architecture, hidden, likelihood, noise):

@@ -149,7 +149,8 @@ def test_free_bits_floor_each_dimensions_mean_kl():
 
 
 @pytest.mark.parametrize(
-    "likelihood, noise", [("bernoulli", "feature"), ("gaussian", "feature"), ("gaussian", "shared")]
+    "likelihood, noise",
+    [("bernoulli", "feature"), ("gaussian", "feature"), ("gaussian", "shared"), ("gaussian", "diagonal")],
 )
 def test_importance_weighted_bound_matches_the_engine_the_service_runs(likelihood, noise):
     from training.loss import importance_weighted_bound
@@ -159,6 +160,9 @@ def test_importance_weighted_bound_matches_the_engine_the_service_runs(likelihoo
         input_shape=[6], latent_dim=3, hidden=[] if noise == "shared" else [16], likelihood=likelihood, noise=noise
     )
     model = VAE(config).eval()
+    if config.constant_noise:
+        with torch.no_grad():
+            model.decoder.constant_logvar.value.uniform_(-2.0, 1.0)
     x = torch.rand(5, 6)
     scale, log_jacobian = (math.exp(0.125), -0.75) if likelihood == "gaussian" else (1.0, 0.0)
     _, eps = _engine_noise(seed=11, batch=5, n_samples=1, iw_samples=7, d=3)  # (K, B, d)
@@ -172,11 +176,34 @@ def test_importance_weighted_bound_matches_the_engine_the_service_runs(likelihoo
 def test_a_shared_noise_decoder_has_one_variance_for_every_feature():
     model = VAE(ModelConfig(input_shape=[1, 4, 5], latent_dim=2, hidden=[], likelihood="gaussian", noise="shared"))
     with torch.no_grad():
-        model.decoder.shared.value.fill_(-1.5)
+        model.decoder.constant_logvar.value.fill_(-1.5)
         mean, logvar = model.decode(torch.randn(3, 2))
-        model.decoder.shared.value.fill_(-100.0)  # clamped like any decoder log-variance
+        model.decoder.constant_logvar.value.fill_(-100.0)  # clamped like any decoder log-variance
         _, clamped = model.decode(torch.randn(3, 2))
     assert mean.shape == logvar.shape == (3, 1, 4, 5)
     assert torch.equal(logvar, torch.full((3, 1, 4, 5), -1.5))
     assert torch.equal(clamped, torch.full((3, 1, 4, 5), -6.0))
     assert sum(p.numel() for p in model.decoder.parameters()) == 2 * 20 + 20 + 1  # weights, biases, the variance
+
+
+def test_a_diagonal_noise_decoder_has_one_variance_per_feature_whatever_z():
+    model = VAE(ModelConfig(input_shape=[1, 4, 5], latent_dim=2, hidden=[8], likelihood="gaussian", noise="diagonal"))
+    values = torch.linspace(-7.0, 7.0, 20).reshape(1, 4, 5)
+    with torch.no_grad():
+        model.decoder.constant_logvar.value.copy_(values)
+        mean, logvar = model.decode(torch.randn(3, 2))
+    assert mean.shape == logvar.shape == (3, 1, 4, 5)
+    assert torch.equal(logvar, values.clamp(-6.0, 6.0).expand(3, 1, 4, 5))  # the same for every z, clamped
+    # The mean's last layer and the 20 variances: no log-variance output computed from z.
+    assert model.decoder.net[-1].out_features == 20 and model.decoder.constant_logvar.value.numel() == 20
+
+
+def test_a_checkpoint_written_before_diagonal_noise_still_loads():
+    from training.export import model_from_checkpoint
+
+    config = ModelConfig(input_shape=[6], latent_dim=2, hidden=[], likelihood="gaussian", noise="shared")
+    state = VAE(config).state_dict()
+    state["decoder.shared.value"] = torch.tensor(-1.25)  # the name the weight had then
+    del state["decoder.constant_logvar.value"]
+    model = model_from_checkpoint({"model_config": config.to_dict(), "state_dict": state})
+    assert model.decoder.constant_logvar.value.item() == -1.25

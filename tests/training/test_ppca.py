@@ -92,7 +92,7 @@ def test_beyond_the_rank_sigma_squared_is_the_decoders_floor_and_extra_component
     model = linear_vae(8, 6)
     initialise_linear_vae(model, torch.from_numpy(x), shrink=False)
     assert torch.all(model.decoder.net[0].weight[:, 4:] == 0.0)
-    assert model.decoder.shared.value.item() == pytest.approx(-6.0)
+    assert model.decoder.constant_logvar.value.item() == pytest.approx(-6.0)
     assert np.all(np.isfinite(single_draw_bound(model, x, seed=1)))
 
 

@@ -24,6 +24,8 @@ FORMS = {
     "mlp-gaussian-shared": dict(architecture="mlp", hidden=[], likelihood="gaussian", noise="shared"),
     "conv-gaussian-feature": dict(architecture="conv", hidden=[4], likelihood="gaussian", noise="feature"),
     "conv-gaussian-shared": dict(architecture="conv", hidden=[4, 4], likelihood="gaussian", noise="shared"),
+    "mlp-gaussian-diagonal": dict(architecture="mlp", hidden=[16], likelihood="gaussian", noise="diagonal"),
+    "conv-gaussian-diagonal": dict(architecture="conv", hidden=[4], likelihood="gaussian", noise="diagonal"),
 }
 SHAPE = [2, 5, 3]  # odd sizes, two channels: the conv decoder's output padding and the flattening both matter
 RUNTIMES = {"onnx": OnnxRuntime, "torchscript": TorchScriptRuntime}
@@ -36,6 +38,10 @@ def form_dirs(tmp_path_factory):
     for name, form in FORMS.items():
         torch.manual_seed(0)
         model = VAE(ModelConfig(input_shape=SHAPE, latent_dim=3, **form)).eval()
+        constant = getattr(model.decoder, "constant_logvar", None)
+        if constant is not None:  # learned variances start at 1; different ones show a feature read out of place
+            with torch.no_grad():
+                constant.value.uniform_(-2.0, 1.0)
         summary = TrainingSummary(data_source="test", seed=0, epochs=0, best_epoch=0, best_val_elbo=0.0, config={})
         checkpoint = export.make_checkpoint(model, Preprocessing(offset=0.0, scale=2.0), summary, [])
         x = np.random.default_rng(0).random((20, *SHAPE)).astype(np.float32)
