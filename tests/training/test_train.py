@@ -87,8 +87,8 @@ def test_help_shows_every_default():
         ("--selection-rule", "one-se"),
         (
             "--hidden",
-            "a linear model and an MLP sized from the features are both fitted and the better by "
-            "held-out L_K kept; 32,64 for conv",
+            "a linear model and an MLP of four layers, 128 wide up to 64 features and 256 beyond, are both "
+            "fitted and the better by held-out L_K kept; 32,64 for conv",
         ),
         ("--epochs", "about 8000 gradient steps' worth, 50 to 3000"),
         ("--batch-size", "training rows / 8, within 16 to 128"),
@@ -98,7 +98,7 @@ def test_help_shows_every_default():
         ("--val-fraction", "0.1"),
         ("--out", "models/digits"),
         ("--likelihood", "bernoulli for digits, gaussian for files"),
-        ("--noise", "shared"),
+        ("--noise", "shared for linear models and pixels, diagonal for non-linear models of standardised tables"),
         ("--scaling", "range for pixels, C x H x W, standard for tables"),
         (
             "--fpr",
