@@ -158,8 +158,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=hidden,
         default=argparse.SUPPRESS,
         help="mlp layer widths, 'linear' for none, or conv channels per stride-2 block; the decoder "
-        "mirrors them (default: a linear model and an MLP of four layers, 128 wide up to 64 features "
-        "and 256 beyond, are both fitted and the better by held-out L_K kept; 32,64 for conv)",
+        "mirrors them (default: a linear model and an MLP of four layers for tables, two for pixels, "
+        "128 wide up to 64 features and 256 beyond, are both fitted and the better by held-out L_K kept; "
+        "32,64 for conv)",
     )
     p.add_argument(
         "--channels",

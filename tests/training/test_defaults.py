@@ -85,6 +85,9 @@ def test_unset_capacity_compares_a_linear_model_and_an_mlp_over_the_latent_ladde
         "feature (non-linear models), standard scaling; "
     )
     assert [family[0].hidden for family in plan_training(TrainConfig(), table(100, d=65)).families] == [[], [256] * 4]
+    # Pixels keep two hidden layers (four fitted digits worse).
+    pixels = Dataset(np.zeros((50, 1, 8, 8), dtype=np.float32), None, "p.npy", "array")
+    assert [family[0].hidden for family in plan_training(TrainConfig(), pixels).families] == [[], [128, 128]]
     assert latent_ladder(784) == [1, 2, 3, 4, 8, 16, 32] and latent_ladder(1) == [1]
     fixed = plan_training(TrainConfig(hidden=[16], latent_dim=3), table(100))
     assert not fixed.selects
@@ -158,7 +161,7 @@ def default_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProces
         ("table-50", 12, 1 / 13, [], 4),
         ("table-214", 53, 1 / 54, [], 3),
         ("table-1000", 100, 0.01, [], 4),
-        ("png-60", 15, 1 / 16, [256] * 4, 1),
+        ("png-60", 15, 1 / 16, [256, 256], 4),
         ("wide-784", 30, 1 / 31, [], 4),
     ],
 )

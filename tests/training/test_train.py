@@ -87,8 +87,8 @@ def test_help_shows_every_default():
         ("--selection-rule", "one-se"),
         (
             "--hidden",
-            "a linear model and an MLP of four layers, 128 wide up to 64 features and 256 beyond, are both "
-            "fitted and the better by held-out L_K kept; 32,64 for conv",
+            "a linear model and an MLP of four layers for tables, two for pixels, 128 wide up to 64 features "
+            "and 256 beyond, are both fitted and the better by held-out L_K kept; 32,64 for conv",
         ),
         ("--epochs", "about 8000 gradient steps' worth, 50 to 3000"),
         ("--batch-size", "training rows / 8, within 16 to 128"),
