@@ -41,7 +41,7 @@ from service.core.artifact import (
     sha256_file,
     write_manifest,
 )
-from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
+from service.core.engine import ElboOptions, VaeEngine, score_in_chunks, scored_bound
 from service.core.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 from training.ppca import is_ppca
@@ -97,7 +97,7 @@ def estimator_scores(
     """The anomaly scores of rows x by `estimator` with `draws` draws: -L_K or -ELBO_L, as the service computes them."""
     options = replace(estimator_options(estimator, draws), seed=seed)
     chunks = score_in_chunks(engine, x, options, progress=progress)
-    return -np.concatenate([chunk.elbo if estimator == "elbo" else chunk.log_likelihood for chunk in chunks])
+    return -np.concatenate([scored_bound(estimator, chunk.elbo, chunk.log_likelihood) for chunk in chunks])
 
 
 def choose_draws(engine: VaeEngine, x: np.ndarray, seed: int, estimator: Estimator) -> IwSelection:

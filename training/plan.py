@@ -7,7 +7,7 @@ it; the plan's notes are printed and kept in the manifest, so a user sees what w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -54,6 +54,10 @@ class Candidate:
     hidden: list[int]
     latent_dim: int
     noise: str = "shared"  # ModelConfig.noise; bernoulli decoders ignore it
+
+    def applied_to(self, model_config):
+        """A training.model.ModelConfig with this candidate's widths, latent size and noise (no torch import here)."""
+        return replace(model_config, hidden=list(self.hidden), latent_dim=self.latent_dim, noise=self.noise)
 
     @property
     def label(self) -> str:

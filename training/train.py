@@ -341,25 +341,18 @@ def select_candidate(
         )
         for tr, ho in folds
     ]
-    tried: list[dict] = []
+    candidates: list[Candidate] = []
+    tried: list[dict] = []  # each candidate's record for the manifest
     rows: list[np.ndarray] = []  # each candidate's held-out L_K per row, rows in the same order for all
     for family in plan.families:
         best_in_family = -math.inf
         for candidate in family:
-            cfg = replace(
-                model_config, hidden=list(candidate.hidden), latent_dim=candidate.latent_dim, noise=candidate.noise
-            )
+            cfg = candidate.applied_to(model_config)
             started = time.perf_counter()
             rows.append(np.concatenate([r for _, r in fit_candidate(cfg, data, config, plan, log_jacobian, local)]))
             score = float(rows[-1].mean())
-            tried.append(
-                {
-                    "hidden": candidate.hidden,
-                    "latent_dim": candidate.latent_dim,
-                    "noise": candidate.noise,
-                    "heldout_lk": score,
-                }
-            )
+            candidates.append(candidate)
+            tried.append(asdict(candidate) | {"heldout_lk": score})
             say(
                 f"vae train: {candidate.label}: held-out L_{SELECTION_IW_SAMPLES} {score:.3f} nats "
                 f"({time.perf_counter() - started:.1f} s)"
@@ -367,7 +360,6 @@ def select_candidate(
             if score <= best_in_family:
                 break
             best_in_family = score
-    candidates = [Candidate(list(t["hidden"]), int(t["latent_dim"]), t["noise"]) for t in tried]
     best = choose_capacity(candidates, rows, config.selection_rule)
     for entry, gap in zip(tried, paired_gaps(rows), strict=True):
         entry["below_best"], entry["standard_error"] = gap
@@ -386,24 +378,19 @@ def _train(config: TrainConfig, dataset: Dataset, plan: TrainingPlan, world: Wor
     n_features = int(np.prod(dataset.input_shape))
     # Reported ELBOs are densities in raw units.
     log_jacobian = raw_log_jacobian(plan.likelihood, preprocessing, n_features)
-    first = plan.families[0][0]
-    model_config = ModelConfig(
-        input_shape=list(dataset.input_shape),
-        latent_dim=first.latent_dim,
-        hidden=list(first.hidden),
-        likelihood=plan.likelihood,
-        architecture=config.arch,
-        noise=first.noise,
+    # The data's shape and likelihood; each candidate fills in its capacity and noise (Candidate.applied_to).
+    base_config = ModelConfig(
+        input_shape=list(dataset.input_shape), likelihood=plan.likelihood, architecture=config.arch
     )
     selection: list[dict] = []
-    chosen = first
+    chosen = plan.families[0][0]
     if plan.selects:
         chosen, selection = select_candidate(
-            config, dataset, plan, preprocessing, model_config, log_jacobian, world, say
+            config, dataset, plan, preprocessing, base_config, log_jacobian, world, say
         )
         rule = "highest" if config.selection_rule == "best" else "smallest latent within one standard error of the best"
         say(f"vae train: chose {chosen.label} ({rule} held-out L_{SELECTION_IW_SAMPLES} of {len(selection)} tried)")
-    model_config = replace(model_config, hidden=list(chosen.hidden), latent_dim=chosen.latent_dim, noise=chosen.noise)
+    model_config = chosen.applied_to(base_config)
     if chosen.hidden:
         plan = replace(plan, patience=plan.nonlinear_patience)
 

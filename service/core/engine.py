@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from service.core import scoring
-from service.core.artifact import Calibration, Manifest
+from service.core.artifact import Calibration, Estimator, Manifest
 from service.core.errors import InvalidInput, LimitExceeded, ModelNotReady, Timeout
 from service.core.runtime import Runtime
 from service.core.seeding import seeded_generators
@@ -259,7 +259,7 @@ class VaeEngine:
         calibrated = manifest.scoring.calibration.threshold if manifest.scoring else None
         self.default_threshold = threshold if threshold is not None else calibrated
         # The bound whose negative is the anomaly score: L_K, or the ELBO (service/core/artifact.py Scoring).
-        self.scores_elbo = manifest.scoring is not None and manifest.scoring.estimator == "elbo"
+        self.estimator: Estimator = manifest.scoring.estimator if manifest.scoring else "iwae"
 
     # --- conversions between raw units and model space -------------------------------------------------
     def to_model(self, x_raw: np.ndarray) -> np.ndarray:
@@ -456,7 +456,7 @@ class VaeEngine:
                 _split_features(group, features, feature_scores)
         kl = scoring.kl_to_standard_normal(mu, logvar)
         elbo = reconstruction - kl
-        decisions = self.decide(requests, bounds, elbo if self.scores_elbo else log_likelihood)
+        decisions = self.decide(requests, bounds, scored_bound(self.estimator, elbo, log_likelihood))
         return [
             Scored(
                 elbo[a:b],
@@ -595,6 +595,11 @@ class VaeEngine:
         scored = self.elbo(example, ElboOptions(n_samples=2, seed=0, iw_samples=2))
         if not np.all(np.isfinite(scored.elbo)) or not np.all(np.isfinite(scored.log_likelihood)):
             raise RuntimeError(f"warm-up inference gave a non-finite score: {scored.elbo.tolist()}")
+
+
+def scored_bound(estimator: Estimator, elbo: np.ndarray, log_likelihood: np.ndarray) -> np.ndarray:
+    """The per-input bound whose negative is the anomaly score under `estimator`: the ELBO, or L_K."""
+    return elbo if estimator == "elbo" else log_likelihood
 
 
 def score_in_chunks(
