@@ -4,11 +4,13 @@ applies the same Observer itself).
 
 Pure ASGI rather than BaseHTTPMiddleware: it adds no task per request and never buffers bodies.
 
-Recording a request costs the event loop two list appends: the metrics are updated once per turn of the
-event loop for every request that finished in it (in practice, once per batch), and the access log lines
-are made and written by a thread of their own. Updating a Prometheus counter and histogram per request and
-logging through `logging` on the event loop took about a fifth of its time on the digits model at c=64
-(docs/benchmark-serving.md, "What each change gained").
+Recording a request costs the event loop two list appends. The metrics are updated at most once per
+METRICS_HELD_S for every request (and every micro-batch) recorded since, and at every scrape, so a scrape
+always reads every request that has finished (with several workers, they are updated at the end of each turn
+of the event loop). The access log lines are made and written by a thread of their own. Updating a
+Prometheus counter and histogram per request and logging through `logging` on the event loop took about a
+fifth of its time on the digits model at c=64, and updating the metrics once per turn still cost ~15 µs a
+request at c=1 (docs/benchmark-serving.md, "What each change gained").
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections import defaultdict
+from collections import defaultdict, deque
 from functools import cached_property
 from typing import Any
 
@@ -49,6 +51,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The v2 operations a route may name for the `operation` label (Metrics.count); any other name counts as "".
 OPERATIONS = frozenset({"encode", "decode", "sample", "elbo", "heatmap"})
 REQUEST_LABELS = ["endpoint", "status", "model", "version", "operation"]
+# How long a finished request or a batch may wait before it reaches the metrics; a scrape flushes first, so a
+# scrape never misses one. With several workers a scrape may be answered by another worker, which reads only
+# what this one has flushed, so there the metrics are flushed at the end of each turn of the event loop.
+METRICS_HELD_S = 0.05
 
 
 class Metrics:
@@ -115,7 +121,11 @@ class Metrics:
         self._series: dict[tuple, Any] = {}
         self._finished: list[tuple[str, int, str, str, float]] = []  # requests not yet in the metrics
         self._in_flight = 0  # requests started minus finished since the last flush
+        # Batches not yet in the metrics, appended by the batchers' threads: a deque, whose append and popleft
+        # are atomic, so the flush on the event loop takes each exactly once.
+        self._batches: deque[tuple[str, int, int, list[float]]] = deque()
         self._flush_due = False
+        self._held_s = METRICS_HELD_S if self.multiproc_dir is None else 0.0
 
     def start(self) -> None:
         """One more request in flight (reaches the gauge at the next flush)."""
@@ -126,7 +136,8 @@ class Metrics:
         """One finished request. `version` is the model version that answered ("" when none did); `operation`
         is a v2 operation from OPERATIONS, set by a route as `request.state.operation` ("" otherwise).
 
-        Held until the end of this turn of the event loop (flush), or the next scrape, whichever is first."""
+        Held for METRICS_HELD_S (to the end of the loop's turn with several workers), or until the next scrape,
+        whichever is first."""
         # Note for /v2 (service/http/api/oip.py, not wired here): set `request.state.operation` to the
         # operation a request runs, and ObservabilityMiddleware passes it on; nothing else changes.
         self._finished.append((endpoint, status, version, operation, seconds))
@@ -146,11 +157,20 @@ class Metrics:
             self.flush()
             return
         self._flush_due = True
-        loop.call_soon(self.flush)
+        if self._held_s:
+            loop.call_later(self._held_s, self.flush)
+        else:
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Every request recorded since the last flush, into the metrics: one increment per series."""
+        """Every request and batch recorded since the last flush, into the metrics: one increment per series."""
         self._flush_due = False
+        batches = self._batches
+        while batches:
+            endpoint, requests, instances, waits = batches.popleft()
+            self._series_of(self.batch_requests, endpoint).observe(requests)
+            self._series_of(self.batch_size, endpoint).observe(instances)
+            observe_all(self._series_of(self.queue_wait, endpoint), waits)
         finished, self._finished = self._finished, []
         in_flight, self._in_flight = self._in_flight, 0
         if in_flight:
@@ -167,10 +187,9 @@ class Metrics:
             observe_all(self._series_of(self.latency, endpoint, self.model_name, version, operation), values)
 
     def observe_batch(self, endpoint: str, requests: int, instances: int, waits: list[float]) -> None:
-        """One runtime call of the micro-batcher (called from its thread): its size and its requests' waits."""
-        self._series_of(self.batch_requests, endpoint).observe(requests)
-        self._series_of(self.batch_size, endpoint).observe(instances)
-        observe_all(self._series_of(self.queue_wait, endpoint), waits)
+        """One runtime call of the micro-batcher (called from its thread, or inline on the event loop): its size
+        and its requests' waits, at the next flush. Its requests' own finish schedules that flush."""
+        self._batches.append((endpoint, requests, instances, waits))
 
     def _series_of(self, metric, *labels: str):
         """metric.labels(*labels), remembered (from either thread: at worst two look it up at once, and both get

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from service.http.observability import (
     ACCESS_LOG,
     LATENCY_BUCKETS,
+    METRICS_HELD_S,
     JsonFormatter,
     JsonLinesHandler,
     Metrics,
@@ -41,19 +42,24 @@ def test_observe_all_writes_what_observe_writes_value_by_value():
     assert 'h_bucket{endpoint="/elbo",le="0.0005"} 2.0' in exposition(lambda child: observe_all(child, VALUES))
 
 
-def test_requests_reach_the_metrics_at_the_end_of_the_loop_turn_or_at_a_scrape():
+def test_requests_and_batches_reach_the_metrics_after_the_hold_or_at_a_scrape():
     metrics = Metrics(model="digits")
+    requests_200 = metrics.requests.labels("/elbo", "200", "digits", "v1", "")
+    batch_size = metrics.batch_size.labels("/elbo")
 
     async def scenario():
         for status in (200, 200, 422):
             metrics.start()
             metrics.finish("/elbo", status, 0.002, "v1")
+        metrics.observe_batch("/elbo", 3, 5, [0.001, 0.002, 0.003])
         metrics.start()  # still in flight
-        held = metrics.requests.labels("/elbo", "200", "digits", "v1", "")._value.get()
-        await asyncio.sleep(0)  # the turn ends
+        await asyncio.sleep(0)  # the turn ends: still held
+        held = requests_200._value.get(), batch_size._sum.get()
+        await asyncio.sleep(METRICS_HELD_S * 2)
         return held
 
-    assert asyncio.run(scenario()) == 0
+    assert asyncio.run(scenario()) == (0, 0)
+    assert batch_size._sum.get() == 5
     assert metrics.requests.labels("/elbo", "200", "digits", "v1", "")._value.get() == 2
     assert metrics.requests.labels("/elbo", "422", "digits", "v1", "")._value.get() == 1
     assert metrics.in_flight._value.get() == 1
