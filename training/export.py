@@ -45,17 +45,20 @@ from service.core.engine import ElboOptions, VaeEngine, score_in_chunks, scored_
 from service.core.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 from training.ppca import is_ppca
-from training.scorer import SCORER_INPUTS, SCORER_OUTPUTS, scorer_for
+from training.scorer import ELBO_INPUTS, ELBO_OUTPUTS, SCORER_INPUTS, SCORER_OUTPUTS, elbo_graph_for, scorer_for
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 SAMPLE_NAME = "validation_sample.npz"  # raw validation rows and labels, for `vae report`
 CHECK_BATCH_SIZE = 64
-CHECK_DRAWS = 5  # draws per check row for the scorer graph's parity check
+CHECK_DRAWS = 5  # draws per check row for the scorer and ELBO graphs' parity checks
+CHECK_ELBO_DRAWS = 2  # of which the ELBO graph's check takes this many as the ELBO's (L), the rest as L_K's (K)
 # The scorer graph sums D float64 log-densities of float32 decoder outputs; its parity is relative to the
 # reference's magnitude, |exported - reference| / max(1, |reference|), since a gaussian feature far from its mean
 # scales the decoder's float32 rounding by (x - mean) / sigma^2.
 SCORER_PARITY_TOLERANCE = 1e-5
+# The graphs held to the eager model (PARITY_TOLERANCE); the scorer and the ELBO graph are held to the numpy reference.
+EAGER_GRAPHS = ("encoder", "decoder")
 
 
 class ExportError(RuntimeError):
@@ -289,20 +292,40 @@ def scorer_parity(reference: np.ndarray, exported: np.ndarray) -> float:
     return float(np.max(np.abs(exported - reference) / np.maximum(1.0, np.abs(reference))))
 
 
+def reference_elbo_terms(
+    model: VAE, x: torch.Tensor, eps: np.ndarray, n_samples: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ELBO graph's outputs by the numpy reference (service/core/scoring.py) over the eager encoder and decoder:
+    the reconstruction term over eps's first n_samples draws, every draw's log-weight, and the KL; model space."""
+    with torch.inference_mode():
+        mu, logvar = (t.numpy() for t in model.encode(x))
+    z = scoring.reparameterize(mu, logvar, eps)
+    log_px = reference_log_px(model, x, torch.from_numpy(z))
+    reconstruction = log_px[:, :n_samples].mean(axis=1)
+    half = np.sum(eps.astype(np.float64) ** 2 - z.astype(np.float64) ** 2, axis=2)
+    log_weights = log_px + 0.5 * (half + logvar.astype(np.float64).sum(axis=1, keepdims=True))
+    return reconstruction, log_weights, scoring.kl_to_standard_normal(mu, logvar)
+
+
 def _parity(model: VAE, staged: Artifact) -> dict[str, dict[str, float]]:
-    """Largest |exported - eager| for each runtime and graph on the check batches; for the scorer, its
-    relative difference from the numpy reference."""
+    """Largest |exported - eager| for each runtime and graph on the check batches; for the scorer and the ELBO
+    graph, the largest relative difference from the numpy reference."""
     x, z = check_batches(model.config)
     x_draws, z_draws = check_draws(model.config)
+    eps = z_draws.numpy()  # as noise: wider than N(0, I), as z was wider than the prior
     with torch.inference_mode():
         eager_encoded, eager_decoded = model.encode(x), model.decode(z)
     reference = reference_log_px(model, x_draws, z_draws)
+    reference_terms = reference_elbo_terms(model, x_draws, eps, CHECK_ELBO_DRAWS)
+    weights = scoring.elbo_weights(CHECK_ELBO_DRAWS, CHECK_DRAWS - CHECK_ELBO_DRAWS)
     parity = {}
     for runtime in (OnnxRuntime(staged), TorchScriptRuntime(staged)):
+        terms = runtime.elbo_terms(x_draws.numpy(), eps, weights)
         parity[runtime.name] = {
             "encoder": _max_abs_diff(eager_encoded, runtime.encode(x.numpy())),
             "decoder": _max_abs_diff(eager_decoded, runtime.decode(z.numpy())),
             "scorer": scorer_parity(reference, runtime.score(x_draws.numpy(), z_draws.numpy())),
+            "elbo": max(scorer_parity(r, t) for r, t in zip(reference_terms, terms, strict=True)),
         }
     return parity
 
@@ -312,6 +335,7 @@ def _graphs(likelihood: str) -> Graphs:
         encoder=Graph(onnx="encoder.onnx", torchscript="encoder.pt", inputs=["x"], outputs=["mu", "logvar"]),
         decoder=Graph(onnx="decoder.onnx", torchscript="decoder.pt", inputs=["z"], outputs=DECODER_OUTPUTS[likelihood]),
         scorer=Graph(onnx="scorer.onnx", torchscript="scorer.pt", inputs=SCORER_INPUTS, outputs=SCORER_OUTPUTS),
+        elbo=Graph(onnx="elbo.onnx", torchscript="elbo.pt", inputs=ELBO_INPUTS, outputs=ELBO_OUTPUTS),
     )
 
 
@@ -356,6 +380,7 @@ def export_model_dir(
         _export_torchscript(model.encoder, staged / graphs.encoder.torchscript)
         _export_torchscript(model.decoder, staged / graphs.decoder.torchscript)
         _export_scorer(model, staged, graphs)
+        _export_elbo_graph(model, staged, graphs)
         manifest = _manifest(checkpoint, out.name, graphs, files={})
         if calibration is not None:
             checkpoint = {
@@ -375,17 +400,18 @@ def export_model_dir(
             update={"scoring": Scoring(**checkpoint["scoring"])}
         )
         parity = _parity(model, Artifact(staged, manifest))
-        worst = max(v for by_graph in parity.values() for graph, v in by_graph.items() if graph != "scorer")
+        worst = max(v for by_graph in parity.values() for graph, v in by_graph.items() if graph in EAGER_GRAPHS)
         if not worst <= PARITY_TOLERANCE:
             raise ExportError(
                 f"exported graphs differ from the eager model by {worst:.3g} > {PARITY_TOLERANCE:g}: {parity}"
             )
-        worst_scorer = max(by_graph["scorer"] for by_graph in parity.values())
-        if not worst_scorer <= SCORER_PARITY_TOLERANCE:
-            raise ExportError(
-                f"the exported scorer graph differs from the numpy reference by {worst_scorer:.3g} (relative) > "
-                f"{SCORER_PARITY_TOLERANCE:g}: {parity}"
-            )
+        for graph, called in (("scorer", "scorer"), ("elbo", "ELBO")):
+            worst = max(by_graph[graph] for by_graph in parity.values())
+            if not worst <= SCORER_PARITY_TOLERANCE:
+                raise ExportError(
+                    f"the exported {called} graph differs from the numpy reference by {worst:.3g} (relative) > "
+                    f"{SCORER_PARITY_TOLERANCE:g}: {parity}"
+                )
         write_manifest(staged, manifest.model_copy(update={"parity": parity}))
         load_artifact(staged)  # read back through the one loader before anything is replaced
         _replace_dir(staged, out)
@@ -404,6 +430,18 @@ def _export_scorer(model: VAE, staged: Path, graphs: Graphs) -> None:
     dynamic = {"x": {0: batch}, "z": {0: batch, 1: draws}}
     _export_onnx(scorer, (x[:2], z[:2, :3]), staged / graphs.scorer.onnx, graphs.scorer, dynamic)
     _export_torchscript(scorer, staged / graphs.scorer.torchscript)
+
+
+def _export_elbo_graph(model: VAE, staged: Path, graphs: Graphs) -> None:
+    """The ELBO graph in both formats; its batch and draws axes are dynamic."""
+    assert graphs.elbo is not None
+    graph = elbo_graph_for(model).eval()
+    x, eps = check_draws(model.config)
+    weights = torch.from_numpy(scoring.elbo_weights(1, 2))
+    batch, draws = torch.export.Dim("batch"), torch.export.Dim("draws")
+    dynamic = {"x": {0: batch}, "eps": {0: batch, 1: draws}, "weights": {0: draws}}
+    _export_onnx(graph, (x[:2], eps[:2, :3], weights), staged / graphs.elbo.onnx, graphs.elbo, dynamic)
+    _export_torchscript(graph, staged / graphs.elbo.torchscript)
 
 
 def _write_sample(checkpoint: dict, path: Path) -> None:

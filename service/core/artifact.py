@@ -24,7 +24,7 @@ MANIFEST_NAME = "manifest.json"
 PARITY_TOLERANCE = 1e-4
 RUNTIMES = ("onnx", "torchscript")
 Likelihood = Literal["bernoulli", "gaussian"]
-GraphName = Literal["encoder", "decoder", "scorer"]
+GraphName = Literal["encoder", "decoder", "scorer", "elbo"]
 
 
 class Preprocessing(BaseModel):
@@ -94,9 +94,14 @@ class Graphs(BaseModel):
     # x (B, *input_shape), z (B, K, d) -> log_px (B, K) float64: the decoder and ln p(x|z) in one graph.
     # Models exported before it existed have none; the engine then decodes and scores in numpy.
     scorer: Graph | None = None
+    # x, eps (B, S, d), weights (S,) float64 -> reconstruction (B,), log_weights (B, S), kl (B,) float64 in model
+    # space: the encoder, the reparameterisation, the scorer and the ELBO's sums in one graph
+    # (training/scorer.py ElboGraph). Models exported before it existed have none; the engine then uses the
+    # encoder and the scorer.
+    elbo: Graph | None = None
 
     def present(self) -> list[Graph]:
-        return [g for g in (self.encoder, self.decoder, self.scorer) if g is not None]
+        return [g for g in (self.encoder, self.decoder, self.scorer, self.elbo) if g is not None]
 
 
 class TrainingSummary(BaseModel):

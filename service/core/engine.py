@@ -7,6 +7,7 @@ back to raw units.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -128,28 +129,43 @@ class PreparedElbo:
     threshold: float | None  # None only while the model is being calibrated
 
 
+# How a group's draws are scored: the ELBO graph (everything in one runtime call per chunk of rows), the encoder and
+# the scorer graph (ln p(x|z) in the graph, the rest in numpy), or the encoder, the decoder graph and numpy.
+Path = Literal["elbo", "scorer", "decoder"]
+
+
+def scoring_path(runtime: Runtime, draws: int) -> Path:
+    """The path of a group whose rows each take `draws` draws (L + K). It depends on the model and on L + K only,
+    so a request's numbers are the same alone or in any batch. The ELBO graph takes a row's draws in one call, so
+    it is used while they fit in one chunk of scoring.DECODE_CHUNK_ROWS."""
+    if runtime.has_elbo and draws <= scoring.DECODE_CHUNK_ROWS:
+        return "elbo"
+    return "scorer" if runtime.has_scorer else "decoder"
+
+
 @dataclass(frozen=True)
 class _Group:
-    """Requests of one batch that draw alike: the same L and K, and the same path (scorer graph or decoder), with or
-    without feature scores. Their draws stack into one array, so the maths runs once for all of them."""
+    """Requests of one batch that draw alike: the same L and K, and so the same path, with or without feature scores.
+    Their draws stack into one array, so the maths runs once for all of them."""
 
     n_samples: int
     iw_samples: int
-    by_scorer: bool
+    path: Path
     feature_scores: bool
     rows: slice | np.ndarray  # the members' rows in the batch: a slice when the group is the whole batch
     n_rows: int
     local_rows: list[tuple[int, int, int]]  # (request index, first row, end row) within the group, in batch order
 
 
-def _groups(requests: list[PreparedElbo], bounds: list[int], has_scorer: bool) -> list[_Group]:
+def _groups(requests: list[PreparedElbo], bounds: list[int], runtime: Runtime) -> list[_Group]:
     """The batch's requests grouped by how they draw; request i has rows bounds[i]:bounds[i + 1] of the batch."""
-    members: dict[tuple[int, int, bool, bool], list[int]] = {}
+    members: dict[tuple[int, int, bool], list[int]] = {}
     for i, r in enumerate(requests):
-        key = (r.n_samples, r.iw_samples, has_scorer, r.feature_scores)
+        key = (r.n_samples, r.iw_samples, r.feature_scores)
         members.setdefault(key, []).append(i)
     groups = []
-    for (n_samples, iw_samples, by_scorer, feature_scores), ids in members.items():
+    for (n_samples, iw_samples, feature_scores), ids in members.items():
+        path = scoring_path(runtime, n_samples + iw_samples)
         local, start = [], 0
         for i in ids:
             stop = start + bounds[i + 1] - bounds[i]
@@ -158,8 +174,13 @@ def _groups(requests: list[PreparedElbo], bounds: list[int], has_scorer: bool) -
         rows: slice | np.ndarray = slice(0, bounds[-1])
         if len(ids) < len(requests):
             rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids])
-        groups.append(_Group(n_samples, iw_samples, by_scorer, feature_scores, rows, start, local))
+        groups.append(_Group(n_samples, iw_samples, path, feature_scores, rows, start, local))
     return groups
+
+
+# scoring.elbo_weights, made once per (L, K) for the last few pairs asked for (most requests ask for the same one or
+# two); thread-safe, as the engine runs in the batchers' threads and on the event loop.
+_elbo_weights = functools.lru_cache(maxsize=64)(scoring.elbo_weights)
 
 
 def _split_features(group: _Group, features: np.ndarray | None, out: list[np.ndarray | None]) -> None:
@@ -441,20 +462,22 @@ class VaeEngine:
         if deadline is not None:
             deadline.check()
         x = requests[0].x if len(requests) == 1 else np.concatenate([r.x for r in requests])
-        mu, logvar = self.runtime.encode(x)
         bounds = list(accumulate((len(r.x) for r in requests), initial=0))  # request i has rows bounds[i]:bounds[i+1]
-        groups = _groups(requests, bounds, self.runtime.has_scorer)
+        groups = _groups(requests, bounds, self.runtime)
+        # The encoder's own call, for what the ELBO graph does not give: another path's draws, or feature scores.
+        encoded = None
+        if any(g.path != "elbo" or g.feature_scores for g in groups):
+            encoded = self.runtime.encode(x)
         feature_scores: list[np.ndarray | None] = [None] * len(requests)
         if len(groups) == 1:  # the common case: the group's per-row results are the batch's, no scatter needed
-            reconstruction, log_likelihood, features = self._score_group(groups[0], requests, x, mu, logvar, deadline)
+            reconstruction, log_likelihood, kl, features = self._score_group(groups[0], requests, x, encoded, deadline)
             _split_features(groups[0], features, feature_scores)
         else:
-            reconstruction, log_likelihood = np.empty(len(x)), np.empty(len(x))
+            reconstruction, log_likelihood, kl = np.empty(len(x)), np.empty(len(x)), np.empty(len(x))
             for group in groups:
-                recon, bound, features = self._score_group(group, requests, x, mu, logvar, deadline)
-                reconstruction[group.rows], log_likelihood[group.rows] = recon, bound
+                terms = self._score_group(group, requests, x, encoded, deadline)
+                reconstruction[group.rows], log_likelihood[group.rows], kl[group.rows], features = terms
                 _split_features(group, features, feature_scores)
-        kl = scoring.kl_to_standard_normal(mu, logvar)
         elbo = reconstruction - kl
         decisions = self.decide(requests, bounds, scored_bound(self.estimator, elbo, log_likelihood))
         return [
@@ -479,33 +502,53 @@ class VaeEngine:
         group: _Group,
         requests: list[PreparedElbo],
         x: np.ndarray,
-        mu: np.ndarray,
-        logvar: np.ndarray,
+        encoded: tuple[np.ndarray, np.ndarray] | None,
         deadline: Deadline | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """A group's reconstruction (n,), L_K (n,) and, with feature_scores, each feature's share (n, *input_shape)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """A group's reconstruction, L_K and KL, each (n,), and, with feature_scores, each feature's share
+        (n, *input_shape). `encoded` is the batch's (mu, logvar), None when every group takes the ELBO graph
+        without feature scores."""
         n_samples, jacobian = group.n_samples, self._jacobian
-        logvar_g = logvar[group.rows]
         eps = self._group_noise(group, requests)
-        z = scoring.reparameterize(mu[group.rows], logvar_g, eps)  # (n, L + K, d)
+        x_group = x[group.rows]
         features = None
-        if group.by_scorer:
-            # The scores come from the scorer whether or not feature scores are asked for, so a request's numbers
-            # never depend on that option; the per-feature shares come from the decoder, over the ELBO's draws
-            # only, and sum to -reconstruction to float32 rounding.
-            log_px = scoring.log_likelihood_draws(x[group.rows], z, self.runtime.score, check=checker(deadline))
-            if group.feature_scores:
-                _, features = self._log_px_by_decoder(x[group.rows], z[:, :n_samples], n_samples, True, deadline)
+        if group.path == "elbo":
+            reconstruction, log_weights, kl = scoring.elbo_terms_in_chunks(
+                x_group,
+                eps,
+                _elbo_weights(n_samples, group.iw_samples),
+                self.runtime.elbo_terms,
+                check=checker(deadline),
+            )
+            reconstruction = reconstruction + self._jacobian_sum
+            log_likelihood = scoring.bound_from_log_weights(log_weights[:, n_samples:], self._jacobian_sum)
+            if group.feature_scores:  # the shares from the decoder over the ELBO's draws, as on the other paths
+                assert encoded is not None
+                mu, logvar = encoded[0][group.rows], encoded[1][group.rows]
+                z = scoring.reparameterize(mu, logvar, eps[:, :n_samples])
+                _, features = self._log_px_by_decoder(x_group, z, n_samples, True, deadline)
         else:
-            log_px, features = self._log_px_by_decoder(x[group.rows], z, n_samples, group.feature_scores, deadline)
-        # The mean as np.mean computes it (the sum, then / L), without its Python wrapper.
-        reconstruction = np.add.reduce(log_px[:, :n_samples], axis=1) / n_samples + self._jacobian_sum
-        log_likelihood = scoring.bound_from_draws(
-            log_px[:, n_samples:], z[:, n_samples:], eps[:, n_samples:], logvar_g, self._jacobian_sum
-        )
+            assert encoded is not None
+            mu, logvar = encoded[0][group.rows], encoded[1][group.rows]
+            z = scoring.reparameterize(mu, logvar, eps)  # (n, L + K, d)
+            if group.path == "scorer":
+                # The scores come from the scorer whether or not feature scores are asked for, so a request's
+                # numbers never depend on that option; the per-feature shares come from the decoder, over the
+                # ELBO's draws only, and sum to -reconstruction to float32 rounding.
+                log_px = scoring.log_likelihood_draws(x_group, z, self.runtime.score, check=checker(deadline))
+                if group.feature_scores:
+                    _, features = self._log_px_by_decoder(x_group, z[:, :n_samples], n_samples, True, deadline)
+            else:
+                log_px, features = self._log_px_by_decoder(x_group, z, n_samples, group.feature_scores, deadline)
+            # The mean as np.mean computes it (the sum, then / L), without its Python wrapper.
+            reconstruction = np.add.reduce(log_px[:, :n_samples], axis=1) / n_samples + self._jacobian_sum
+            log_likelihood = scoring.bound_from_draws(
+                log_px[:, n_samples:], z[:, n_samples:], eps[:, n_samples:], logvar, self._jacobian_sum
+            )
+            kl = scoring.kl_to_standard_normal(mu, logvar)
         if features is not None:
             features = -(features / n_samples + jacobian).reshape([len(features), *self._shape])
-        return reconstruction, log_likelihood, features
+        return reconstruction, log_likelihood, kl, features
 
     def _group_noise(self, group: _Group, requests: list[PreparedElbo]) -> np.ndarray:
         """eps (n, L + K, d) float32: each member's draws from its own generator (service/core/seeding.py), the

@@ -4,6 +4,8 @@ Both take and return float32 numpy arrays in model space, so everything above th
   encode(x (B, *input_shape)) -> (mu, logvar), each (B, d)
   decode(z (B, d)) -> params, each (B, *input_shape): (logits,) or (mean, logvar)
   score(x (B, *input_shape), z (B, K, d)) -> ln p(x|z_k) (B, K) float64, when the model has a scorer graph
+  elbo_terms(x, eps (B, S, d), weights (S,) float64) -> (reconstruction (B,), log_weights (B, S), kl (B,)),
+      float64 in model space, when the model has an ELBO graph (training/scorer.py ElboGraph)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ SERIAL_ROWS = 128
 class Runtime(Protocol):
     name: str
     has_scorer: bool  # the model directory has a scorer graph, so `score` can be called
+    has_elbo: bool  # the model directory has an ELBO graph, so `elbo_terms` can be called
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -29,21 +32,33 @@ class Runtime(Protocol):
 
     def score(self, x: np.ndarray, z: np.ndarray) -> np.ndarray: ...
 
+    def elbo_terms(
+        self, x: np.ndarray, eps: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
 
 def graph_names(artifact: Artifact) -> tuple[GraphName, ...]:
-    """The graphs a runtime loads: encoder and decoder, and the scorer when the model has one."""
-    return ("encoder", "decoder", "scorer") if artifact.manifest.graphs.scorer is not None else ("encoder", "decoder")
+    """The graphs a runtime loads: encoder and decoder, and the scorer and the ELBO graph when the model has them."""
+    graphs = artifact.manifest.graphs
+    optional: tuple[GraphName, ...] = ("scorer", "elbo")
+    return ("encoder", "decoder", *(name for name in optional if getattr(graphs, name) is not None))
+
+
+# Inputs that are float64 (the ELBO graph's weights); every other input is float32.
+FLOAT64_INPUTS = frozenset({"weights"})
 
 
 class _Graphs:
-    """encode, decode and score in terms of one `_run(graph, *values)` per runtime."""
+    """encode, decode, score and elbo_terms in terms of one `_run(graph, *values)` per runtime."""
 
     has_scorer = False
+    has_elbo = False
 
     def _graph_names(self, artifact: Artifact) -> tuple[GraphName, ...]:
-        """The graphs to load: encoder and decoder, and the scorer when the model has one (then `score` works)."""
+        """The graphs to load: encoder and decoder, and the scorer and the ELBO graph when the model has them (then
+        `score` and `elbo_terms` work)."""
         graphs = graph_names(artifact)
-        self.has_scorer = "scorer" in graphs
+        self.has_scorer, self.has_elbo = "scorer" in graphs, "elbo" in graphs
         return graphs
 
     def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -61,6 +76,14 @@ class _Graphs:
             raise RuntimeError("this model directory has no scorer graph")
         (log_px,) = self._run("scorer", x, z)
         return log_px
+
+    def elbo_terms(
+        self, x: np.ndarray, eps: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.has_elbo:
+            raise RuntimeError("this model directory has no ELBO graph")
+        reconstruction, log_weights, kl = self._run("elbo", x, eps, weights)
+        return reconstruction, log_weights, kl
 
 
 class OnnxRuntime(_Graphs):
@@ -99,13 +122,20 @@ class OnnxRuntime(_Graphs):
 
     def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
         feed = {
-            name: np.ascontiguousarray(value, dtype=np.float32)
+            name: np.ascontiguousarray(value, dtype=np.float64 if name in FLOAT64_INPUTS else np.float32)
             for name, value in zip(self._inputs[graph], values, strict=True)
         }
-        # Rows of work: the batch, times the draws for the scorer (its z is (B, K, d)).
-        rows = values[-1].shape[0] * (values[-1].shape[1] if graph == "scorer" else 1)
+        rows = _rows_of_work(graph, values)
         sessions = self._serial_sessions if rows < self._serial_rows else self._sessions
         return tuple(sessions[graph].run(self._outputs[graph], feed))
+
+
+def _rows_of_work(graph: GraphName, values: tuple[np.ndarray, ...]) -> int:
+    """The rows a call decodes: the batch, times the draws for the scorer (z is (B, K, d)) and the ELBO graph
+    (eps is (B, S, d))."""
+    if graph in ("scorer", "elbo"):
+        return int(values[1].shape[0] * values[1].shape[1])
+    return int(values[0].shape[0])
 
 
 def _session(
@@ -138,6 +168,7 @@ class TorchScriptRuntime(_Graphs):
         self._torch = torch
         self._modules = {}
         graphs = self._graph_names(artifact)
+        self._inputs = {graph: getattr(artifact.manifest.graphs, graph).inputs for graph in graphs}
         for graph in graphs:
             path = artifact.path(graph, "torchscript")
             try:
@@ -149,7 +180,12 @@ class TorchScriptRuntime(_Graphs):
                 raise ArtifactError(f"{path} cannot be loaded by TorchScript: {first_line}") from None
 
     def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
-        tensors = [self._torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for v in values]
+        tensors = [
+            self._torch.from_numpy(
+                np.ascontiguousarray(value, dtype=np.float64 if name in FLOAT64_INPUTS else np.float32)
+            )
+            for name, value in zip(self._inputs[graph], values, strict=True)
+        ]
         with self._torch.inference_mode():
             out = self._modules[graph](*tensors)
         # The encoder and decoder return tuples; the scorer returns one tensor.

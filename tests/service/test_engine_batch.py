@@ -48,16 +48,21 @@ def assert_same(batched: Scored, alone: Scored) -> None:
             assert np.array_equal(got, want), output.name
 
 
-def mixed_batch(model_dir, runtime: str) -> tuple[VaeEngine, list[tuple[np.ndarray, ElboOptions]], list[Scored]]:
+def mixed_batch(
+    model_dir, runtime: str, path: str = "elbo"
+) -> tuple[VaeEngine, list[tuple[np.ndarray, ElboOptions]], list[Scored]]:
+    """A batch of MIXED, scored through the ELBO graph or (path "scorer") through the encoder and the scorer."""
     artifact = load_artifact(model_dir)
     engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime))
+    engine.runtime.has_elbo = path == "elbo"
     inputs = [(raw_rows(engine, n, seed=i), options) for i, (n, options) in enumerate(MIXED)]
     return engine, inputs, engine.elbo_batch([engine.prepare_elbo(x, options) for x, options in inputs])
 
 
+@pytest.mark.parametrize("path", ["elbo", "scorer"])
 @pytest.mark.parametrize("model", ["digits", "tabular"])
-def test_a_mixed_batch_scores_each_request_as_alone(model_dirs, model):
-    engine, inputs, batched = mixed_batch(model_dirs[model], "onnx")
+def test_a_mixed_batch_scores_each_request_as_alone(model_dirs, model, path):
+    engine, inputs, batched = mixed_batch(model_dirs[model], "onnx", path)
     for (x, options), scored in zip(inputs, batched, strict=True):
         assert_same(scored, engine.elbo(x, options))
     # The requests kept their own settings: the default K, the feature scores only where asked.
@@ -82,10 +87,12 @@ def test_a_batch_of_many_one_instance_requests_scores_each_as_alone(model_dirs, 
 
 
 class RecordingRuntime:
-    """The ONNX runtime, keeping every z the scorer is given."""
+    """The ONNX runtime, keeping every z the scorer is given and every eps the ELBO graph is given; with_elbo=False
+    hides the ELBO graph, so the engine takes the encoder and the scorer."""
 
-    def __init__(self, runtime) -> None:
-        self.runtime, self.has_scorer, self.draws = runtime, runtime.has_scorer, []
+    def __init__(self, runtime, with_elbo: bool) -> None:
+        self.runtime, self.has_scorer, self.has_elbo = runtime, runtime.has_scorer, with_elbo and runtime.has_elbo
+        self.draws, self.noise = [], []
 
     def encode(self, x):
         return self.runtime.encode(x)
@@ -97,14 +104,20 @@ class RecordingRuntime:
         self.draws.append(z.copy())
         return self.runtime.score(x, z)
 
+    def elbo_terms(self, x, eps, weights):
+        self.noise.append(eps.copy())
+        return self.runtime.elbo_terms(x, eps, weights)
 
+
+@pytest.mark.parametrize("path", ["elbo", "scorer"])
 @pytest.mark.parametrize("alone", [2, seeding.MIN_VECTORISED + 2])
-def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_dirs, alone):
+def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_dirs, alone, path):
     """Whatever the batch, a request's noise is numpy's default_rng(seed) drawing (B, L, d) for the ELBO, then
     (B, K, d) for L_K: for one-instance requests (drawn in one call) and a three-instance one, in a batch small
-    enough for numpy's own generators and in one whose generators are seeded together."""
+    enough for numpy's own generators and in one whose generators are seeded together. The ELBO graph is given
+    that noise; without it, the scorer is given z = mu + sigma * eps."""
     artifact = load_artifact(model_dirs["digits"])
-    runtime = RecordingRuntime(load_runtime(artifact, "onnx"))
+    runtime = RecordingRuntime(load_runtime(artifact, "onnx"), with_elbo=path == "elbo")
     engine = VaeEngine(artifact.manifest, runtime)
     sizes = [3] + [1] * alone
     inputs = [
@@ -112,7 +125,6 @@ def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_di
     ]
     prepared = [engine.prepare_elbo(x, options) for x, options in inputs]
     engine.elbo_batch(prepared)
-    (z,) = runtime.draws  # one group: one scorer call
     eps = []
     for n, (_, options) in zip(sizes, inputs, strict=True):
         rng = np.random.default_rng(options.seed)
@@ -121,8 +133,13 @@ def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_di
                 [rng.standard_normal((n, k, engine.manifest.latent_dim), dtype=np.float32) for k in (3, 5)], axis=1
             )
         )
-    mu, logvar = runtime.encode(np.concatenate([p.x for p in prepared]))
-    assert np.array_equal(z, scoring.reparameterize(mu, logvar, np.concatenate(eps)))
+    if path == "elbo":
+        (noise,) = runtime.noise  # one group: one ELBO graph call, and no scorer call
+        assert runtime.draws == [] and np.array_equal(noise, np.concatenate(eps))
+    else:
+        (z,) = runtime.draws  # one group: one scorer call
+        mu, logvar = runtime.encode(np.concatenate([p.x for p in prepared]))
+        assert runtime.noise == [] and np.array_equal(z, scoring.reparameterize(mu, logvar, np.concatenate(eps)))
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])

@@ -37,7 +37,7 @@ def error(response, status):
 
 
 class CountingRuntime(OnnxRuntime):
-    """An ONNX runtime that records the draws of every decoder (or scorer graph) call, and can stall each one."""
+    """An ONNX runtime that records the draws of every decoder (scorer or ELBO graph) call, and can stall each one."""
 
     def __init__(self, artifact, stall_s: float = 0.0) -> None:
         super().__init__(artifact)
@@ -53,9 +53,13 @@ class CountingRuntime(OnnxRuntime):
         self._count(len(z))
         return super().decode(z)
 
-    def score(self, x, z):  # /elbo decodes inside the scorer graph
+    def score(self, x, z):  # /elbo decodes inside the scorer graph when a row's draws exceed one call
         self._count(z.shape[0] * z.shape[1])
         return super().score(x, z)
+
+    def elbo_terms(self, x, eps, weights):  # and inside the ELBO graph otherwise
+        self._count(eps.shape[0] * eps.shape[1])
+        return super().elbo_terms(x, eps, weights)
 
 
 @pytest.fixture

@@ -103,14 +103,14 @@ def test_configured_instance_and_sample_limits(make_client):
 
 # --- timeouts ------------------------------------------------------------------------------------------------
 class SlowOnce(OnnxRuntime):
-    """An ONNX runtime whose encoder stalls while `slow` is set."""
+    """An ONNX runtime whose every graph call stalls while `slow` is set."""
 
     slow = False
 
-    def encode(self, x):
+    def _run(self, graph, *values):
         if self.slow:
             time.sleep(0.5)
-        return super().encode(x)
+        return super()._run(graph, *values)
 
 
 @pytest.mark.parametrize("batching", [True, False])

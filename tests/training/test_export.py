@@ -23,6 +23,8 @@ EXPECTED_FILES = {
     "checkpoint.pt",
     "decoder.onnx",
     "decoder.pt",
+    "elbo.onnx",
+    "elbo.pt",
     "encoder.onnx",
     "encoder.pt",
     "manifest.json",
@@ -61,6 +63,12 @@ def test_manifest_describes_the_digits_model(digits_model_dir):
         "inputs": ["x", "z"],
         "outputs": ["log_px"],
     }
+    assert m.graphs.elbo.model_dump() == {
+        "onnx": "elbo.onnx",
+        "torchscript": "elbo.pt",
+        "inputs": ["x", "eps", "weights"],
+        "outputs": ["reconstruction", "log_weights", "kl"],
+    }
     assert m.training.data_source == "digits" and m.training.seed == 0 and m.training.epochs == 12
     assert m.training.config["hidden"] == [64, 32]
 
@@ -79,9 +87,11 @@ def test_recorded_parity_is_within_tolerance(model_dirs, model):
     parity = load_artifact(model_dirs[model]).manifest.parity
     assert set(parity) == {"onnx", "torchscript"}
     for by_graph in parity.values():
-        assert set(by_graph) == {"encoder", "decoder", "scorer"}
+        assert set(by_graph) == {"encoder", "decoder", "scorer", "elbo"}
         assert 0.0 <= by_graph["encoder"] <= PARITY_TOLERANCE and 0.0 <= by_graph["decoder"] <= PARITY_TOLERANCE
-        assert 0.0 <= by_graph["scorer"] <= SCORER_PARITY_TOLERANCE
+        assert (
+            0.0 <= by_graph["scorer"] <= SCORER_PARITY_TOLERANCE and 0.0 <= by_graph["elbo"] <= SCORER_PARITY_TOLERANCE
+        )
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])
@@ -164,6 +174,17 @@ def test_export_fails_loudly_when_the_scorer_graph_drifts_from_the_reference(dig
     assert not (tmp_path / "model").exists()
 
 
+def test_export_fails_loudly_when_the_elbo_graph_drifts_from_the_reference(digits_model_dir, tmp_path, monkeypatch):
+    # The ELBO graph's KL is (B,); the scorer's ln p(x|z) is (B, K): only the former drifts here.
+    monkeypatch.setattr(export, "scorer_parity", lambda reference, exported: 0.25 if reference.ndim == 1 else 0.0)
+    with pytest.raises(ExportError) as err:
+        export_model_dir(load_checkpoint(digits_model_dir / "checkpoint.pt"), tmp_path / "model")
+    assert str(err.value).startswith(
+        "the exported ELBO graph differs from the numpy reference by 0.25 (relative) > 1e-05: "
+    )
+    assert not (tmp_path / "model").exists()
+
+
 def test_export_refuses_to_replace_a_directory_that_is_not_a_model(digits_model_dir, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
@@ -218,7 +239,7 @@ def test_every_model_form_exports_with_parity_and_chosen_draws(tmp_path, archite
     artifact = export_model_dir(checkpoint, tmp_path / "m", plan)
     for by_graph in artifact.manifest.parity.values():
         assert max(by_graph["encoder"], by_graph["decoder"]) <= PARITY_TOLERANCE
-        assert by_graph["scorer"] <= SCORER_PARITY_TOLERANCE
+        assert max(by_graph["scorer"], by_graph["elbo"]) <= SCORER_PARITY_TOLERANCE
     selection, scoring = artifact.manifest.scoring.iw_selection, artifact.manifest.scoring
     assert selection.rows == 40 and selection.repeats == 4 and selection.tolerance == 0.1
     # Only probabilistic PCA's form has an exact posterior, and is scored by L_K; every other form by its ELBO.

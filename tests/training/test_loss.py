@@ -69,7 +69,7 @@ class _EagerRuntime:
     """The service's Runtime protocol over the eager torch model, so the engine the service runs scores it."""
 
     name = "eager"
-    has_scorer = False  # the engine scores through decode and the numpy reference
+    has_scorer = has_elbo = False  # the engine scores through decode and the numpy reference
 
     def __init__(self, model: VAE) -> None:
         self.model = model

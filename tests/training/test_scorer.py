@@ -1,5 +1,5 @@
-"""The scorer graph: pinned to the numpy reference for every model form and runtime, used by the engine when
-the model has one, and older model directories without it still score the same."""
+"""The scorer and ELBO graphs: pinned to the numpy reference for every model form and runtime, used by the engine
+when the model has them, and older model directories without them still score the same."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from service.core import scoring
 from service.core.artifact import Preprocessing, TrainingSummary, load_artifact
-from service.core.engine import ElboOptions, VaeEngine
+from service.core.engine import ElboOptions, VaeEngine, scoring_path
 from service.core.runtime import OnnxRuntime, TorchScriptRuntime, load_runtime
 from training import export
 from training.model import VAE, ModelConfig
@@ -75,7 +75,7 @@ def test_the_scorer_graph_matches_the_numpy_reference(form_dirs, form, runtime, 
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_the_manifest_describes_the_scorer_and_records_its_parity(form_dirs, form):
+def test_the_manifest_describes_the_scorer_and_elbo_graphs_and_records_their_parity(form_dirs, form):
     manifest = load_artifact(form_dirs[form]).manifest
     assert manifest.graphs.scorer.model_dump() == {
         "onnx": "scorer.onnx",
@@ -83,25 +83,84 @@ def test_the_manifest_describes_the_scorer_and_records_its_parity(form_dirs, for
         "inputs": ["x", "z"],
         "outputs": ["log_px"],
     }
-    assert all(0.0 <= manifest.parity[runtime]["scorer"] <= export.SCORER_PARITY_TOLERANCE for runtime in RUNTIMES)
+    assert manifest.graphs.elbo.model_dump() == {
+        "onnx": "elbo.onnx",
+        "torchscript": "elbo.pt",
+        "inputs": ["x", "eps", "weights"],
+        "outputs": ["reconstruction", "log_weights", "kl"],
+    }
+    for graph in ("scorer", "elbo"):
+        assert all(0.0 <= manifest.parity[runtime][graph] <= export.SCORER_PARITY_TOLERANCE for runtime in RUNTIMES)
 
 
-class NoScorer(OnnxRuntime):
-    """The ONNX runtime as it was before the scorer graph: the engine decodes and scores in numpy."""
-
-    has_scorer = False
+def reference_elbo_terms(run, x: np.ndarray, eps: np.ndarray, weights: np.ndarray):
+    """The ELBO graph's outputs from the same runtime's encoder and scorer graphs and the numpy reference."""
+    mu, logvar = run.encode(x)
+    z = scoring.reparameterize(mu, logvar, eps)
+    log_px = run.score(x, z)
+    half = np.sum(eps.astype(np.float64) ** 2 - z.astype(np.float64) ** 2, axis=2)
+    log_weights = log_px + 0.5 * (half + logvar.astype(np.float64).sum(axis=1, keepdims=True))
+    return log_px @ weights, log_weights, scoring.kl_to_standard_normal(mu, logvar)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("form", FORMS)
-def test_the_engine_gives_the_decoder_paths_numbers_to_float32_rounding(form_dirs, form, runtime):
+@pytest.mark.parametrize("n_samples, iw_samples, batch", [(1, 1, 1), (2, 5, 7), (3, 37, 2)])
+def test_the_elbo_graph_matches_the_numpy_reference(form_dirs, form, runtime, n_samples, iw_samples, batch):
     artifact = load_artifact(form_dirs[form])
-    with_scorer = VaeEngine(artifact.manifest, load_runtime(artifact, runtime))
-    assert with_scorer.runtime.has_scorer
-    without = VaeEngine(artifact.manifest, NoScorer(artifact))
+    run = RUNTIMES[runtime](artifact)
+    x, _ = random_inputs(artifact.manifest.likelihood, batch, 1, seed=batch)
+    eps = np.random.default_rng(batch).standard_normal((batch, n_samples + iw_samples, 3), dtype=np.float32)
+    weights = scoring.elbo_weights(n_samples, iw_samples)
+    got = run.elbo_terms(x, eps, weights)
+    assert [(t.shape, t.dtype) for t in got] == [((batch,), np.float64), ((batch, len(weights)), np.float64)] + [
+        ((batch,), np.float64)
+    ]
+    for name, g, want in zip(export.ELBO_OUTPUTS, got, reference_elbo_terms(run, x, eps, weights), strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_a_request_takes_the_elbo_graph_while_a_rows_draws_fit_in_one_call(form_dirs):
+    run = load_runtime(load_artifact(form_dirs["mlp-bernoulli"]), "onnx")
+    assert scoring_path(run, 1 + 1) == scoring_path(run, scoring.DECODE_CHUNK_ROWS) == "elbo"
+    assert scoring_path(run, scoring.DECODE_CHUNK_ROWS + 1) == "scorer"
+    run.has_scorer = run.has_elbo = False
+    assert scoring_path(run, 2) == "decoder"
+
+
+def test_rows_go_to_the_elbo_graph_whole_in_bounded_chunks_with_a_check_before_each():
+    calls, checks = [], []
+
+    def elbo_terms(x, eps, weights):
+        calls.append(eps.shape[:2])
+        return x[:, 0] + 1.0, eps[:, :, 0] @ np.ones((eps.shape[1], eps.shape[1])), x[:, 0] * 2.0
+
+    x = np.arange(5, dtype=np.float64).reshape(5, 1)
+    eps = np.random.default_rng(0).standard_normal((5, 7, 2))
+    for chunk_rows, shapes in [(100, [(5, 7)]), (14, [(2, 7), (2, 7), (1, 7)]), (3, [(1, 7)] * 5)]:
+        calls.clear(), checks.clear()
+        got = scoring.elbo_terms_in_chunks(
+            x, eps, np.ones(7), elbo_terms, chunk_rows=chunk_rows, check=lambda: checks.append(1)
+        )
+        for g, want in zip(got, elbo_terms(x, eps, None), strict=True):
+            np.testing.assert_array_equal(g, want)
+        assert calls[: len(shapes)] == shapes and len(checks) == len(shapes)
+
+
+@pytest.mark.parametrize("other", ["scorer", "decoder"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("form", FORMS)
+def test_the_engine_gives_the_other_paths_numbers_to_float32_rounding(form_dirs, form, runtime, other):
+    """The ELBO graph's path against the encoder and the scorer graph, and against the decoder and numpy."""
+    artifact = load_artifact(form_dirs[form])
+    with_elbo = VaeEngine(artifact.manifest, load_runtime(artifact, runtime))
+    assert with_elbo.runtime.has_elbo and with_elbo.runtime.has_scorer
+    other_runtime = load_runtime(artifact, runtime)
+    other_runtime.has_elbo, other_runtime.has_scorer = False, other == "scorer"
+    without = VaeEngine(artifact.manifest, other_runtime)
     x_raw, _ = random_inputs("bernoulli", 9, 1, seed=3)  # in [0, 1]: inside every model's data range
     options = ElboOptions(n_samples=3, seed=11, iw_samples=50)
-    a, b = with_scorer.elbo(x_raw.reshape(9, -1), options), without.elbo(x_raw.reshape(9, -1), options)
+    a, b = with_elbo.elbo(x_raw.reshape(9, -1), options), without.elbo(x_raw.reshape(9, -1), options)
     for field in ("elbo", "reconstruction", "kl", "log_likelihood"):
         np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-5, err_msg=field)
     np.testing.assert_array_equal(a.decisions.is_anomaly, b.decisions.is_anomaly)
@@ -137,29 +196,36 @@ def test_asking_for_feature_scores_changes_no_score(form_dirs, form):
     )
 
 
-def without_scorer(model_dir, copy_to):
-    """A copy of a model directory as exported before the scorer graph existed."""
+def without_graphs(model_dir, copy_to, graphs=("scorer", "elbo")):
+    """A copy of a model directory as exported before these graphs existed (by default, the scorer and the ELBO
+    graph: a directory from before the scorer graph)."""
     shutil.copytree(model_dir, copy_to)
     manifest = json.loads((copy_to / "manifest.json").read_text())
-    del manifest["graphs"]["scorer"]
-    for name in ("scorer.onnx", "scorer.pt"):
-        del manifest["files"][name]
-        (copy_to / name).unlink()
-    for by_graph in manifest["parity"].values():
-        del by_graph["scorer"]
+    for graph in graphs:
+        del manifest["graphs"][graph]
+        for name in (f"{graph}.onnx", f"{graph}.pt"):
+            del manifest["files"][name]
+            (copy_to / name).unlink()
+        for by_graph in manifest["parity"].values():
+            del by_graph[graph]
     (copy_to / "manifest.json").write_text(json.dumps(manifest))
     return copy_to
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_a_model_directory_without_a_scorer_graph_still_loads_and_scores(form_dirs, tmp_path, runtime):
-    old = without_scorer(form_dirs["conv-bernoulli"], tmp_path / "old")
+@pytest.mark.parametrize("missing", [("scorer", "elbo"), ("elbo",)])
+def test_a_model_directory_without_the_newer_graphs_still_loads_and_scores(form_dirs, tmp_path, runtime, missing):
+    """A directory from before the scorer graph (neither graph), or from before the ELBO graph (the scorer only)."""
+    old = without_graphs(form_dirs["conv-bernoulli"], tmp_path / "old", missing)
     artifact = load_artifact(old)
-    assert artifact.manifest.graphs.scorer is None
+    assert artifact.manifest.graphs.elbo is None and (artifact.manifest.graphs.scorer is None) == ("scorer" in missing)
     run = load_runtime(artifact, runtime)
-    assert run.has_scorer is False
-    with pytest.raises(RuntimeError, match="^this model directory has no scorer graph$"):
-        run.score(np.zeros((1, *SHAPE), np.float32), np.zeros((1, 1, 3), np.float32))
+    assert (run.has_elbo, run.has_scorer) == (False, "scorer" not in missing)
+    with pytest.raises(RuntimeError, match="^this model directory has no ELBO graph$"):
+        run.elbo_terms(np.zeros((1, *SHAPE), np.float32), np.zeros((1, 2, 3), np.float32), np.array([1.0, 0.0]))
+    if "scorer" in missing:
+        with pytest.raises(RuntimeError, match="^this model directory has no scorer graph$"):
+            run.score(np.zeros((1, *SHAPE), np.float32), np.zeros((1, 1, 3), np.float32))
     rows = np.random.default_rng(7).random((4, 30))
     options = ElboOptions(seed=8, n_samples=2, iw_samples=6)
     old_scores = VaeEngine(artifact.manifest, run).elbo(rows, options)
@@ -186,28 +252,33 @@ def test_draws_go_to_the_scorer_in_bounded_chunks_with_a_check_before_each():
         assert calls == shapes and len(checks) == len(shapes)
 
 
-def test_the_engine_checks_the_deadline_between_scorer_chunks(form_dirs):
+@pytest.mark.parametrize(
+    "graph, rows, iw_samples",
+    [("scorer", 2, 9000), ("elbo", 3, 5000)],  # 9,001 draws a row: 4 scorer calls; 5,001: a row per ELBO graph call
+)
+def test_the_engine_checks_the_deadline_between_graph_chunks(form_dirs, graph, rows, iw_samples):
     from service.core.engine import Deadline
     from service.core.errors import Timeout
 
     artifact = load_artifact(form_dirs["mlp-bernoulli"])
 
     class Expiring(OnnxRuntime):
-        """Lets the deadline pass during the first scorer call."""
+        """Lets the deadline pass during the first call of the graph."""
 
         def __init__(self, artifact, deadline):
             super().__init__(artifact)
             self.deadline, self.calls = deadline, 0
 
-        def score(self, x, z):
-            self.calls += 1
-            object.__setattr__(self.deadline, "at", 0.0)
-            return super().score(x, z)
+        def _run(self, name, *values):
+            if name == graph:
+                self.calls += 1
+                object.__setattr__(self.deadline, "at", 0.0)
+            return super()._run(name, *values)
 
     deadline = Deadline.after(60.0)
     runtime = Expiring(artifact, deadline)
     engine = VaeEngine(artifact.manifest, runtime)
-    request = engine.prepare_elbo(np.full((2, 30), 0.5), ElboOptions(seed=0, iw_samples=9000))  # 4 scorer calls
+    request = engine.prepare_elbo(np.full((rows, 30), 0.5), ElboOptions(seed=0, iw_samples=iw_samples))
     with pytest.raises(Timeout):
         engine.elbo_batch([request], deadline)
     assert runtime.calls == 1
