@@ -253,7 +253,15 @@ def vae_serve(model_dir: Path, workers: int, env: dict, source: Path | None = No
     command = [VAE, "serve", str(model_dir), "--port", "{port}", "--workers", str(workers)]
     if source is not None:  # the same command from another source tree, with this venv's packages
         env["PYTHONPATH"] = str(source)
-        command = [sys.executable, "-c", "import sys; from vae_cli.main import main; sys.exit(main())", *command[1:]]
+        # -P: `python -c` would put the working directory first on sys.path, and run from the checkout it would
+        # import this tree, not `source` (the "before" rows of runs before 2026-11-26 19:50 UTC did).
+        command = [
+            sys.executable,
+            "-P",
+            "-c",
+            "import sys; from vae_cli.main import main; sys.exit(main())",
+            *command[1:],
+        ]
     return Server(command, env, "/readyz")
 
 
