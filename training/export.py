@@ -302,8 +302,7 @@ def reference_elbo_terms(
     z = scoring.reparameterize(mu, logvar, eps)
     log_px = reference_log_px(model, x, torch.from_numpy(z))
     reconstruction = log_px[:, :n_samples].mean(axis=1)
-    half = np.sum(eps.astype(np.float64) ** 2 - z.astype(np.float64) ** 2, axis=2)
-    log_weights = log_px + 0.5 * (half + logvar.astype(np.float64).sum(axis=1, keepdims=True))
+    log_weights = scoring.draw_log_weights(log_px, z, eps, logvar)
     return reconstruction, log_weights, scoring.kl_to_standard_normal(mu, logvar)
 
 

@@ -131,10 +131,10 @@ class PreparedElbo:
 
 # How a group's draws are scored: the ELBO graph (everything in one runtime call per chunk of rows), the encoder and
 # the scorer graph (ln p(x|z) in the graph, the rest in numpy), or the encoder, the decoder graph and numpy.
-Path = Literal["elbo", "scorer", "decoder"]
+ScoringPath = Literal["elbo", "scorer", "decoder"]
 
 
-def scoring_path(runtime: Runtime, draws: int) -> Path:
+def scoring_path(runtime: Runtime, draws: int) -> ScoringPath:
     """The path of a group whose rows each take `draws` draws (L + K). It depends on the model and on L + K only,
     so a request's numbers are the same alone or in any batch. The ELBO graph takes a row's draws in one call, so
     it is used while they fit in one chunk of scoring.DECODE_CHUNK_ROWS."""
@@ -150,7 +150,7 @@ class _Group:
 
     n_samples: int
     iw_samples: int
-    path: Path
+    path: ScoringPath
     feature_scores: bool
     rows: slice | np.ndarray  # the members' rows in the batch: a slice when the group is the whole batch
     n_rows: int

@@ -98,9 +98,7 @@ def reference_elbo_terms(run, x: np.ndarray, eps: np.ndarray, weights: np.ndarra
     mu, logvar = run.encode(x)
     z = scoring.reparameterize(mu, logvar, eps)
     log_px = run.score(x, z)
-    half = np.sum(eps.astype(np.float64) ** 2 - z.astype(np.float64) ** 2, axis=2)
-    log_weights = log_px + 0.5 * (half + logvar.astype(np.float64).sum(axis=1, keepdims=True))
-    return log_px @ weights, log_weights, scoring.kl_to_standard_normal(mu, logvar)
+    return log_px @ weights, scoring.draw_log_weights(log_px, z, eps, logvar), scoring.kl_to_standard_normal(mu, logvar)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
