@@ -10,8 +10,8 @@ stay in numpy.
 The ELBO graph takes x and the noise eps (B, S, d) itself, so a small request costs one runtime call and a few
 numpy calls instead of two calls and some forty numpy calls on arrays of a few numbers (docs/benchmark-serving.md).
 It computes what service/core/scoring.py computes from the encoder's and the scorer's outputs (the reference,
-which tests pin it to): z = mu + sigma * eps in float32, the scorer's ln p(x|z), the KL in closed form, the
-ELBO's reconstruction term and L_K's log-weights, all sums in float64.
+which tests pin it to): z = mu + sigma * eps in float32, the scorer's ln p(x|z), ln p(z) - ln q(z|x) and the KL in
+closed form, all sums in float64.
 
 Precision: each feature's log-density is computed in float32, from the decoder's float32 outputs, whose own
 rounding it already carries; the sum over D features, where float32 would lose digits, is in float64. Measured
@@ -32,8 +32,8 @@ from training.model import VAE
 LOG_2PI = math.log(2.0 * math.pi)
 SCORER_INPUTS = ["x", "z"]
 SCORER_OUTPUTS = ["log_px"]
-ELBO_INPUTS = ["x", "eps", "weights"]
-ELBO_OUTPUTS = ["reconstruction", "log_weights", "kl"]
+ELBO_INPUTS = ["x", "eps"]
+ELBO_OUTPUTS = ["log_px", "log_ratio", "kl"]
 
 
 def _draws_flat(z: Tensor) -> Tensor:
@@ -79,18 +79,17 @@ def scorer_for(model: VAE) -> nn.Module:
 
 
 class ElboGraph(nn.Module):
-    """The ELBO's terms and L_K's weights of each input from its noise, in model space (no change of variables):
+    """Each draw's terms of the ELBO and of L_K, from the input and its noise, in model space:
 
-    x (B, *input_shape) float32, eps (B, S, d) float32: the S = L + K draws' noise, the ELBO's L first;
-    weights (S,) float64: 1/L for the ELBO's draws, 0 for L_K's ->
-    reconstruction (B,) = (1/L) sum_l ln p(x|z_l); log_weights (B, S) = each draw's ln p(x|z) + ln p(z) - ln q(z|x);
-    kl (B,): all float64. L_K is the log-sum-exp of the last K log-weights, less ln K (scoring.logsumexp).
+    x (B, *input_shape) float32, eps (B, S, d) float32 (the S = L + K draws' noise, the ELBO's L first) ->
+    log_px (B, S) = ln p(x|z), log_ratio (B, S) = ln p(z) - ln q(z|x), kl (B,): all float64.
 
-    With z = mu + sigma * eps, a log-weight is ln p(x|z) + 1/2 sum(eps^2 - z^2 + ln sigma^2) (the ln 2pi terms of
-    ln p(z) and ln q(z|x) cancel), as scoring.bound_from_draws computes it. Its float64 operators are only exact
-    ones (products, sums, casts): ONNX Runtime's float64 exp and log give a value different last bits depending on
-    where it sits in the batch, which would make a request's numbers depend on the requests beside it. So
-    sigma^2 is float32's exp, as for z, and the log-sum-exp is left to numpy.
+    With z = mu + sigma * eps, ln p(z) - ln q(z|x) = 1/2 sum(eps^2 - z^2 + ln sigma^2) (the ln 2pi terms cancel), as
+    scoring.log_prior_ratio computes it. numpy then takes the reconstruction term (the mean of the ELBO's L
+    ln p(x|z)) and L_K (the log-mean-exp of the last K log_px + log_ratio) exactly as for the scorer's outputs. The
+    graph's float64 operators are only exact ones (products, sums, casts): ONNX Runtime's float64 exp and log give
+    different last bits depending on where a value sits in the batch, which would make a request's numbers depend
+    on the requests beside it; so sigma^2 is float32's exp, as for z.
     """
 
     def __init__(self, model: VAE) -> None:
@@ -99,18 +98,16 @@ class ElboGraph(nn.Module):
         self.scorer = scorer_for(model)
         self.latent_dim = float(model.config.latent_dim)  # an attribute: TorchScript cannot read module-level floats
 
-    def forward(self, x: Tensor, eps: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mu, logvar = self.encoder(x)
         z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # float32, as scoring.reparameterize
         log_px = self.scorer(x, z)  # (B, S) float64
-        # Few operators: on a small request each costs about as much as its arithmetic (docs/benchmark-serving.md).
         mu64, logvar64 = mu.double(), logvar.double()
         sum_logvar = logvar64.sum(dim=1)
         kl = 0.5 * ((mu64 * mu64 + torch.exp(logvar).double()).sum(dim=1) - sum_logvar - self.latent_dim)
-        reconstruction = (log_px * weights).sum(dim=1)
         eps64, z64 = eps.double(), z.double()
         half = (eps64 * eps64).sum(dim=2) - (z64 * z64).sum(dim=2) + sum_logvar.unsqueeze(1)
-        return reconstruction, log_px + 0.5 * half, kl
+        return log_px, 0.5 * half, kl
 
 
 def elbo_graph_for(model: VAE) -> nn.Module:

@@ -94,10 +94,9 @@ class Graphs(BaseModel):
     # x (B, *input_shape), z (B, K, d) -> log_px (B, K) float64: the decoder and ln p(x|z) in one graph.
     # Models exported before it existed have none; the engine then decodes and scores in numpy.
     scorer: Graph | None = None
-    # x, eps (B, S, d), weights (S,) float64 -> reconstruction (B,), log_weights (B, S), kl (B,) float64 in model
-    # space: the encoder, the reparameterisation, the scorer and the ELBO's sums in one graph
-    # (training/scorer.py ElboGraph). Models exported before it existed have none; the engine then uses the
-    # encoder and the scorer.
+    # x, eps (B, S, d) -> log_px, log_ratio (B, S) and kl (B,), float64 in model space: the encoder, the
+    # reparameterisation, the scorer, ln p(z) - ln q(z|x) and the KL in one graph (training/scorer.py ElboGraph).
+    # Models exported before it existed have none; the engine then uses the encoder and the scorer.
     elbo: Graph | None = None
 
     def present(self) -> list[Graph]:

@@ -7,7 +7,6 @@ back to raw units.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -176,11 +175,6 @@ def _groups(requests: list[PreparedElbo], bounds: list[int], runtime: Runtime) -
             rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids])
         groups.append(_Group(n_samples, iw_samples, path, feature_scores, rows, start, local))
     return groups
-
-
-# scoring.elbo_weights, made once per (L, K) for the last few pairs asked for (most requests ask for the same one or
-# two); thread-safe, as the engine runs in the batchers' threads and on the event loop.
-_elbo_weights = functools.lru_cache(maxsize=64)(scoring.elbo_weights)
 
 
 def _split_features(group: _Group, features: np.ndarray | None, out: list[np.ndarray | None]) -> None:
@@ -513,15 +507,10 @@ class VaeEngine:
         x_group = x[group.rows]
         features = None
         if group.path == "elbo":
-            reconstruction, log_weights, kl = scoring.elbo_terms_in_chunks(
-                x_group,
-                eps,
-                _elbo_weights(n_samples, group.iw_samples),
-                self.runtime.elbo_terms,
-                check=checker(deadline),
+            log_px, log_ratio, kl = scoring.elbo_terms_in_chunks(
+                x_group, eps, self.runtime.elbo_terms, check=checker(deadline)
             )
-            reconstruction = reconstruction + self._jacobian_sum
-            log_likelihood = scoring.bound_from_log_weights(log_weights[:, n_samples:], self._jacobian_sum)
+            log_weights = log_px[:, n_samples:] + log_ratio[:, n_samples:]
             if group.feature_scores:  # the shares from the decoder over the ELBO's draws, as on the other paths
                 assert encoded is not None
                 mu, logvar = encoded[0][group.rows], encoded[1][group.rows]
@@ -540,12 +529,11 @@ class VaeEngine:
                     _, features = self._log_px_by_decoder(x_group, z[:, :n_samples], n_samples, True, deadline)
             else:
                 log_px, features = self._log_px_by_decoder(x_group, z, n_samples, group.feature_scores, deadline)
-            # The mean as np.mean computes it (the sum, then / L), without its Python wrapper.
-            reconstruction = np.add.reduce(log_px[:, :n_samples], axis=1) / n_samples + self._jacobian_sum
-            log_likelihood = scoring.bound_from_draws(
-                log_px[:, n_samples:], z[:, n_samples:], eps[:, n_samples:], logvar, self._jacobian_sum
-            )
+            log_weights = scoring.draw_log_weights(log_px[:, n_samples:], z[:, n_samples:], eps[:, n_samples:], logvar)
             kl = scoring.kl_to_standard_normal(mu, logvar)
+        # The mean as np.mean computes it (the sum, then / L), without its Python wrapper.
+        reconstruction = np.add.reduce(log_px[:, :n_samples], axis=1) / n_samples + self._jacobian_sum
+        log_likelihood = scoring.bound_from_log_weights(log_weights, self._jacobian_sum)
         if features is not None:
             features = -(features / n_samples + jacobian).reshape([len(features), *self._shape])
         return reconstruction, log_likelihood, kl, features

@@ -4,8 +4,8 @@ Both take and return float32 numpy arrays in model space, so everything above th
   encode(x (B, *input_shape)) -> (mu, logvar), each (B, d)
   decode(z (B, d)) -> params, each (B, *input_shape): (logits,) or (mean, logvar)
   score(x (B, *input_shape), z (B, K, d)) -> ln p(x|z_k) (B, K) float64, when the model has a scorer graph
-  elbo_terms(x, eps (B, S, d), weights (S,) float64) -> (reconstruction (B,), log_weights (B, S), kl (B,)),
-      float64 in model space, when the model has an ELBO graph (training/scorer.py ElboGraph)
+  elbo_terms(x, eps (B, S, d)) -> (ln p(x|z) (B, S), ln p(z) - ln q(z|x) (B, S), kl (B,)), float64 in model
+      space, when the model has an ELBO graph (training/scorer.py ElboGraph)
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ class Runtime(Protocol):
 
     def score(self, x: np.ndarray, z: np.ndarray) -> np.ndarray: ...
 
-    def elbo_terms(
-        self, x: np.ndarray, eps: np.ndarray, weights: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def elbo_terms(self, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def graph_names(artifact: Artifact) -> tuple[GraphName, ...]:
@@ -42,10 +40,6 @@ def graph_names(artifact: Artifact) -> tuple[GraphName, ...]:
     graphs = artifact.manifest.graphs
     optional: tuple[GraphName, ...] = ("scorer", "elbo")
     return ("encoder", "decoder", *(name for name in optional if getattr(graphs, name) is not None))
-
-
-# Inputs that are float64 (the ELBO graph's weights); every other input is float32.
-FLOAT64_INPUTS = frozenset({"weights"})
 
 
 class _Graphs:
@@ -77,13 +71,11 @@ class _Graphs:
         (log_px,) = self._run("scorer", x, z)
         return log_px
 
-    def elbo_terms(
-        self, x: np.ndarray, eps: np.ndarray, weights: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def elbo_terms(self, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self.has_elbo:
             raise RuntimeError("this model directory has no ELBO graph")
-        reconstruction, log_weights, kl = self._run("elbo", x, eps, weights)
-        return reconstruction, log_weights, kl
+        log_px, log_ratio, kl = self._run("elbo", x, eps)
+        return log_px, log_ratio, kl
 
 
 class OnnxRuntime(_Graphs):
@@ -122,7 +114,7 @@ class OnnxRuntime(_Graphs):
 
     def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
         feed = {
-            name: np.ascontiguousarray(value, dtype=np.float64 if name in FLOAT64_INPUTS else np.float32)
+            name: np.ascontiguousarray(value, dtype=np.float32)
             for name, value in zip(self._inputs[graph], values, strict=True)
         }
         rows = _rows_of_work(graph, values)
@@ -168,7 +160,6 @@ class TorchScriptRuntime(_Graphs):
         self._torch = torch
         self._modules = {}
         graphs = self._graph_names(artifact)
-        self._inputs = {graph: getattr(artifact.manifest.graphs, graph).inputs for graph in graphs}
         for graph in graphs:
             path = artifact.path(graph, "torchscript")
             try:
@@ -180,12 +171,7 @@ class TorchScriptRuntime(_Graphs):
                 raise ArtifactError(f"{path} cannot be loaded by TorchScript: {first_line}") from None
 
     def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
-        tensors = [
-            self._torch.from_numpy(
-                np.ascontiguousarray(value, dtype=np.float64 if name in FLOAT64_INPUTS else np.float32)
-            )
-            for name, value in zip(self._inputs[graph], values, strict=True)
-        ]
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for v in values]
         with self._torch.inference_mode():
             out = self._modules[graph](*tensors)
         # The encoder and decoder return tuples; the scorer returns one tensor.

@@ -18,10 +18,10 @@ Decode = Callable[[np.ndarray], tuple[np.ndarray, ...]]  # z (N, d) float32 -> p
 # The scorer graph: x (B, *shape) float32, z (B, K, d) float32 -> ln p(x_b|z_bk) (B, K) float64, computed as
 # log_prob_per_feature(...).sum(axis=1) computes it (tests pin the two together).
 Score = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# The ELBO graph: x, eps (B, S, d) float32, weights (S,) float64 (elbo_weights) -> the reconstruction term (B,),
-# each draw's log-weight (B, S) and the KL (B,), float64 in model space, as this module computes them from the
-# encoder's and the scorer's outputs (tests pin the two together).
-ElboTerms = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# The ELBO graph: x, eps (B, S, d) float32 -> ln p(x|z) (B, S), ln p(z) - ln q(z|x) (B, S) and the KL (B,),
+# float64 in model space, as this module computes them from the encoder's and the scorer's outputs (tests pin the
+# two together).
+ElboTerms = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 # np.sum's own reduction without its Python wrapper: the same sums, bit for bit, for a few µs less per call
 # on the small arrays of one-instance requests.
@@ -115,38 +115,29 @@ def log_likelihood_draws(
     return out
 
 
-def elbo_weights(n_samples: int, iw_samples: int) -> np.ndarray:
-    """The ELBO graph's weights over S = L + K draws, the ELBO's L first: 1/L for them, 0 for L_K's; the
-    reconstruction term is the weighted sum of the draws' ln p(x|z)."""
-    weights = np.zeros(n_samples + iw_samples)
-    weights[:n_samples] = 1.0 / n_samples
-    return weights
-
-
 def elbo_terms_in_chunks(
     x: np.ndarray,
     eps: np.ndarray,
-    weights: np.ndarray,
     elbo_terms: ElboTerms,
     chunk_rows: int = DECODE_CHUNK_ROWS,
     check: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ELBO graph over x (B, *shape) and eps (B, S, d), whole rows of draws at a time, at most `chunk_rows`
     draws per call (at least one row), so memory stays bounded; `check` is called before each call. Returns its
-    reconstruction term (B,), log-weights (B, S) and KL (B,)."""
+    ln p(x|z) (B, S), ln p(z) - ln q(z|x) (B, S) and KL (B,)."""
     batch, draws = eps.shape[0], eps.shape[1]
     rows_per_call = max(1, chunk_rows // max(draws, 1))
     if rows_per_call >= batch:  # the common case: one call
         if check is not None:
             check()
-        return elbo_terms(x, eps, weights)
-    reconstruction, log_weights, kl = np.empty(batch), np.empty((batch, draws)), np.empty(batch)
+        return elbo_terms(x, eps)
+    log_px, log_ratio, kl = np.empty((batch, draws)), np.empty((batch, draws)), np.empty(batch)
     for row in range(0, batch, rows_per_call):
         if check is not None:
             check()
         rows = slice(row, row + rows_per_call)
-        reconstruction[rows], log_weights[rows], kl[rows] = elbo_terms(x[rows], eps[rows], weights)
-    return reconstruction, log_weights, kl
+        log_px[rows], log_ratio[rows], kl[rows] = elbo_terms(x[rows], eps[rows])
+    return log_px, log_ratio, kl
 
 
 def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
@@ -179,10 +170,16 @@ def bound_from_draws(
 def draw_log_weights(log_px: np.ndarray, z: np.ndarray, eps: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """Each draw's log-weight ln p(x|z) + ln p(z) - ln q(z|x), (B, K) float64, from ln p(x|z) (B, K), the draws z
     and their noise eps (B, K, d) and the posterior logvar (B, d): see bound_from_draws."""
+    log_weights: np.ndarray = log_px + log_prior_ratio(z, eps, logvar)
+    return log_weights
+
+
+def log_prior_ratio(z: np.ndarray, eps: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """ln p(z) - ln q(z|x) = 1/2 sum(eps^2 - z^2 + ln sigma^2) for each draw, (B, K) float64 (see bound_from_draws)."""
     half = np.einsum("bkd,bkd->bk", eps, eps, dtype=np.float64) - np.einsum("bkd,bkd->bk", z, z, dtype=np.float64)
     half += _sum(logvar, axis=1, dtype=np.float64)[:, None]
-    log_weights: np.ndarray = log_px + 0.5 * half
-    return log_weights
+    ratio: np.ndarray = 0.5 * half
+    return ratio
 
 
 def bound_from_log_weights(log_weights: np.ndarray, log_jacobian: float = 0.0) -> np.ndarray:

@@ -66,8 +66,8 @@ def test_manifest_describes_the_digits_model(digits_model_dir):
     assert m.graphs.elbo.model_dump() == {
         "onnx": "elbo.onnx",
         "torchscript": "elbo.pt",
-        "inputs": ["x", "eps", "weights"],
-        "outputs": ["reconstruction", "log_weights", "kl"],
+        "inputs": ["x", "eps"],
+        "outputs": ["log_px", "log_ratio", "kl"],
     }
     assert m.training.data_source == "digits" and m.training.seed == 0 and m.training.epochs == 12
     assert m.training.config["hidden"] == [64, 32]
@@ -165,7 +165,7 @@ def test_export_fails_loudly_when_parity_is_broken(digits_model_dir, tmp_path, m
 
 
 def test_export_fails_loudly_when_the_scorer_graph_drifts_from_the_reference(digits_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "scorer_parity", lambda reference, exported: 0.25)
+    monkeypatch.setattr(export, "scorer_parity", lambda reference, exported, scale=1.0: 0.25)
     with pytest.raises(ExportError) as err:
         export_model_dir(load_checkpoint(digits_model_dir / "checkpoint.pt"), tmp_path / "model")
     assert str(err.value).startswith(
@@ -176,7 +176,9 @@ def test_export_fails_loudly_when_the_scorer_graph_drifts_from_the_reference(dig
 
 def test_export_fails_loudly_when_the_elbo_graph_drifts_from_the_reference(digits_model_dir, tmp_path, monkeypatch):
     # The ELBO graph's KL is (B,); the scorer's ln p(x|z) is (B, K): only the former drifts here.
-    monkeypatch.setattr(export, "scorer_parity", lambda reference, exported: 0.25 if reference.ndim == 1 else 0.0)
+    monkeypatch.setattr(
+        export, "scorer_parity", lambda reference, exported, scale=1.0: 0.25 if reference.ndim == 1 else 0.0
+    )
     with pytest.raises(ExportError) as err:
         export_model_dir(load_checkpoint(digits_model_dir / "checkpoint.pt"), tmp_path / "model")
     assert str(err.value).startswith(
