@@ -7,6 +7,7 @@ back to raw units.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -175,6 +176,22 @@ def _groups(requests: list[PreparedElbo], bounds: list[int], runtime: Runtime) -
             rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids])
         groups.append(_Group(n_samples, iw_samples, path, feature_scores, rows, start, local))
     return groups
+
+
+def _refuse_unscorable(elbo: np.ndarray, log_likelihood: np.ndarray) -> None:
+    """InvalidInput naming the first input whose bounds are NaN. Far enough from the training data the model's float32
+    numbers overflow (an infinite mu, then inf - inf); such a score is no number at all, and no threshold flags a
+    NaN, so answering with it would call the most anomalous input normal. In a batch of several requests the
+    batcher then scores each alone, so only the culprit's request fails, with its own row in the message."""
+    # One reduction each clears the common case: a sum is NaN if any term is (or if +inf meets -inf).
+    if not math.isnan(np.add.reduce(elbo, axis=None) + np.add.reduce(log_likelihood, axis=None)):
+        return
+    unscorable = np.isnan(elbo) | np.isnan(log_likelihood)
+    if unscorable.any():
+        raise InvalidInput(
+            f"instances[{int(np.argmax(unscorable))}]: too far from the training data to score: the model's numbers "
+            "overflow (its ELBO is not a number)"
+        )
 
 
 def _split_features(group: _Group, features: np.ndarray | None, out: list[np.ndarray | None]) -> None:
@@ -473,6 +490,7 @@ class VaeEngine:
                 reconstruction[group.rows], log_likelihood[group.rows], kl[group.rows], features = terms
                 _split_features(group, features, feature_scores)
         elbo = reconstruction - kl
+        _refuse_unscorable(elbo, log_likelihood)
         decisions = self.decide(requests, bounds, scored_bound(self.estimator, elbo, log_likelihood))
         return [
             Scored(

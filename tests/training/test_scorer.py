@@ -13,6 +13,7 @@ import torch
 from service.core import scoring
 from service.core.artifact import Preprocessing, TrainingSummary, load_artifact
 from service.core.engine import ElboOptions, VaeEngine, scoring_path
+from service.core.errors import InvalidInput
 from service.core.runtime import OnnxRuntime, TorchScriptRuntime, load_runtime
 from training import export
 from training.model import VAE, ModelConfig
@@ -289,3 +290,27 @@ def test_an_input_whose_likelihood_underflows_is_flagged_by_the_elbo_graph_as_by
     for scored in scores:
         assert scored.elbo.tolist() == scored.log_likelihood.tolist() == [-np.inf, -np.inf]
         assert scored.decisions.is_anomaly.tolist() == [True, True]
+
+
+@pytest.mark.parametrize("path", ["elbo", "scorer", "decoder"])
+def test_an_input_whose_scores_overflow_to_nan_is_refused_naming_it(form_dirs, path):
+    """Further out still, a model's float32 numbers can overflow to an infinite mu, and the bounds to NaN (inf - inf),
+    which no threshold would flag: refused on every path, naming the input (the batcher then scores each request of
+    a batch alone, so only its request fails). Which inputs overflow depends on the weights, so the runtime here
+    makes the second row's mu (and the ELBO graph's KL) NaN, as such an overflow does."""
+    artifact = load_artifact(form_dirs["mlp-gaussian-feature"])
+
+    class Overflowing(OnnxRuntime):
+        def _run(self, graph, *values):
+            outputs = tuple(np.array(o) for o in super()._run(graph, *values))
+            if graph in ("encoder", "elbo"):
+                outputs[0 if graph == "encoder" else 2][1] = np.nan
+            return outputs
+
+    run = Overflowing(artifact)
+    run.has_elbo, run.has_scorer = path == "elbo", path != "decoder"
+    with pytest.raises(InvalidInput) as raised:
+        VaeEngine(artifact.manifest, run).elbo(np.zeros((3, 30)), ElboOptions(seed=1, n_samples=2, iw_samples=3))
+    assert str(raised.value) == (
+        "instances[1]: too far from the training data to score: the model's numbers overflow (its ELBO is not a number)"
+    )
