@@ -45,7 +45,7 @@ from service.core.engine import ElboOptions, VaeEngine, score_in_chunks, scored_
 from service.core.runtime import OnnxRuntime, TorchScriptRuntime
 from training.model import DECODER_OUTPUTS, VAE, ModelConfig
 from training.ppca import is_ppca
-from training.scorer import ELBO_INPUTS, ELBO_OUTPUTS, SCORER_INPUTS, SCORER_OUTPUTS, elbo_graph_for, scorer_for
+from training.scorer import ELBO_INPUTS, ELBO_OUTPUTS, SCORER_INPUTS, SCORER_OUTPUTS, ElboGraph, scorer_for
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -288,7 +288,7 @@ def reference_log_px(model: VAE, x: torch.Tensor, z: torch.Tensor) -> np.ndarray
 
 def scorer_parity(reference: np.ndarray, exported: np.ndarray, scale: np.ndarray | float = 1.0) -> float:
     """Largest |exported - reference| / max(1, |reference|, scale): see SCORER_PARITY_TOLERANCE. `scale` is the
-    size of the terms a difference cancels, where there is one (ELBO_GRAPH's log_ratio)."""
+    size of the terms a difference cancels, where there is one (the ELBO graph's log_ratio)."""
     return float(np.max(np.abs(exported - reference) / np.maximum(np.maximum(1.0, scale), np.abs(reference))))
 
 
@@ -382,8 +382,8 @@ def export_model_dir(
         _export_onnx(model.decoder, (z[:2],), staged / graphs.decoder.onnx, graphs.decoder)
         _export_torchscript(model.encoder, staged / graphs.encoder.torchscript)
         _export_torchscript(model.decoder, staged / graphs.decoder.torchscript)
-        _export_scorer(model, staged, graphs)
-        _export_elbo_graph(model, staged, graphs)
+        _export_with_draws(scorer_for(model), staged, graphs.scorer, config)
+        _export_with_draws(ElboGraph(model), staged, graphs.elbo, config)
         manifest = _manifest(checkpoint, out.name, graphs, files={})
         if calibration is not None:
             checkpoint = {
@@ -424,26 +424,16 @@ def export_model_dir(
     return load_artifact(out)
 
 
-def _export_scorer(model: VAE, staged: Path, graphs: Graphs) -> None:
-    """The scorer graph in both formats; its draws axis is dynamic as well as its batch."""
-    assert graphs.scorer is not None
-    scorer = scorer_for(model).eval()
-    x, z = check_draws(model.config)
+def _export_with_draws(module: torch.nn.Module, staged: Path, graph: Graph | None, config: ModelConfig) -> None:
+    """A graph taking x (B, *input_shape) and draws (B, S, d), the scorer's z or the ELBO graph's eps, in both
+    formats; its batch and draws axes are dynamic."""
+    assert graph is not None
+    x, draws_example = check_draws(config)
     batch, draws = torch.export.Dim("batch"), torch.export.Dim("draws")
-    dynamic = {"x": {0: batch}, "z": {0: batch, 1: draws}}
-    _export_onnx(scorer, (x[:2], z[:2, :3]), staged / graphs.scorer.onnx, graphs.scorer, dynamic)
-    _export_torchscript(scorer, staged / graphs.scorer.torchscript)
-
-
-def _export_elbo_graph(model: VAE, staged: Path, graphs: Graphs) -> None:
-    """The ELBO graph in both formats; its batch and draws axes are dynamic."""
-    assert graphs.elbo is not None
-    graph = elbo_graph_for(model).eval()
-    x, eps = check_draws(model.config)
-    batch, draws = torch.export.Dim("batch"), torch.export.Dim("draws")
-    dynamic = {"x": {0: batch}, "eps": {0: batch, 1: draws}}
-    _export_onnx(graph, (x[:2], eps[:2, :3]), staged / graphs.elbo.onnx, graphs.elbo, dynamic)
-    _export_torchscript(graph, staged / graphs.elbo.torchscript)
+    x_name, draws_name = graph.inputs
+    dynamic = {x_name: {0: batch}, draws_name: {0: batch, 1: draws}}
+    _export_onnx(module.eval(), (x[:2], draws_example[:2, :3]), staged / graph.onnx, graph, dynamic)
+    _export_torchscript(module, staged / graph.torchscript)
 
 
 def _write_sample(checkpoint: dict, path: Path) -> None:

@@ -108,8 +108,3 @@ class ElboGraph(nn.Module):
         eps64, z64 = eps.double(), z.double()
         half = (eps64 * eps64).sum(dim=2) - (z64 * z64).sum(dim=2) + sum_logvar.unsqueeze(1)
         return log_px, 0.5 * half, kl
-
-
-def elbo_graph_for(model: VAE) -> nn.Module:
-    """The ELBO graph of a model, sharing its encoder's and decoder's weights."""
-    return ElboGraph(model)
