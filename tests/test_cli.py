@@ -108,6 +108,19 @@ def test_a_supervisor_of_several_workers_builds_no_app(monkeypatch, digits_model
     assert options["workers"] == 2
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_vae_serve_writes_each_answer_head_and_body_together(monkeypatch, digits_model_dir, workers):
+    from service.http.protocol import HttpProtocol
+    from service.http.settings import Settings
+    from vae_cli.main import _run_uvicorn
+
+    monkeypatch.setenv("VAE_WORKERS", str(workers))
+    uvicorn = FakeUvicorn()
+    assert _run_uvicorn(uvicorn, Settings(model_dir=digits_model_dir, workers=workers), {"workers": workers}) == 0
+    [(_, options)] = uvicorn.calls
+    assert options["http"] is HttpProtocol
+
+
 def test_a_supervisor_of_several_workers_still_refuses_a_bad_model_directory(capsys, tmp_path):
     from service.http.settings import Settings
     from vae_cli.main import _run_uvicorn

@@ -226,6 +226,7 @@ def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
     from service.core.artifact import load_artifact
     from service.core.errors import ArtifactError
     from service.http.observability import uvicorn_log_config
+    from service.http.protocol import HttpProtocol
 
     app = None
     try:
@@ -248,6 +249,7 @@ def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,
+        http=HttpProtocol,  # uvicorn's httptools protocol, each response head and body in one write
     )
     if app is not None:
         uvicorn.run(app, **common)

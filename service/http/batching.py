@@ -1,21 +1,26 @@
 """Dynamic micro-batching: concurrent requests to one endpoint share one runtime call.
 
-One worker thread per endpoint runs the batches. Whatever is queued the moment it is free (up to
-max_batch_size instances) goes into its next call, so a lone request runs at once, with no fixed delay,
-while under load requests pile up during each call and go together into the next one.
+One worker thread per endpoint runs the batches (those cheap enough run on the event loop: below). Whatever
+is queued the moment it is free (up to max_batch_size instances) goes into its next call, so a lone request
+runs at once, with no fixed delay, while under load requests pile up during each call and go together into
+the next one.
 max_batch_delay_ms > 0 additionally waits that long for more requests before a call that is not full.
 
 The batches are formed on the event loop, at the end of the turn in which requests arrived or a call
 finished, and handed to the thread whole; the thread hands each batch's results back with one
 call_soon_threadsafe. Per request that is one future and one list append on the event loop.
 
-A lone request whose work is cheap runs on the event loop itself (inline_budget_s): handing it to the
-thread and back costs two thread wake-ups, about 50 µs of CPU per request on the digits model, more than
-its whole runtime call. "Cheap" is judged from measured costs: the batcher keeps the seconds per unit of
-work (instances x draws) of its recent calls, and runs a lone request inline only when the call before was
-a lone request too (not under load, when the event loop has the requests behind it to read) and that rate
-times its units is within the budget, so the event loop is held for about the budget at most, not for a request
-that asks for thousands of draws or a model that takes milliseconds per instance. The design
+A batch whose work is cheap runs on the event loop itself (inline_budget_s): handing it to the thread and
+back costs two thread wake-ups and the GIL's hand-overs, about 50 µs of CPU for a lone request on the digits
+model, more than its whole runtime call, and under load 12-22 µs of CPU per request (docs/benchmark-serving.md).
+"Cheap" is judged from measured costs: the batcher keeps the seconds per unit of work (instances x draws) of its
+recent calls, and runs a batch inline only when that rate times the batch's units is within the budget, so the
+event loop is held for about the budget at most, not for a request that asks for thousands of draws or a model
+that takes milliseconds per instance. While it runs, requests arriving wait in the sockets' buffers, and go
+together into the next batch, as they would have while the thread ran. Until 2026-11-26 only a lone request
+after a lone request ran inline, so that the loop could read the requests behind a batch while the thread ran
+it; measured under wrk, running every cheap batch inline served 9-13% more requests at 16 and 64 connections
+with 15-18% less CPU per request. The design
 it replaced, an asyncio worker task over an asyncio.Queue that ran each batch through the thread pool,
 cost a task switch per request and a thread-pool round trip per batch (docs/benchmark-serving.md, "What
 each change gained"); a thread that took requests from a queue.SimpleQueue itself woke on the first one
@@ -67,7 +72,6 @@ class MicroBatcher:
         self._on_batch = on_batch  # (requests, instances, queue waits in seconds)
         self._inline_budget = inline_budget_s  # 0: every batch runs in the thread
         self._unit_seconds: float | None = None  # seconds per unit of work, averaged over recent calls
-        self._last_requests = 0  # requests in the last call
         self._waiting: list[_Pending] = []  # event loop only
         self._busy = False  # a batch is in the worker thread (event loop only)
         self._dispatch_due = False
@@ -123,16 +127,18 @@ class MicroBatcher:
                 return
         del self._waiting[: len(batch)]
         self._busy = True
-        if not self._waiting and len(batch) == 1 and self._cheap(batch[0]):
-            self._finished(batch, self._run_guarded(batch))  # alone and cheap: here, without two thread hops
+        if self._cheap(batch):
+            self._finished(batch, self._run_guarded(batch), inline=True)  # here, without two thread hops
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="vae-batcher", daemon=True)
             self._thread.start()
         self._batches.put((batch, self._loop))
 
-    def _finished(self, batch: list[_Pending], results: list[Any]) -> None:
-        """On the event loop: every request of a batch gets its result at once, and the next batch goes."""
+    def _finished(self, batch: list[_Pending], results: list[Any], inline: bool = False) -> None:
+        """On the event loop: every request of a batch gets its result at once, and the next batch goes (after
+        this turn when this one ran inline: the loop gets to its sockets between batches, and a long queue is
+        not run in one deep chain of calls)."""
         self._busy = False
         for pending, result in zip(batch, results, strict=False):
             if pending.future.done():
@@ -141,19 +147,20 @@ class MicroBatcher:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
-        if self._waiting:
+        if not self._waiting:
+            return
+        if not inline:
             self._dispatch()
+        elif not self._dispatch_due:
+            assert self._loop is not None
+            self._dispatch_due = True
+            self._loop.call_soon(self._dispatch)
 
-    def _cheap(self, pending: _Pending) -> bool:
-        """Whether this lone request may run inline: the last call was a lone request too (under load, a request
-        alone for a moment runs in the thread, while the loop reads the ones behind it), and the measured cost
-        of work says its call fits the inline budget."""
+    def _cheap(self, batch: list[_Pending]) -> bool:
+        """Whether this batch may run inline: the measured cost of work says its call fits the inline budget."""
         rate = self._unit_seconds
         return (
-            self._inline_budget > 0
-            and self._last_requests == 1
-            and rate is not None
-            and rate * pending.units <= self._inline_budget
+            self._inline_budget > 0 and rate is not None and rate * sum(p.units for p in batch) <= self._inline_budget
         )
 
     def _work(self) -> None:
@@ -183,7 +190,6 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch), instances, [started - p.queued_at for p in batch])
         results = self._run_isolated([p.item for p in batch])
-        self._last_requests = len(batch)
         rate = (time.perf_counter() - started) / max(1, sum(p.units for p in batch))
         # A moving average: one slow call (a page fault, the machine busy) moves it a quarter of the way.
         self._unit_seconds = rate if self._unit_seconds is None else 0.75 * self._unit_seconds + 0.25 * rate

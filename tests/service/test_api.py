@@ -238,3 +238,30 @@ def test_binary_input_options_are_validated(digits_client):
     )
     assert response.status_code == 422
     assert response.json()["error"] == "n_samples: Input should be greater than or equal to 1 (got 0)"
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 40])
+@pytest.mark.parametrize("feature_scores", [False, True])
+def test_elbo_answers_are_the_same_bytes_whether_built_from_lists_or_arrays(digits_model_dir, rows, feature_scores):
+    import orjson
+
+    from service.core.artifact import load_artifact
+    from service.core.engine import ElboOptions, VaeEngine
+    from service.core.runtime import load_runtime
+    from service.http.api.deps import floats
+    from service.http.api.inference import _JSON_FIELDS, elbo_content
+
+    artifact = load_artifact(digits_model_dir)
+    engine = VaeEngine(artifact.manifest, load_runtime(artifact, "onnx"))
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:rows]
+    scored = engine.elbo(x, ElboOptions(n_samples=2, iw_samples=3, seed=5, feature_scores=feature_scores))
+    arrays = {
+        name: floats(scored.value(name)) if as_float else scored.value(name)
+        for name, as_float in _JSON_FIELDS
+        if scored.value(name) is not None
+    }
+    answer = orjson.dumps(elbo_content(scored), option=orjson.OPT_SERIALIZE_NUMPY)
+    assert answer == orjson.dumps(arrays, option=orjson.OPT_SERIALIZE_NUMPY)
+    assert (type(elbo_content(scored)["elbo"]) is list) == (rows <= 4)

@@ -373,7 +373,7 @@ def test_batching_combines_concurrent_requests_and_isolates_a_failure():
     assert seen[2:] == [["b"], ["bad"], ["c"]]  # the failed batch, item by item
 
 
-def test_a_lone_request_runs_on_the_event_loop_only_after_a_lone_call_and_within_the_budget():
+def test_a_batch_runs_on_the_event_loop_when_its_measured_cost_fits_the_budget():
     ran = []
 
     def run_batch(items):
@@ -390,8 +390,8 @@ def test_a_lone_request_runs_on_the_event_loop_only_after_a_lone_call_and_within
             await batcher.submit("bad", 1)
         assert await batcher.submit("costly", 1, units=10**9) == "done costly"  # rate x units over the budget
         assert await asyncio.gather(batcher.submit("a", 1), batcher.submit("b", 1)) == ["done a", "done b"]
-        assert await batcher.submit("after two", 1) == "done after two"  # the last call was not alone: the thread
-        assert await batcher.submit("alone again", 1) == "done alone again"  # lone after lone: here
+        together = [batcher.submit("c", 1), batcher.submit("d", 1, units=10**9)]  # over the budget together
+        assert await asyncio.gather(*together) == ["done c", "done d"]
         await batcher.close()
 
     asyncio.run(scenario())
@@ -402,10 +402,37 @@ def test_a_lone_request_runs_on_the_event_loop_only_after_a_lone_call_and_within
         (["bad"], loop_thread),
         (["bad"], loop_thread),  # the failed batch, item by item (here, one)
         (["costly"], "vae-batcher"),
-        (["a", "b"], "vae-batcher"),  # not alone: together, in the thread
-        (["after two"], "vae-batcher"),
-        (["alone again"], loop_thread),
+        (["a", "b"], loop_thread),  # two together, cheap together: here
+        (["c", "d"], "vae-batcher"),
     ]
+
+
+def test_a_queue_longer_than_a_batch_runs_inline_one_batch_a_turn():
+    turns = []  # the loop's turn each inline batch ran in, counted by a callback that re-arms itself
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        turn = [0]
+
+        def tick():
+            turn[0] += 1
+            loop.call_soon(tick)
+
+        def run_batch(items):
+            turns.append((len(items), turn[0]))
+            return items
+
+        batcher = MicroBatcher(run_batch, max_batch_size=2, max_delay_s=0.0, inline_budget_s=1.0)
+        await batcher.submit("warm-up", 1)  # the thread, measuring the cost
+        loop.call_soon(tick)
+        results = await asyncio.gather(*(batcher.submit(i, 1) for i in range(7)))
+        await batcher.close()
+        return results
+
+    assert asyncio.run(scenario()) == list(range(7))
+    assert [size for size, _ in turns] == [1, 2, 2, 2, 1]
+    ticks = [t for _, t in turns[1:]]
+    assert ticks == sorted(set(ticks))  # each batch of the queue in a turn of its own, in order
 
 
 def test_an_error_outside_the_runtime_call_fails_its_requests_and_the_batcher_goes_on():
@@ -418,7 +445,7 @@ def test_an_error_outside_the_runtime_call_fails_its_requests_and_the_batcher_go
             lambda items: items, max_batch_size=10, max_delay_s=0.0, on_batch=on_batch, inline_budget_s=1.0
         )
         results = []
-        for _ in range(3):  # in the thread, then inline (lone after lone): each fails alone
+        for _ in range(3):  # in the thread, then inline: each fails alone
             with pytest.raises(RuntimeError, match="metrics broke"):
                 await batcher.submit("lone", 1)
         results.append(await asyncio.gather(batcher.submit("a", 1), batcher.submit("b", 1)))

@@ -194,16 +194,22 @@ async def elbo_answer(
 
 
 def elbo_content(scored: Scored) -> dict:
-    """The JSON answer of /elbo: every field of ELBO_OUTPUTS, float arrays as contiguous float64."""
+    """The JSON answer of /elbo: every field of ELBO_OUTPUTS, float arrays as contiguous float64; arrays of a
+    few numbers as Python lists instead, the same JSON (float32 values widen to the same float64 either way),
+    which orjson writes without its numpy path: for one instance 2.0 µs against 2.9, slower from about 16."""
     content = {}
     for name, float_array in _JSON_FIELDS:
         value = scored.value(name)
         if value is None:  # feature_scores, when not asked for
             continue
-        content[name] = floats(value) if float_array else value
+        if type(value) is np.ndarray and value.size <= LIST_NUMBERS:
+            content[name] = value.tolist()
+        else:
+            content[name] = floats(value) if float_array else value
     return content
 
 
+LIST_NUMBERS = 4  # arrays of at most this many numbers go into /elbo's answer as lists (elbo_content)
 # Each field of an /elbo answer, and whether it is an array of floats (written as contiguous float64).
 _JSON_FIELDS = tuple((o.name, o.kind != "per_request" and o.dtype is float) for o in ELBO_OUTPUTS)
 
