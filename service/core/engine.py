@@ -143,7 +143,7 @@ def scoring_path(runtime: Runtime, draws: int) -> ScoringPath:
     return "scorer" if runtime.has_scorer else "decoder"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per batch: a frozen dataclass's __init__ costs 0.6 µs against 0.13
 class _Group:
     """Requests of one batch that draw alike: the same L and K, and so the same path, with or without feature scores.
     Their draws stack into one array, so the maths runs once for all of them."""
@@ -298,14 +298,14 @@ class VaeEngine:
         """(B, D) raw -> (B, *input_shape) float32 model space; rejects values a bernoulli model cannot score."""
         x = self.manifest.preprocessing.to_model(x_raw)
         if self.manifest.likelihood == "bernoulli":
-            if (
-                np.minimum.reduce(x, axis=None) >= -RANGE_TOLERANCE
-                and np.maximum.reduce(x, axis=None) <= 1 + RANGE_TOLERANCE
-            ):
+            low, high = np.minimum.reduce(x, axis=None), np.maximum.reduce(x, axis=None)
+            if low >= -RANGE_TOLERANCE and high <= 1 + RANGE_TOLERANCE:
                 # The common case: every value is inside the range, so finite, and clipped it fits float32; the
                 # checks below only find the first bad value to name. Ufuncs called directly, in place on x (a
-                # new array): np.clip and ndarray.all go through Python wrappers, a few µs a request.
-                np.minimum(np.maximum(x, 0.0, out=x), 1.0, out=x)
+                # new array): np.clip and ndarray.all go through Python wrappers, a few µs a request; and only
+                # when a value is within the tolerance outside [0, 1] (the clip is a no-op otherwise).
+                if low < 0.0 or high > 1.0:
+                    np.minimum(np.maximum(x, 0.0, out=x), 1.0, out=x)
                 inside: np.ndarray = x.reshape([len(x), *self._shape]).astype(np.float32)
                 return inside
             outside = (x < -RANGE_TOLERANCE) | (x > 1 + RANGE_TOLERANCE)

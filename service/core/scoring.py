@@ -192,7 +192,7 @@ def p_values(scores: np.ndarray, calibration: np.ndarray, n_calibration: int) ->
 
     When only evenly spaced order statistics of n scores are kept, the count is scaled up to n.
     """
-    count = len(calibration) - np.searchsorted(calibration, scores, side="left")
+    count = len(calibration) - calibration.searchsorted(scores, side="left")  # the method: no Python wrapper
     if len(calibration) < n_calibration:
         count = np.round(count * n_calibration / len(calibration))
     return (1.0 + count) / (n_calibration + 1.0)

@@ -166,10 +166,16 @@ class Metrics:
         """Every request and batch recorded since the last flush, into the metrics: one increment per series."""
         self._flush_due = False
         batches = self._batches
-        while batches:
+        by_endpoint: defaultdict[str, tuple[list[float], list[float], list[float]]] = defaultdict(lambda: ([], [], []))
+        while batches:  # a bulk observation per series, not one per batch: at c=1 every request is a batch
             endpoint, requests, instances, waits = batches.popleft()
-            self._series_of(self.batch_requests, endpoint).observe(requests)
-            self._series_of(self.batch_size, endpoint).observe(instances)
+            sizes = by_endpoint[endpoint]
+            sizes[0].append(requests)
+            sizes[1].append(instances)
+            sizes[2].extend(waits)
+        for endpoint, (requests_of, instances_of, waits) in by_endpoint.items():
+            observe_all(self._series_of(self.batch_requests, endpoint), requests_of)
+            observe_all(self._series_of(self.batch_size, endpoint), instances_of)
             observe_all(self._series_of(self.queue_wait, endpoint), waits)
         finished, self._finished = self._finished, []
         in_flight, self._in_flight = self._in_flight, 0

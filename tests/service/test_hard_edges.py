@@ -531,3 +531,18 @@ def test_an_image_beyond_pillows_own_bomb_limit_gets_413(monkeypatch):
     with pytest.raises(LimitExceeded) as raised:
         decode_upload(png_of(np.zeros((50, 50), dtype=np.uint8)), "big.png", spec)
     assert raised.value.message.startswith("big.png: Image size (2500 pixels) exceeds limit of 2000 pixels")
+
+
+def test_a_bernoulli_input_a_rounding_error_outside_its_range_scores_as_the_edge(digits_model_dir):
+    # Clients' float formatting may land a hair outside the data range: within 1e-6 (model space) it is clipped.
+    artifact = load_artifact(digits_model_dir)
+    engine = VaeEngine(artifact.manifest, OnnxRuntime(artifact))
+    to_raw = artifact.manifest.preprocessing.to_raw
+    edges = np.tile([0.0, 1.0], 32)[None, :]  # (1, 64) model-space values at both ends
+    beyond = edges + np.tile([-5e-7, 5e-7], 32)[None, :]
+    inside = np.full((1, 64), 0.25)
+    assert np.array_equal(engine.to_model(to_raw(beyond)), engine.to_model(to_raw(edges)))
+    assert np.array_equal(engine.to_model(to_raw(edges)).reshape(1, 64), edges.astype(np.float32))
+    assert np.array_equal(engine.to_model(to_raw(inside)).reshape(1, 64), inside.astype(np.float32))
+    with pytest.raises(InvalidInput, match=r"instances\[0\]: feature 1 is .*outside the model's data range"):
+        engine.to_model(to_raw(edges + np.tile([0.0, 2e-6], 32)[None, :]))
