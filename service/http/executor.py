@@ -79,6 +79,11 @@ class Executor:
             if state is not None:
                 state["batch_size"] = size
             return await self._within(run_in_threadpool(lambda: run_one([item], deadline)[0]), deadline)
+        ran, result = batcher.run_now((item, deadline), size, state, units)
+        if ran:  # alone and cheap: done in this turn of the loop
+            if isinstance(result, BaseException):
+                raise result
+            return result
         future = batcher.enqueue((item, deadline), size, state, units)
         # One timer that fails the future at the deadline: cheaper than asyncio.timeout around the await,
         # and the batcher drops a request whose future is done before it joins a batch.

@@ -399,12 +399,64 @@ def test_a_batch_runs_on_the_event_loop_when_its_measured_cost_fits_the_budget()
     assert ran == [
         (["first"], "vae-batcher"),
         (["cheap"], loop_thread),
-        (["bad"], loop_thread),
-        (["bad"], loop_thread),  # the failed batch, item by item (here, one)
+        (["bad"], loop_thread),  # alone, its error is its own: not run again
         (["costly"], "vae-batcher"),
         (["a", "b"], loop_thread),  # two together, cheap together: here
         (["c", "d"], "vae-batcher"),
     ]
+
+
+def test_a_lone_request_after_lone_calls_runs_at_once_in_its_own_turn():
+    ran, batches = [], []
+
+    def run_batch(items):
+        ran.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [f"done {item}" for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(
+            run_batch,
+            max_batch_size=10,
+            max_delay_s=0.0,
+            on_batch=lambda requests, instances, waits: batches.append(requests),
+            inline_budget_s=0.01,
+        )
+        outcomes = []
+        for item in ("first", "second"):  # two lone calls (the thread, then inline) before any runs at once
+            outcomes.append((batcher.run_now(item, 1), await batcher.submit(item, 1)))
+        state: dict = {}
+        outcomes.append(batcher.run_now("third", 1, state))
+        outcomes.append(state)
+        outcomes.append(batcher.run_now("same turn", 1))  # another one in the same turn of the loop: it queues
+        await asyncio.sleep(0)
+        outcomes.append(batcher.run_now("costly", 1, units=10**9))  # over the budget: it queues
+        ran_now, error = batcher.run_now("bad", 1)
+        outcomes.append((ran_now, repr(error)))
+        together = [asyncio.ensure_future(batcher.submit(item, 1)) for item in ("a", "b")]
+        await asyncio.sleep(0)
+        outcomes.append(batcher.run_now("while a call waits", 1))
+        outcomes.append(await asyncio.gather(*together))
+        await asyncio.sleep(0)
+        outcomes.append(batcher.run_now("after a call of two", 1))  # the calls in a row of one request start over
+        await batcher.close()
+        return outcomes
+
+    assert asyncio.run(scenario()) == [
+        ((False, None), "done first"),
+        ((False, None), "done second"),
+        (True, "done third"),
+        {"batch_size": 1},
+        (False, None),
+        (False, None),
+        (True, "ValueError('bad item')"),
+        (False, None),
+        ["done a", "done b"],
+        (False, None),
+    ]
+    assert ran == [["first"], ["second"], ["third"], ["bad"], ["a", "b"]]
+    assert batches == [1, 1, 1, 1, 2]  # every call counted in the metrics, as a queued one is
 
 
 def test_a_queue_longer_than_a_batch_runs_inline_one_batch_a_turn():
