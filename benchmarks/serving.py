@@ -448,6 +448,8 @@ def render(out: dict, duration: float, command: str) -> str:
         f"`n_samples=1, iw_samples=1` (two draws: the single-draw ELBO and L_1), or no options (the calibrated "
         f"default: {out['default_score']}). `vae serve` runs with "
         "an API key, JSON access logs at info (to a file), metrics, request ids and the default limits on. "
+        "`vae serve` writes each answer's head and body in one write (service/http/protocol.py); the ceiling "
+        "and the naive app run plain uvicorn, which writes them in two. "
         "The ceiling is a bare ASGI callable under uvicorn (uvloop, httptools) that parses the same body with "
         "orjson and returns a constant; the naive app is FastAPI with a pydantic body and a sync endpoint that "
         "runs ONNX Runtime once per request and computes a plain ELBO; TorchServe "
