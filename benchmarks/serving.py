@@ -157,8 +157,9 @@ class Server:
         headers = {"content-type": "application/json", "authorization": f"Bearer {API_KEY}"}
         while True:
             if self.process.poll() is not None or time.perf_counter() - started > timeout_s:
+                tail = Path(self.log.name).read_text()[-3000:]
                 self.stop()
-                raise RuntimeError(f"{command[0]} did not get ready:\n" + Path(self.log.name).read_text()[-3000:])
+                raise RuntimeError(f"{command[0]} did not get ready:\n" + tail)
             try:
                 if ready_body is None:
                     ok = httpx.get(self.base + ready_path, timeout=1)
@@ -186,6 +187,7 @@ class Server:
         return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
 
     def stop(self) -> None:
+        """End the server and remove its log (a run's access logs take hundreds of MB, left behind before)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -193,6 +195,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
 
 
 def wrk(url: str, body: bytes, connections: int, duration: float, content_type: str = "application/json") -> dict:

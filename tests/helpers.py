@@ -5,6 +5,7 @@ Test modules import these from here, never from each other.
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -98,6 +99,7 @@ def start_server(model_dir, *args, env=None):
     """`vae serve` on a free port; its log goes to a file (a pipe nobody reads would fill and stall it)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="vae-serve-", suffix=".log", delete=False)
+    atexit.register(Path(log.name).unlink, missing_ok=True)  # read after stop() by some tests; gone with the run
     process = subprocess.Popen(
         [VAE, "serve", str(model_dir), "--port", str(port), *args],
         stdout=log,
