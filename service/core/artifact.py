@@ -234,7 +234,7 @@ class Manifest(BaseModel):
             raise ValueError(f"feature_names has {len(self.feature_names)} names, input_shape has {n} features")
         return self
 
-    @property
+    @cached_property  # read a few times for every request
     def n_features(self) -> int:
         return math.prod(self.input_shape)
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)  # one per queued request
 class _Pending:
     item: Any
     size: int  # instances: what max_batch_size counts

@@ -186,9 +186,10 @@ async def elbo_answer(
     shapes = [(len(x_raw),)] * len(PER_INPUT_OUTPUTS)
     shapes += [(len(x_raw), *engine.manifest.input_shape)] if body.feature_scores else []
     size = json_bytes(*shapes)
-    check_answer(
-        engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
-    )
+    if size > engine.limits.max_response_bytes:  # the message is built only for the refusal
+        check_answer(
+            engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
+        )
     scored = await executor.elbo(prepared, state, deadline)
     return elbo_content(scored), size
 
