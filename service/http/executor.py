@@ -84,15 +84,9 @@ class Executor:
             if isinstance(result, BaseException):
                 raise result
             return result
-        future = batcher.enqueue((item, deadline), size, state, units)
-        # One timer that fails the future at the deadline: cheaper than asyncio.timeout around the await,
-        # and the batcher drops a request whose future is done before it joins a batch.
-        loop = future.get_loop()
-        timer = loop.call_at(loop.time() + deadline.remaining(), _expire, future, deadline)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        # The batcher fails the future at the deadline (a timer, armed only if the request waits; cheaper than
+        # asyncio.timeout around the await), and drops a request whose future is done before it joins a batch.
+        return await batcher.enqueue((item, deadline), size, state, units, deadline)
 
     async def _within(self, work, deadline: Deadline) -> Any:
         try:
@@ -120,8 +114,3 @@ class Executor:
     async def close(self) -> None:
         for batcher in self._batchers.values():
             await batcher.close()
-
-
-def _expire(future, deadline: Deadline) -> None:
-    if not future.done():
-        future.set_exception(deadline.error())

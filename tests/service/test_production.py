@@ -459,6 +459,51 @@ def test_a_lone_request_after_lone_calls_runs_at_once_in_its_own_turn():
     assert batches == [1, 1, 1, 1, 2]  # every call counted in the metrics, as a queued one is
 
 
+class Deadline:
+    """A deadline as the batcher reads it (service/core/engine.py's Deadline)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def error(self) -> Exception:
+        return TimeoutError("too late")
+
+
+def test_a_deadline_timer_is_armed_only_for_a_request_that_waits():
+    release = threading.Event()
+
+    def run_batch(items):
+        if "slow" in items:
+            release.wait(5)
+        return [f"done {item}" for item in items]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        armed = []
+        call_at = loop.call_at
+        loop.call_at = lambda when, callback, *args, **kwargs: (armed.append(args), call_at(when, callback, *args))[1]
+        batcher = MicroBatcher(run_batch, max_batch_size=10, max_delay_s=0.0, inline_budget_s=1.0)
+        assert await batcher.submit("warm-up", 1) == "done warm-up"  # measured cheap from now on
+        assert await batcher.enqueue("inline", 1, deadline=Deadline(10)) == "done inline"
+        assert armed == []  # it ran on the loop in the turn it arrived in: no timer
+        slow = batcher.enqueue("slow", 1, units=10**9, deadline=Deadline(10))  # over the budget: the thread
+        await asyncio.sleep(0.05)
+        behind = batcher.enqueue("behind", 1, deadline=Deadline(0.1))  # waits behind the call in the thread
+        with pytest.raises(TimeoutError, match="too late"):
+            await behind
+        release.set()
+        assert await slow == "done slow"
+        deadline_timers = [args for args in armed if args and isinstance(args[-1], Deadline)]  # not asyncio.sleep's
+        assert len(deadline_timers) == 2  # the one in the thread, and the one behind it
+        await batcher.close()
+        return [timer.cancelled() for timer in batcher._waiting]
+
+    assert asyncio.run(scenario()) == []  # the request that timed out left the queue
+
+
 def test_a_queue_longer_than_a_batch_runs_inline_one_batch_a_turn():
     turns = []  # the loop's turn each inline batch ran in, counted by a callback that re-arms itself
 
