@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from service.core.artifact import load_artifact
-from service.core.engine import PreparedElbo
+from service.core.engine import Deadline, PreparedElbo
+from service.core.errors import Timeout
 from service.core.runtime import OnnxRuntime
 from service.http.batching import MicroBatcher
 from service.http.executor import elbo_units
@@ -459,19 +460,6 @@ def test_a_lone_request_after_lone_calls_runs_at_once_in_its_own_turn():
     assert batches == [1, 1, 1, 1, 2]  # every call counted in the metrics, as a queued one is
 
 
-class Deadline:
-    """A deadline as the batcher reads it (service/core/engine.py's Deadline)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-    def error(self) -> Exception:
-        return TimeoutError("too late")
-
-
 def test_a_deadline_timer_is_armed_only_for_a_request_that_waits():
     release = threading.Event()
 
@@ -487,12 +475,12 @@ def test_a_deadline_timer_is_armed_only_for_a_request_that_waits():
         loop.call_at = lambda when, callback, *args, **kwargs: (armed.append(args), call_at(when, callback, *args))[1]
         batcher = MicroBatcher(run_batch, max_batch_size=10, max_delay_s=0.0, inline_budget_s=1.0)
         assert await batcher.submit("warm-up", 1) == "done warm-up"  # measured cheap from now on
-        assert await batcher.enqueue("inline", 1, deadline=Deadline(10)) == "done inline"
+        assert await batcher.enqueue("inline", 1, deadline=Deadline.after(10)) == "done inline"
         assert armed == []  # it ran on the loop in the turn it arrived in: no timer
-        slow = batcher.enqueue("slow", 1, units=10**9, deadline=Deadline(10))  # over the budget: the thread
+        slow = batcher.enqueue("slow", 1, units=10**9, deadline=Deadline.after(10))  # over the budget: the thread
         await asyncio.sleep(0.05)
-        behind = batcher.enqueue("behind", 1, deadline=Deadline(0.1))  # waits behind the call in the thread
-        with pytest.raises(TimeoutError, match="too late"):
+        behind = batcher.enqueue("behind", 1, deadline=Deadline.after(0.1))  # waits behind the call in the thread
+        with pytest.raises(Timeout, match=r"^the request did not finish within 0.1 s \(VAE_REQUEST_TIMEOUT_S\)$"):
             await behind
         release.set()
         assert await slow == "done slow"

@@ -12,6 +12,8 @@ there) and sent as it is written, so it is never whole in memory and never holds
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi.responses import Response, StreamingResponse
 
 from service.core.engine import VaeEngine
@@ -22,12 +24,13 @@ from service.http.json_writer import chunks, json_parts
 INLINE_BYTES = 1 << 20  # answers bounded by this are serialised on the event loop: a thread hop costs more
 
 
-def check_answer(engine: VaeEngine, size: int, what: str) -> None:
-    """413 before any work when an answer of at most `size` bytes may exceed VAE_MAX_RESPONSE_BYTES."""
+def check_answer(engine: VaeEngine, size: int, what: Callable[[], str]) -> None:
+    """413 before any work when an answer of at most `size` bytes may exceed VAE_MAX_RESPONSE_BYTES; `what()`
+    describes the answer in the message (made only for a refusal: most requests pass, on the hot path)."""
     limit = engine.limits.max_response_bytes
     if size > limit:
         raise LimitExceeded(
-            f"the answer ({what}) may take up to {size} bytes, over the limit of {limit} bytes "
+            f"the answer ({what()}) may take up to {size} bytes, over the limit of {limit} bytes "
             "(VAE_MAX_RESPONSE_BYTES); send fewer instances or draws per request"
         )
 

@@ -63,7 +63,7 @@ def check_png(engine: VaeEngine, rows: int, cols: int, channels: int | None = No
     """413 before any work when a PNG grid of rows x cols of the model's images may exceed the answer limit."""
     spec = image_spec(engine)
     size = png_size_bound(channels or spec.channels, rows * spec.height, cols * spec.width)
-    check_answer(engine, size, f"a PNG of {rows} x {cols} images of {spec.width}x{spec.height}")
+    check_answer(engine, size, lambda: f"a PNG of {rows} x {cols} images of {spec.width}x{spec.height}")
 
 
 def decoded_png(engine: VaeEngine, z: np.ndarray, rows: int, cols: int, deadline: Deadline) -> bytes:
@@ -88,7 +88,7 @@ async def encode_answer(
     """/encode's JSON answer and the bound of its size, for a validated body (the route and the fast path)."""
     engine = executor.engine
     size = json_bytes(*[(len(x_raw), engine.manifest.latent_dim)] * 3)
-    check_answer(engine, size, f"3 x {len(x_raw)} x {engine.manifest.latent_dim} numbers")
+    check_answer(engine, size, lambda: f"3 x {len(x_raw)} x {engine.manifest.latent_dim} numbers")
     encoded = await executor.encode(engine.to_model(x_raw), state, deadline)
     return {"mu": floats(encoded.mu), "sigma": floats(encoded.sigma), "logvar": floats(encoded.logvar)}, size
 
@@ -121,7 +121,7 @@ async def sample(request: Request, executor: ExecutorDep) -> Response:
         return png(await executor.call(decoded_png, engine, z, batch, n, deadline, deadline=deadline))
     shapes = [(batch, n, d)] + ([(batch, n, *engine.manifest.input_shape)] if body.decode else [])
     size = json_bytes(*shapes)
-    check_answer(engine, size, " + ".join(" x ".join(map(str, s)) for s in shapes) + " numbers")
+    check_answer(engine, size, lambda: " + ".join(" x ".join(map(str, s)) for s in shapes) + " numbers")
     sampled = await executor.call(engine.sample, x_raw, n, body.seed, body.decode, deadline, deadline=deadline)
     content = {"z": floats(sampled.z), "seed": sampled.seed}
     if sampled.x is not None:
@@ -151,7 +151,7 @@ async def decode_answer(
     """/decode's JSON answer and the bound of its size, for validated latent vectors."""
     engine = executor.engine
     size = json_bytes((len(z), *engine.manifest.input_shape))
-    check_answer(engine, size, f"{len(z)} x {engine.manifest.n_features} numbers")
+    check_answer(engine, size, lambda: f"{len(z)} x {engine.manifest.n_features} numbers")
     x = await executor.decode(z, state, deadline)
     return {"x": floats(x)}, size
 
@@ -186,10 +186,9 @@ async def elbo_answer(
     shapes = [(len(x_raw),)] * len(PER_INPUT_OUTPUTS)
     shapes += [(len(x_raw), *engine.manifest.input_shape)] if body.feature_scores else []
     size = json_bytes(*shapes)
-    if size > engine.limits.max_response_bytes:  # the message is built only for the refusal
-        check_answer(
-            engine, size, f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
-        )
+    check_answer(
+        engine, size, lambda: f"{len(x_raw)} instances' scores" + (" and feature scores" if body.feature_scores else "")
+    )
     scored = await executor.elbo(prepared, state, deadline)
     return elbo_content(scored), size
 

@@ -588,7 +588,7 @@ def _check_answer_size(op: Operation, live: LiveModel, parsed: Parsed, chosen: l
         fill = iter([batch, draws])
         tensors.append(([next(fill) if size == -1 else size for size in shapes[name]], as_binary, name))
     size = response_bound(tensors)
-    check_answer(engine, size, ", ".join(f"{name} {shape}" for shape, _, name in tensors))
+    check_answer(engine, size, lambda: ", ".join(f"{name} {shape}" for shape, _, name in tensors))
 
 
 async def _infer(model_name: str, version: str | None, request: Request, live: LiveModel) -> Response:
