@@ -7,6 +7,7 @@ send one-instance JSON requests (API key, JSON access log at info to a file) str
 uvicorn would, after a warm-up.
 
     .venv/bin/python benchmarks/serving_cpu.py MODEL_DIR [--concurrency 64] [--requests 8000] [--no-fast-path]
+        [--npy ROWS]
 
 To compare with another source tree, run this file with PYTHONPATH pointing at that tree.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import sys
 import time
@@ -28,6 +30,7 @@ from service.http.app import create_app
 from service.http.settings import Settings
 
 KEY = "bench-key"
+NPY_QUERY = b"n_samples=1&iw_samples=1&seed=1"
 
 
 def one_instance_body(model_dir: Path) -> bytes:
@@ -36,10 +39,19 @@ def one_instance_body(model_dir: Path) -> bytes:
     return json.dumps({"instances": [row], "n_samples": 1, "iw_samples": 1, "seed": 1}).encode()
 
 
-async def post(app, body: bytes) -> None:
+def npy_body(model_dir: Path, rows: int) -> bytes:
+    """`rows` raw instances as one float32 .npy body: the bulk client's request (benchmarks/serving.py's)."""
+    manifest = load_artifact(model_dir).manifest
+    data = manifest.preprocessing.to_raw(np.random.default_rng(2).random((rows, manifest.n_features)))
+    out = io.BytesIO()
+    np.save(out, data.astype(np.float32))
+    return out.getvalue()
+
+
+async def post(app, body: bytes, content_type: bytes, query: bytes) -> None:
     headers = [
         (b"host", b"bench"),
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type),
         (b"authorization", f"Bearer {KEY}".encode()),
         (b"content-length", str(len(body)).encode()),
     ]
@@ -51,7 +63,7 @@ async def post(app, body: bytes) -> None:
         "scheme": "http",
         "path": "/elbo",
         "raw_path": b"/elbo",
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
         "headers": headers,
         "client": ("127.0.0.1", 1),
@@ -74,7 +86,9 @@ async def post(app, body: bytes) -> None:
         raise RuntimeError(f"POST /elbo answered {statuses}")
 
 
-async def measure(app, body: bytes, concurrency: int, requests: int) -> tuple[float, float, int]:
+async def measure(
+    app, body: bytes, concurrency: int, requests: int, content_type: bytes, query: bytes
+) -> tuple[float, float, int]:
     """(requests per second, CPU microseconds per request, requests) after a warm-up, inside the lifespan."""
     to_app: asyncio.Queue = asyncio.Queue()
     from_app: asyncio.Queue = asyncio.Queue()
@@ -86,7 +100,7 @@ async def measure(app, body: bytes, concurrency: int, requests: int) -> tuple[fl
 
     async def client(n: int) -> None:
         for _ in range(n):
-            await post(app, body)
+            await post(app, body, content_type, query)
 
     await asyncio.gather(*(client(max(1, 200 // concurrency)) for _ in range(concurrency)))
     per_client = max(1, requests // concurrency)
@@ -107,6 +121,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8000, help="requests measured, after the warm-up")
     parser.add_argument("--no-fast-path", action="store_true", help="VAE_FAST_PATH=false")
     parser.add_argument("--log-level", default="info", help="info writes an access log line per request")
+    parser.add_argument("--npy", type=int, default=0, metavar="ROWS", help="ROWS instances per .npy request")
     parser.add_argument("--log", type=Path, default=Path("/dev/null"), help="where the server's logs go")
     args = parser.parse_args()
     settings = {"model_dir": args.model_dir, "api_key": KEY, "log_level": args.log_level}
@@ -115,7 +130,11 @@ def main() -> None:
     log = args.log.open("w")
     sys.stderr = log  # the service's logging handlers write to sys.stderr as it is when they are made
     app = create_app(Settings(**settings))
-    rps, cpu_us, done = uvloop.run(measure(app, one_instance_body(args.model_dir), args.concurrency, args.requests))
+    if args.npy:  # options in the query string, as benchmarks/serving.py sends them
+        body, content_type, query = npy_body(args.model_dir, args.npy), b"application/x-npy", NPY_QUERY
+    else:
+        body, content_type, query = one_instance_body(args.model_dir), b"application/json", b""
+    rps, cpu_us, done = uvloop.run(measure(app, body, args.concurrency, args.requests, content_type, query))
     print(f"c={args.concurrency}: {done} requests, {rps:.0f} req/s, {cpu_us:.0f} us CPU per request")
 
 

@@ -40,9 +40,12 @@ class BulkError(ValueError):
 
 # --- reading ----------------------------------------------------------------------------------------------------
 def read_chunks(
-    path: Path, n_features: int, chunk_rows: int, columns: Sequence[str] | None = None
+    path: Path, n_features: int, chunk_rows: int, columns: Sequence[str] | None = None, in_use: int = 0
 ) -> tuple[int | None, Iterator[np.ndarray]]:
-    """(total rows when known up front, chunks of raw rows) for a .npy, .csv or .parquet file."""
+    """(total rows when known up front, chunks of raw rows) for a .npy, .csv or .parquet file. `in_use`: how many
+    chunks the consumer may still be using when it asks for the next one, the last included (0: it is done with
+    each before asking for the next). A .npy chunk may be a view of the memory-mapped file, whose pages are
+    released once the consumer is done with them, so that a file larger than memory is not held in it."""
     if not path.is_file():
         raise BulkError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -51,13 +54,13 @@ def read_chunks(
     if columns and suffix != ".parquet":
         raise BulkError(f"{path}: --columns picks columns of a Parquet file by name; this is a {suffix} file")
     if suffix == ".npy":
-        return _npy_chunks(path, n_features, chunk_rows)
+        return _npy_chunks(path, n_features, chunk_rows, in_use)
     if suffix == ".csv":
         return None, _csv_chunks(path, n_features, chunk_rows)
     return _parquet_chunks(path, n_features, chunk_rows, columns)
 
 
-def _npy_chunks(path: Path, n_features: int, chunk_rows: int) -> tuple[int, Iterator[np.ndarray]]:
+def _npy_chunks(path: Path, n_features: int, chunk_rows: int, in_use: int) -> tuple[int, Iterator[np.ndarray]]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -66,10 +69,13 @@ def _npy_chunks(path: Path, n_features: int, chunk_rows: int) -> tuple[int, Iter
         raise BulkError(f"{path}: rows are shaped {list(array.shape[1:])}; the model takes {n_features} features")
 
     def chunks() -> Iterator[np.ndarray]:
+        # A view of the mapped pages when the file holds float64 rows, else a converted copy.
         for start in range(0, len(array), chunk_rows):
             chunk = np.asarray(array[start : start + chunk_rows], dtype=np.float64).reshape(-1, n_features)
             yield chunk
-            _release(array, start, len(chunk))
+            done = start - in_use * chunk_rows  # asked for the next chunk, the consumer is done with this one
+            if done >= 0:
+                _release(array, done, min(chunk_rows, len(array) - done))
 
     return len(array), chunks()
 

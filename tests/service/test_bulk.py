@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.core.bulk import DEFAULT_CHUNK_ROWS, FIELDS, BulkError, score_file
+from service.core.bulk import DEFAULT_CHUNK_ROWS, FIELDS, PROBE_CHUNKS, BulkError, Pace, score_file
 from service.core.parquet_io import read_parquet_chunks
 
 VAE = str(Path(sys.executable).with_name("vae"))
@@ -251,6 +251,102 @@ def test_a_run_that_fails_midway_leaves_no_output(digits_model_dir, tmp_path):
         "[0, 16] (bernoulli likelihood)"
     )
     assert not (tmp_path / "o.parquet").exists()
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_a_run_that_fails_midway_leaves_no_output_whatever_the_streams(digits_model_dir, tmp_path, streams):
+    rows = digit_rows(5000, seed=5)
+    rows[2500, 0] = 99.0  # chunk 2 of 5 is refused while the chunks beside it are being scored
+    np.save(tmp_path / "d.npy", rows)
+    with pytest.raises(BulkError) as err:
+        score_file(
+            digits_model_dir, tmp_path / "d.npy", tmp_path / "o.npy", chunk_rows=1000, progress=False, streams=streams
+        )
+    assert str(err.value) == (
+        f"{tmp_path / 'd.npy'}: rows 2000–2999: instances[500]: feature 0 is 99, outside the model's data range "
+        "[0, 16] (bernoulli likelihood)"
+    )
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_the_answers_are_the_same_however_many_chunks_are_scored_at_once(digits_model_dir, tmp_path):
+    """Chunk i is seeded seed + i and written in file order, whichever thread scores it and whenever it ends."""
+    np.save(tmp_path / "d.npy", digit_rows(2900, seed=8))
+    answers = []
+    for streams in (1, 2, 3, None):
+        out = tmp_path / f"o{streams}.npy"
+        assert (
+            score_file(digits_model_dir, tmp_path / "d.npy", out, chunk_rows=300, progress=False, streams=streams)
+            == 2900
+        )
+        answers.append(np.load(out))
+    assert answers[0]["row"].tolist() == list(range(2900))
+    for other in answers[1:]:
+        assert other.tobytes() == answers[0].tobytes()
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_at_most_streams_plus_one_chunks_are_held(digits_model_dir, tmp_path, monkeypatch, streams):
+    """The chunks read and not yet written: those being scored and the one just read, never the file."""
+    from service.core import bulk
+
+    np.save(tmp_path / "d.npy", digit_rows(4000, seed=9))
+    counts = {"read": 0, "written": 0, "held": 0}
+    real_read, real_open = bulk.read_chunks, bulk.open_writer
+
+    def counting_read(*args, **kwargs):
+        total, chunks = real_read(*args, **kwargs)
+
+        def counted():
+            for chunk in chunks:
+                counts["read"] += 1
+                counts["held"] = max(counts["held"], counts["read"] - counts["written"])
+                yield chunk
+
+        return total, counted()
+
+    def counting_open(path):
+        writer = real_open(path)
+        write = writer.write
+
+        def counted_write(columns):
+            write(columns)
+            counts["written"] += 1
+
+        writer.write = counted_write
+        return writer
+
+    monkeypatch.setattr(bulk, "read_chunks", counting_read)
+    monkeypatch.setattr(bulk, "open_writer", counting_open)
+    score_file(
+        digits_model_dir, tmp_path / "d.npy", tmp_path / "o.npy", chunk_rows=200, progress=False, streams=streams
+    )
+    assert counts["read"] == counts["written"] == 20
+    assert counts["held"] == streams + 1
+
+
+def paced_windows(streams: int, seconds_between_writes: list[float]) -> list[int]:
+    """The chunks Pace lets be scored at once after each write of a 100-row chunk, the writes that far apart."""
+    pace, now, windows = Pace(streams), 0.0, []
+    for seconds in seconds_between_writes:
+        now += seconds
+        pace.written(100, now)
+        windows.append(pace.window)
+    return windows
+
+
+def test_the_pace_times_both_ways_and_keeps_the_faster():
+    assert PROBE_CHUNKS == 3
+    # Three chunks one at a time (1 s apart: 2 s for chunks 1 and 2), then two at once: the switch's write starts
+    # the span (9 s, left out) and four more writes end it; the faster way is kept from the eighth write on.
+    assert paced_windows(2, [1.0] * 3 + [9.0] + [0.6] * 4 + [0.6] * 2) == [1, 1, 2, 2, 2, 2, 2, 2, 2, 2]
+    assert paced_windows(2, [1.0] * 3 + [9.0] + [1.2] * 4 + [1.2] * 2) == [1, 1, 2, 2, 2, 2, 2, 1, 1, 1]
+    # Two chunks that finish together are written in a burst: the span counts whole rounds, in either phase.
+    assert paced_windows(2, [1.0] * 3 + [9.0] + [0.0, 1.8] * 2) == [1, 1, 2, 2, 2, 2, 2, 2]
+    assert paced_windows(2, [1.0] * 3 + [9.0] + [1.8, 0.0] * 2) == [1, 1, 2, 2, 2, 2, 2, 2]
+    assert paced_windows(2, [1.0] * 3 + [9.0] + [0.0, 2.2] * 2) == [1, 1, 2, 2, 2, 2, 2, 1]
+    assert paced_windows(3, [1.0] * 3 + [9.0] + [0.0, 0.0, 2.7] * 2) == [1, 1, 3, 3, 3, 3, 3, 3, 3, 3]
+    assert paced_windows(1, [1.0] * 8) == [1] * 8
 
 
 def test_a_parquet_file_many_chunks_long_is_scored_in_bounded_memory(digits_model_dir, tmp_path):
