@@ -38,7 +38,7 @@ from training.plan import (
 from training.ppca import initialise_linear_vae, is_ppca
 from training.report import write_report
 from training.train_args import train_parser
-from training.train_config import TrainConfig
+from training.train_config import TrainConfig, default_out
 
 __all__ = ["ConfigError", "TrainConfig", "split_indices", "train"]
 
@@ -90,6 +90,7 @@ def train(config: TrainConfig) -> Artifact | None:
     its share of the rows and only the main one writes the directory and returns the artifact; the others
     return None.
     """
+    config = replace(config, out=config.out or default_out(config.data))  # the manifest records where it went
     dataset = load_dataset(
         config.data,
         columns=config.columns,

@@ -119,7 +119,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a table's label column (name or 0-based index): never a feature; labels colour the pictures",
     )
-    p.add_argument("--out", default=defaults["out"], help="model directory to write (replaced atomically)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="model directory to write (replaced atomically) (default: models/ and the data's name: models/digits "
+        "for digits, models/sensors for sensors.csv)",
+    )
     p.add_argument(
         "--likelihood",
         choices=["bernoulli", "gaussian"],

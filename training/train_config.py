@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -12,7 +13,7 @@ class TrainConfig:
     data: str = "digits"  # "digits", a .npy / .npz / .csv / .parquet file, or a folder of PNG / JPEG images
     columns: list[str] | None = None  # a table's feature columns, in order; None: every numeric one but the label
     label_column: str | None = None  # a table's label column: never a feature; labels colour the report's pictures
-    out: str = "models/digits"  # the model directory to write
+    out: str | None = None  # the model directory to write; None: default_out(data), models/digits for digits
     likelihood: str | None = None  # bernoulli | gaussian; None: bernoulli for digits, gaussian for files
     # gaussian: "shared" (one variance for all features), "diagonal" (one learned per feature) or "feature" (one per
     # feature computed from z); None: training.plan.default_noise
@@ -54,3 +55,10 @@ class TrainConfig:
     # this trains on 2-core machines (docs/benchmark-distributed.md), and leaves a core to the rest
     threads: int = 1
     progress: bool = True  # show a progress bar
+
+
+def default_out(data: str) -> str:
+    """The model directory `vae train` writes when --out is not given: models/ and the data's name (models/digits
+    for the built-in digits, models/sensors for sensors.csv or a folder sensors/), so that a model of one data set
+    does not replace another's, nor the digits model `make run` serves."""
+    return "models/digits" if data == "digits" else f"models/{Path(data).stem or 'model'}"

@@ -13,6 +13,7 @@ import torch
 from tests.helpers import FAST
 from training.export import load_checkpoint
 from training.train import TrainConfig, split_indices, train
+from training.train_config import default_out
 
 VAE = str(Path(sys.executable).with_name("vae"))
 
@@ -96,7 +97,7 @@ def test_help_shows_every_default():
         ("--beta", "1.0"),
         ("--seed", "0"),
         ("--val-fraction", "0.1"),
-        ("--out", "models/digits"),
+        ("--out", "models/ and the data's name: models/digits for digits, models/sensors for sensors.csv"),
         ("--likelihood", "bernoulli for digits, gaussian for files"),
         ("--noise", "shared for linear models and pixels, diagonal for non-linear models of standardised tables"),
         ("--scaling", "range for pixels, C x H x W, standard for tables"),
@@ -132,29 +133,29 @@ def test_cli_errors_name_the_problem(tmp_path, args, message):
     assert not (tmp_path / "m").exists()
 
 
-def test_cli_trains_a_csv_with_gaussian_default(tmp_path, tabular_csv):
-    out = tmp_path / "m"
+def test_cli_trains_a_csv_with_gaussian_default_into_models_and_its_name(tmp_path, tabular_csv):
+    """Without --out a file's model goes to models/ and the file's name: not over the digits model `make run` serves."""
     result = subprocess.run(
-        [
-            VAE,
-            "train",
-            "--data",
-            str(tabular_csv),
-            "--out",
-            str(out),
-            "--epochs",
-            "2",
-            "--hidden",
-            "16",
-            "--no-progress",
-        ],
+        [VAE, "train", "--data", str(tabular_csv), "--epochs", "2", "--hidden", "16", "--no-progress"],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
+    out = Path("models") / tabular_csv.stem
     assert result.stdout.startswith(f"wrote {out}: best validation ELBO ")
-    assert json.loads((out / "manifest.json").read_text())["likelihood"] == "gaussian"
+    manifest = json.loads((tmp_path / out / "manifest.json").read_text())
+    assert (manifest["likelihood"], manifest["name"]) == ("gaussian", tabular_csv.stem)
+    assert manifest["training"]["config"]["out"] == str(out)
+    assert not (tmp_path / "models" / "digits").exists()
+
+
+def test_the_default_model_directory_is_named_after_the_data():
+    assert default_out("digits") == "models/digits"
+    assert default_out("data/sensors.csv") == "models/sensors"
+    assert default_out("/data/pictures/") == "models/pictures"
+    assert default_out("x.npz") == "models/x"
 
 
 def test_kl_warmup_ramps_beta_from_zero(tmp_path):
