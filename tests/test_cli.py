@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -90,9 +93,21 @@ class FakeUvicorn:
         self.calls.append((app, options))
 
 
-def test_a_supervisor_of_several_workers_builds_no_app(monkeypatch, digits_model_dir):
-    # Each worker builds its own app (service/http/main.py); one in the supervisor would only hold memory.
+class Exec:
+    """os.execv, recorded instead of done."""
+
+    def __init__(self):
+        self.argv: list[str] | None = None
+
+    def __call__(self, path, argv):
+        assert path == argv[0]
+        self.argv = list(argv)
+
+
+def test_a_supervisor_of_several_workers_is_execd_without_an_app(monkeypatch, digits_model_dir):
+    """Each worker builds its own app (service/http/main.py); the supervisor is a fresh process that builds none."""
     import service.http.app
+    import service.http.supervise
     from service.http.settings import Settings
     from vae_cli.main import _run_uvicorn
 
@@ -100,23 +115,59 @@ def test_a_supervisor_of_several_workers_builds_no_app(monkeypatch, digits_model
         raise AssertionError("the supervisor built an app")
 
     monkeypatch.setattr(service.http.app, "create_app", no_app)
+    execv = Exec()
+    monkeypatch.setattr(service.http.supervise.os, "execv", execv)
     monkeypatch.setenv("VAE_WORKERS", "2")  # _run_uvicorn hands the settings to the workers this way; undone after
     uvicorn = FakeUvicorn()
-    assert _run_uvicorn(uvicorn, Settings(model_dir=digits_model_dir, workers=2), {"workers": 2}) == 0
-    [(app, options)] = uvicorn.calls
-    assert app == "service.http.main:app"
-    assert options["workers"] == 2
+    settings = Settings(model_dir=digits_model_dir, workers=2)
+    assert _run_uvicorn(uvicorn, settings, {"workers": 2}, metrics_dir="/tmp/vae-metrics-x") == 0
+    assert uvicorn.calls == []
+    assert execv.argv is not None and execv.argv[:3] == [sys.executable, "-m", "service.http.supervise"]
+    given = json.loads(execv.argv[3])
+    assert given["remove_after"] == "/tmp/vae-metrics-x"  # the command's cleanup does not outlive the exec
+    options = given["uvicorn"]
+    assert (options["workers"], options["port"], options["access_log"]) == (2, 8000, False)
+    assert options["log_config"]["formatters"]["json"] == {"()": "service.http.observability.JsonFormatter"}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_vae_serve_writes_each_answer_head_and_body_together(monkeypatch, digits_model_dir, workers):
+def test_the_supervisor_runs_the_workers_app_with_the_one_write_protocol_and_cleans_up(monkeypatch, tmp_path):
+    import uvicorn
+
+    from service.http import supervise
+    from service.http.protocol import HttpProtocol
+
+    metrics = tmp_path / "vae-metrics-x"
+    metrics.mkdir()
+    (metrics / "counter_1.db").write_bytes(b"")
+    calls = FakeUvicorn()
+    monkeypatch.setattr(uvicorn, "run", calls.run)
+    supervise.main([json.dumps({"uvicorn": {"workers": 2, "port": 8123}, "remove_after": str(metrics)})])
+    assert calls.calls == [("service.http.main:app", {"http": HttpProtocol, "workers": 2, "port": 8123})]
+    assert not metrics.exists()
+
+
+def test_the_supervisor_process_holds_no_numpy_nor_the_service():
+    """What the exec buys: the supervisor imports uvicorn and the protocol, not numpy, pydantic or the core."""
+    probe = (
+        "import sys, runpy; import uvicorn; uvicorn.run = lambda *a, **k: None; "
+        "runpy.run_module('service.http.supervise', run_name='__main__'); "
+        "print(sorted(m for m in ('numpy', 'pydantic', 'onnxruntime', 'service.core', 'service.http.app') "
+        "if m in sys.modules))"
+    )
+    given = json.dumps({"uvicorn": {}, "remove_after": None})  # the module's argv, after -c's
+    result = subprocess.run([sys.executable, "-c", probe, given], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_one_worker_is_served_with_the_one_write_protocol(monkeypatch, digits_model_dir):
     from service.http.protocol import HttpProtocol
     from service.http.settings import Settings
     from vae_cli.main import _run_uvicorn
 
-    monkeypatch.setenv("VAE_WORKERS", str(workers))
+    monkeypatch.setenv("VAE_WORKERS", "1")
     uvicorn = FakeUvicorn()
-    assert _run_uvicorn(uvicorn, Settings(model_dir=digits_model_dir, workers=workers), {"workers": workers}) == 0
+    assert _run_uvicorn(uvicorn, Settings(model_dir=digits_model_dir, workers=1), {"workers": 1}) == 0
     [(_, options)] = uvicorn.calls
     assert options["http"] is HttpProtocol
 

@@ -216,17 +216,18 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        return _run_uvicorn(uvicorn, settings, overrides)
+        return _run_uvicorn(uvicorn, settings, overrides, metrics_dir)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
+def _run_uvicorn(uvicorn, settings, overrides: dict, metrics_dir: str | None = None) -> int:
     from service.core.artifact import load_artifact
     from service.core.errors import ArtifactError
     from service.http.observability import uvicorn_log_config
     from service.http.protocol import HttpProtocol
+    from service.http.supervise import exec_supervisor
 
     app = None
     try:
@@ -249,15 +250,16 @@ def _run_uvicorn(uvicorn, settings, overrides: dict) -> int:
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,
-        http=HttpProtocol,  # uvicorn's httptools protocol, each response head and body in one write
     )
-    if app is not None:
-        uvicorn.run(app, **common)
-    else:  # each worker process imports service.http.main, which reads the same settings from the environment
-        for name, value in overrides.items():
-            os.environ[f"VAE_{name.upper()}"] = str(value)
-        uvicorn.run("service.http.main:app", workers=settings.workers, **common)
-    return 0
+    if app is not None:  # uvicorn's httptools protocol, each response head and body in one write
+        uvicorn.run(app, http=HttpProtocol, **common)
+        return 0
+    # Each worker process imports service.http.main, which reads the same settings from the environment; the
+    # supervisor runs in this process, exec'd afresh without the libraries loaded so far (service/http/supervise.py).
+    for name, value in overrides.items():
+        os.environ[f"VAE_{name.upper()}"] = str(value)
+    exec_supervisor(dict(common, workers=settings.workers), remove_after=metrics_dir)
+    return 0  # not reached: the process is the supervisor now
 
 
 def _evaluate(args: argparse.Namespace) -> int:

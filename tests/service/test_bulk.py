@@ -269,6 +269,18 @@ def test_a_run_that_fails_midway_leaves_no_output_whatever_the_streams(digits_mo
     assert not (tmp_path / "o.npy").exists()
 
 
+def test_a_file_that_breaks_while_chunks_are_being_scored_leaves_no_output(digits_model_dir, tmp_path):
+    """A bad line found by the reader after the switch to two chunks at once, with chunks still in the pool."""
+    rows = digit_rows(1000, seed=10)
+    lines = [",".join(f"{v:g}" for v in row) for row in rows]
+    lines[850] = lines[850].replace("0", "x", 1) if "0" in lines[850] else "x," + lines[850][2:]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BulkError) as err:
+        score_file(digits_model_dir, tmp_path / "d.csv", tmp_path / "o.csv", chunk_rows=100, progress=False, streams=2)
+    assert str(err.value) == f"{tmp_path / 'd.csv'}: lines 801–900 hold a non-numeric or missing value"
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_the_answers_are_the_same_however_many_chunks_are_scored_at_once(digits_model_dir, tmp_path):
     """Chunk i is seeded seed + i and written in file order, whichever thread scores it and whenever it ends."""
     np.save(tmp_path / "d.npy", digit_rows(2900, seed=8))
