@@ -8,7 +8,6 @@ time) or .parquet (a batch of a row group at a time); answers go to .csv, .npy o
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,61 +30,18 @@ __all__ = ["FIELDS", "BulkError", "DEFAULT_CHUNK_ROWS", "answer_columns", "score
 DEFAULT_CHUNK_ROWS = 4096
 
 
-PROBE_CHUNKS = 3  # chunks scored one at a time, the first of them a warm-up, before `streams` at once are timed
-# Two at once is kept only when it timed this much faster: when the two ways time alike (a heavy model, whose
-# networks use two threads well), one at a time, which holds less memory, is as good.
-CLEARLY_FASTER = 0.95
-
-
 def default_streams() -> int:
-    """Chunks scored at once, at most: two where there are two cores or more."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
-
-
-class Pace:
-    """How many chunks score_file scores at once, chosen by timing both ways on the file itself.
+    """Chunks scored at once: two where there are two cores or more.
 
     One at a time, a chunk is read, scored and written in score_file's own thread, as before 2026-11-27. Two at
     once, they are scored in a pool while that thread reads the next chunk and writes what is done: one chunk's
     numpy work (its noise, the bounds, the decisions) runs beside the other's runtime call, and the two runtime
-    calls share the runtime's threads. On the digits model, whose small networks use two threads poorly, two at
-    once scored 10-20% more rows per second; on a model whose networks dominate (784-1024-512) the two ways timed
-    alike, within the machine's noise (docs/benchmark-serving.md, "Bulk scoring").
-
-    So the first PROBE_CHUNKS chunks go one at a time and the next 2 x `streams` + 1 `streams` at once, each way
-    timed from one write of answers to a later one, and the rest go the faster way: two at once only when clearly
-    faster (CLEARLY_FASTER). The span timed at once holds whole rounds of `streams` chunks, which tend to finish
-    together, their answers written in bursts; the time between two single writes would say little. Files too
-    short to time go one at a time. The answers are the same either way: chunk i is seeded seed + i and written
-    in file order.
-    """
-
-    def __init__(self, streams: int) -> None:
-        self.window = 1  # chunks being scored at once, at most
-        self._streams = streams
-        self._written = 0
-        self._switch = PROBE_CHUNKS - 1  # the write after which `streams` go at once
-        self._decide = self._switch + 1 + 2 * streams  # the write after which the faster way is kept
-        self._started_at = 0.0  # when the span being timed began: a write
-        self._rows = 0  # rows written since
-        self._one_at_a_time = 0.0  # seconds per row
-
-    def written(self, rows: int, now: float) -> None:
-        """A chunk of `rows` rows has been written at time `now` (seconds)."""
-        index = self._written
-        self._written += 1
-        if self._streams == 1 or index > self._decide:
-            return
-        if index in (0, self._switch + 1):  # a span begins: the first chunk's call warmed the runtime up
-            self._started_at, self._rows = now, 0
-            return
-        self._rows += rows
-        if index == self._switch:
-            self._one_at_a_time = (now - self._started_at) / self._rows
-            self.window = self._streams
-        elif index == self._decide:
-            at_once = (now - self._started_at) / self._rows
-            self.window = self._streams if at_once < CLEARLY_FASTER * self._one_at_a_time else 1
+    calls share the runtime's threads. On the digits model, whose small networks use two threads poorly, that
+    scored 20-50% more rows per second; on a model whose networks dominate the work (784-1024-512) the two calls
+    contend, 6-9% slower than one at a time (docs/benchmark-serving.md, "Bulk scoring"). Timing both ways on the
+    file's first chunks and keeping the faster was tried and dropped: on this shared machine the few chunks it
+    could afford to time chose wrongly both ways."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def _finished(fn: Callable[..., Scored], *args: Any) -> Future[Scored]:
@@ -121,12 +77,11 @@ def score_file(
     """Write one row per input row with /elbo's fields to `out` (.csv, .npy or .parquet); returns the rows scored.
 
     Chunk i is scored as an /elbo request with those rows and seed + i would be, so the answers are the same
-    whatever `streams` (chunks scored at once at most, in threads, as Pace chooses; default_streams() when None)
+    whatever `streams` (chunks scored at once, in threads; default_streams() when None)
     or the order the chunks finish in: they are written in order. `columns` picks a Parquet input's feature columns
     by name, in that order. Memory holds at most streams + 1 chunks: those being scored and the one being read.
     """
     streams = default_streams() if streams is None else streams
-    pace = Pace(streams)
     artifact = load_artifact(model_dir)
     engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime))
     data, out = Path(data), Path(out)
@@ -149,14 +104,13 @@ def score_file(
             def write_oldest() -> None:
                 first_row, rows, answers = scoring.popleft()
                 writer.write(answer_columns(answers.result(), first_row))
-                pace.written(rows, time.perf_counter())
                 bar.update(rows)
 
             read_rows = 0
             for i, chunk in enumerate(chunks):
-                while len(scoring) >= pace.window:
+                while len(scoring) >= streams:
                     write_oldest()
-                if pace.window == 1:  # here, nothing beside it: reading meanwhile slowed a heavy model's runtime calls
+                if streams == 1:  # here, nothing beside it: reading meanwhile slowed a heavy model's runtime calls
                     answers = _finished(score, i, chunk, read_rows)
                 else:  # in the pool, while this thread reads the next chunk and writes what is done
                     answers = pool.submit(score, i, chunk, read_rows)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.core.bulk import DEFAULT_CHUNK_ROWS, FIELDS, PROBE_CHUNKS, BulkError, Pace, score_file
+from service.core.bulk import DEFAULT_CHUNK_ROWS, FIELDS, BulkError, score_file
 from service.core.parquet_io import read_parquet_chunks
 
 VAE = str(Path(sys.executable).with_name("vae"))
@@ -335,30 +335,6 @@ def test_at_most_streams_plus_one_chunks_are_held(digits_model_dir, tmp_path, mo
     )
     assert counts["read"] == counts["written"] == 20
     assert counts["held"] == streams + 1
-
-
-def paced_windows(streams: int, seconds_between_writes: list[float]) -> list[int]:
-    """The chunks Pace lets be scored at once after each write of a 100-row chunk, the writes that far apart."""
-    pace, now, windows = Pace(streams), 0.0, []
-    for seconds in seconds_between_writes:
-        now += seconds
-        pace.written(100, now)
-        windows.append(pace.window)
-    return windows
-
-
-def test_the_pace_times_both_ways_and_keeps_the_faster():
-    assert PROBE_CHUNKS == 3
-    # Three chunks one at a time (1 s apart: 2 s for chunks 1 and 2), then two at once: the switch's write starts
-    # the span (9 s, left out) and four more writes end it; the faster way is kept from the eighth write on.
-    assert paced_windows(2, [1.0] * 3 + [9.0] + [0.6] * 4 + [0.6] * 2) == [1, 1, 2, 2, 2, 2, 2, 2, 2, 2]
-    assert paced_windows(2, [1.0] * 3 + [9.0] + [1.2] * 4 + [1.2] * 2) == [1, 1, 2, 2, 2, 2, 2, 1, 1, 1]
-    # Two chunks that finish together are written in a burst: the span counts whole rounds, in either phase.
-    assert paced_windows(2, [1.0] * 3 + [9.0] + [0.0, 1.8] * 2) == [1, 1, 2, 2, 2, 2, 2, 2]
-    assert paced_windows(2, [1.0] * 3 + [9.0] + [1.8, 0.0] * 2) == [1, 1, 2, 2, 2, 2, 2, 2]
-    assert paced_windows(2, [1.0] * 3 + [9.0] + [0.0, 2.2] * 2) == [1, 1, 2, 2, 2, 2, 2, 1]
-    assert paced_windows(3, [1.0] * 3 + [9.0] + [0.0, 0.0, 2.7] * 2) == [1, 1, 3, 3, 3, 3, 3, 3, 3, 3]
-    assert paced_windows(1, [1.0] * 8) == [1] * 8
 
 
 def test_a_parquet_file_many_chunks_long_is_scored_in_bounded_memory(digits_model_dir, tmp_path):
