@@ -2,7 +2,9 @@
 
 Rows come from .npy (memory-mapped, each chunk's pages released once scored), .csv (a chunk of lines at a
 time) or .parquet (a batch of a row group at a time); answers go to .csv, .npy or .parquet, by suffix
-(service/core/bulk_io.py). Memory stays bounded by the chunk size, whatever the file's size.
+(service/core/bulk_io.py). Memory stays bounded by the chunk size, whatever the file's size: at most
+streams + 1 chunks are held, the ones being scored (two at once where there are two cores: default_streams)
+and the one being read.
 """
 
 from __future__ import annotations
