@@ -79,9 +79,9 @@ def score_file(
     """Write one row per input row with /elbo's fields to `out` (.csv, .npy or .parquet); returns the rows scored.
 
     Chunk i is scored as an /elbo request with those rows and seed + i would be, so the answers are the same
-    whatever `streams` (chunks scored at once, in threads; default_streams() when None)
-    or the order the chunks finish in: they are written in order. `columns` picks a Parquet input's feature columns
-    by name, in that order. Memory holds at most streams + 1 chunks: those being scored and the one being read.
+    whatever `streams` (chunks scored at once, in threads; default_streams() when None) or the order the chunks
+    finish in: they are written in order. `columns` picks a Parquet input's feature columns by name, in that
+    order. Memory holds at most streams + 1 chunks: those being scored and the one being read.
     """
     streams = default_streams() if streams is None else streams
     artifact = load_artifact(model_dir)
@@ -112,7 +112,7 @@ def score_file(
             for i, chunk in enumerate(chunks):
                 while len(scoring) >= streams:
                     write_oldest()
-                if streams == 1:  # here, nothing beside it: reading meanwhile slowed a heavy model's runtime calls
+                if streams == 1:  # here, as before 2026-11-27: read, scored and written in turn, nothing beside it
                     answers = _finished(score, i, chunk, read_rows)
                 else:  # in the pool, while this thread reads the next chunk and writes what is done
                     answers = pool.submit(score, i, chunk, read_rows)
