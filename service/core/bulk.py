@@ -90,7 +90,7 @@ def score_file(
     total, chunks = read_chunks(data, artifact.manifest.n_features, chunk_rows, columns, in_use=streams)
     writer = open_writer(out)
     scoring: deque[tuple[int, int, Future[Scored]]] = deque()  # (first row, rows, its answers), in file order
-    scored_rows, finished = 0, False
+    read_rows, finished = 0, False
 
     def score(i: int, chunk: np.ndarray, first_row: int) -> Scored:
         options = ElboOptions(n_samples=n_samples, seed=seed + i, iw_samples=iw_samples)
@@ -108,7 +108,6 @@ def score_file(
                 writer.write(answer_columns(answers.result(), first_row))
                 bar.update(rows)
 
-            read_rows = 0
             for i, chunk in enumerate(chunks):
                 while len(scoring) >= streams:
                     write_oldest()
@@ -120,11 +119,10 @@ def score_file(
                 read_rows += len(chunk)
             while scoring:
                 write_oldest()
-            scored_rows = read_rows
         finished = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
         if not finished:
             out.unlink(missing_ok=True)  # a half-written answer file must not look like a whole one
-    return scored_rows
+    return read_rows  # all of them scored and written

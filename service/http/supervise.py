@@ -21,15 +21,10 @@ from typing import Any
 APP = "service.http.main:app"
 
 
-def command(options: dict[str, Any], remove_after: str | None = None) -> list[str]:
-    """The argv that runs this module with uvicorn's options (JSON-serialisable: the HTTP protocol is added here),
-    and a directory to remove once uvicorn has stopped."""
-    return [sys.executable, "-m", __name__, json.dumps({"uvicorn": options, "remove_after": remove_after})]
-
-
 def exec_supervisor(options: dict[str, Any], remove_after: str | None = None) -> None:
-    """Replace this process with the supervisor (does not return)."""
-    argv = command(options, remove_after)
+    """Replace this process with the supervisor, given uvicorn's options (JSON-serialisable: the HTTP protocol is
+    added there) and a directory to remove once uvicorn has stopped. Does not return."""
+    argv = [sys.executable, "-m", __name__, json.dumps({"uvicorn": options, "remove_after": remove_after})]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)
