@@ -2,7 +2,7 @@
 
 "Bare ORT rows/s": the same ONNX Runtime sessions `vae score` loads (load_runtime(artifact, "onnx")) run the
 encoder on each chunk of rows and the decoder on that chunk's rows x (n_samples + K) draws, cut into
-scoring.DECODE_CHUNK_ROWS pieces as the engine cuts them; no noise, no scoring maths, no file reading or
+the runtime's call_rows pieces as the engine cuts them; no noise, no scoring maths, no file reading or
 writing; the better of one stream of chunks on every core and two streams of one runtime thread each.
 `vae score` does all of that on top: it reads a .npy of raw rows, draws the seeded noise, scores ln p(x|z),
 KL and L_K, decides and writes every per-input field of /elbo.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.core import bulk, scoring
+from service.core import bulk
 from service.core.artifact import load_artifact
 from service.core.runtime import load_runtime
 
@@ -75,10 +75,11 @@ def input_rows(model_dir: Path, rows: int, path: Path) -> Path:
 
 
 def bare_ort_rows_per_s(model_dir: Path, rows: int, draws_per_row: int, chunk_rows: int) -> float:
-    """The networks alone, nothing else: the encoder on each chunk of rows, the decoder on its draws in
-    DECODE_CHUNK_ROWS pieces. The better of one stream of chunks with every core in each runtime call and two
-    streams in threads with one runtime thread each (as score_file runs its chunks on two cores): so the
-    comparison is with bare ONNX Runtime at its best on this machine, not with a setting score_file left behind."""
+    """The networks alone, nothing else: the encoder on each chunk of rows, the decoder on its draws in the
+    runtime's call_rows pieces, as the engine cuts them. The better of one stream of chunks with every core in
+    each runtime call and two streams in threads with one runtime thread each (as score_file runs its chunks on
+    two cores): so the comparison is with bare ONNX Runtime at its best on this machine, not with a setting
+    score_file left behind."""
     one = _bare_streams(model_dir, rows, draws_per_row, chunk_rows, streams=1, threads=0)
     if (os.cpu_count() or 1) < 2:
         return one
@@ -98,8 +99,8 @@ def _bare_streams(model_dir: Path, rows: int, draws_per_row: int, chunk_rows: in
         n = min(chunk_rows, rows - first)
         runtime.encode(x[:n])
         draws = z[: n * draws_per_row]
-        for start in range(0, len(draws), scoring.DECODE_CHUNK_ROWS):
-            runtime.decode(draws[start : start + scoring.DECODE_CHUNK_ROWS])
+        for start in range(0, len(draws), runtime.call_rows):
+            runtime.decode(draws[start : start + runtime.call_rows])
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=streams) as pool:
@@ -115,6 +116,7 @@ def function_rows_per_s(model_dir: Path, data: Path, out: Path, k: int, chunk_ro
 
 def cli_rows_per_s(model_dir: Path, data: Path, out: Path, k: int, chunk_rows: int, rows: int) -> float:
     command = [VAE, "score", str(model_dir), "--data", str(data), "--out", str(out), "--iw-samples", str(k)]
+    command += ["--n-samples", "1"]  # as score_file is called above: without it, the model's calibrated L
     started = time.perf_counter()
     subprocess.run([*command, "--chunk-rows", str(chunk_rows), "--no-progress"], check=True, capture_output=True)
     return rows / (time.perf_counter() - started)

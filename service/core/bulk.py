@@ -25,10 +25,10 @@ from service.core.engine import PER_INPUT_OUTPUTS, ElboOptions, Scored, VaeEngin
 from service.core.errors import ServiceError
 from service.core.runtime import load_runtime
 
-__all__ = ["FIELDS", "BulkError", "DEFAULT_CHUNK_ROWS", "answer_columns", "score_file"]
+__all__ = ["FIELDS", "BulkError", "DEFAULT_CHUNK_ROWS", "answer_columns", "score_file", "stream_threads"]
 
 # Rows per /elbo-sized step. Larger chunks spread the per-call costs (one encoder call, the numpy maths, one
-# write) over more rows; the scorer graph's draws are still cut into scoring.DECODE_CHUNK_ROWS pieces.
+# write) over more rows; the graphs' draws are still cut into the runtime's call_rows pieces.
 DEFAULT_CHUNK_ROWS = 4096
 
 
@@ -37,13 +37,26 @@ def default_streams() -> int:
 
     One at a time, a chunk is read, scored and written in score_file's own thread, as before 2026-11-27. Two at
     once, they are scored in a pool while that thread reads the next chunk and writes what is done: one chunk's
-    numpy work (its noise, the bounds, the decisions) runs beside the other's runtime call, and the two runtime
-    calls share the runtime's threads. On the digits model, whose small networks use two threads poorly, that
-    scored 20-50% more rows per second; on a model whose networks dominate the work (784-1024-512) the two calls
-    contend, 6-9% slower than one at a time (docs/benchmark-serving.md, "Bulk scoring"). Timing both ways on the
-    file's first chunks and keeping the faster was tried and dropped: on this shared machine the few chunks it
-    could afford to time chose wrongly both ways."""
+    numpy work (its noise, the bounds, the decisions) runs beside the other's runtime call, and each stream's
+    runtime calls run on threads of their own (stream_threads). On the digits model that scored 20-50% more rows
+    per second than one at a time (docs/benchmark-serving.md, "Bulk scoring"). Timing both ways on the file's first
+    chunks and keeping the faster was tried and dropped: on this shared machine the few chunks it could afford to
+    time chose wrongly both ways."""
     return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def stream_threads(streams: int, total_rows: int | None, chunk_rows: int) -> int:
+    """The runtime's threads for `streams` chunks at once: the cores shared out between the streams, so that each
+    stream's calls run on threads of their own (and are cut to the one-thread runtime's smaller calls:
+    OnnxRuntime.call_rows); every core (0) when only one chunk runs at a time, or the file is one chunk.
+
+    Until 2026-11-27 two streams shared a runtime with every core: their calls then contended for its thread pool,
+    and a model whose networks dominate the work (784-1024-512) ran 6-9% slower than one chunk at a time. With a
+    thread each, and calls of ONE_THREAD_CALL_ROWS draws, that model ran 33% faster and digits 21-23% faster at
+    K = 1, 13% at K = 100 (docs/benchmark-serving.md, "Bulk scoring")."""
+    if streams <= 1 or (total_rows is not None and total_rows <= chunk_rows):
+        return 0
+    return max(1, (os.cpu_count() or 1) // streams)
 
 
 def _finished(fn: Callable[..., Scored], *args: Any) -> Future[Scored]:
@@ -85,9 +98,10 @@ def score_file(
     """
     streams = default_streams() if streams is None else streams
     artifact = load_artifact(model_dir)
-    engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime))
     data, out = Path(data), Path(out)
     total, chunks = read_chunks(data, artifact.manifest.n_features, chunk_rows, columns, in_use=streams)
+    threads = stream_threads(streams, total, chunk_rows)
+    engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=threads))
     writer = open_writer(out)
     scoring: deque[tuple[int, int, Future[Scored]]] = deque()  # (first row, rows, its answers), in file order
     read_rows, finished = 0, False

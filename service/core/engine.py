@@ -526,7 +526,7 @@ class VaeEngine:
         features = None
         if group.path == "elbo":
             log_px, log_ratio, kl = scoring.elbo_terms_in_chunks(
-                x_group, eps, self.runtime.elbo_terms, check=checker(deadline)
+                x_group, eps, self.runtime.elbo_terms, self.runtime.call_rows, checker(deadline)
             )
             log_weights = log_px[:, n_samples:] + log_ratio[:, n_samples:]
             if group.feature_scores:  # the shares from the decoder over the ELBO's draws, as on the other paths
@@ -542,7 +542,9 @@ class VaeEngine:
                 # The scores come from the scorer whether or not feature scores are asked for, so a request's
                 # numbers never depend on that option; the per-feature shares come from the decoder, over the
                 # ELBO's draws only, and sum to -reconstruction to float32 rounding.
-                log_px = scoring.log_likelihood_draws(x_group, z, self.runtime.score, check=checker(deadline))
+                log_px = scoring.log_likelihood_draws(
+                    x_group, z, self.runtime.score, self.runtime.call_rows, checker(deadline)
+                )
                 if group.feature_scores:
                     _, features = self._log_px_by_decoder(x_group, z[:, :n_samples], n_samples, True, deadline)
             else:

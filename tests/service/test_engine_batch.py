@@ -12,7 +12,7 @@ import pytest
 from service.core import scoring, seeding
 from service.core.artifact import load_artifact
 from service.core.engine import ELBO_OUTPUTS, ElboOptions, Scored, VaeEngine
-from service.core.runtime import load_runtime
+from service.core.runtime import ONE_THREAD_CALL_ROWS, load_runtime
 
 # Seeds, L, K, thresholds (or fpr) and feature_scores all differ; some requests draw alike (the same L, K and
 # path), so they share a group, and some hold several instances.
@@ -92,6 +92,7 @@ class RecordingRuntime:
 
     def __init__(self, runtime, with_elbo: bool) -> None:
         self.runtime, self.has_scorer, self.has_elbo = runtime, runtime.has_scorer, with_elbo and runtime.has_elbo
+        self.call_rows = runtime.call_rows
         self.draws, self.noise = [], []
 
     def encode(self, x):
@@ -140,6 +141,25 @@ def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_di
         (z,) = runtime.draws  # one group: one scorer call
         mu, logvar = runtime.encode(np.concatenate([p.x for p in prepared]))
         assert runtime.noise == [] and np.array_equal(z, scoring.reparameterize(mu, logvar, np.concatenate(eps)))
+
+
+@pytest.mark.parametrize("path", ["elbo", "scorer"])
+def test_a_one_thread_runtime_cuts_its_calls_smaller_and_the_numbers_stay_the_same(model_dirs, path):
+    """With one thread the graphs get at most ONE_THREAD_CALL_ROWS draws per call (whole rows of draws), so their
+    intermediate tensors stay in the core's cache; with more threads the whole batch goes in one call. Every
+    number is the same either way."""
+    artifact = load_artifact(model_dirs["digits"])
+    cut = RecordingRuntime(load_runtime(artifact, "onnx", threads=1), with_elbo=path == "elbo")
+    whole = RecordingRuntime(load_runtime(artifact, "onnx", threads=2), with_elbo=path == "elbo")
+    assert (cut.call_rows, whole.call_rows) == (ONE_THREAD_CALL_ROWS, scoring.DECODE_CHUNK_ROWS) == (1024, 8192)
+    options = ElboOptions(n_samples=3, seed=5, iw_samples=5, feature_scores=True)
+    answers = []
+    for runtime in (cut, whole):
+        engine = VaeEngine(artifact.manifest, runtime)
+        answers.append(engine.elbo(raw_rows(engine, 300, seed=1), options))  # 300 rows x 8 draws
+    assert_same(*answers)
+    calls = [[a.shape[0] * a.shape[1] for a in (r.noise if path == "elbo" else r.draws)] for r in (cut, whole)]
+    assert calls == [[1024, 1024, 352], [2400]]
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])
