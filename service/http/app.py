@@ -29,6 +29,7 @@ from service.http.api import docs, health, inference, oip, web
 from service.http.api.access import ApiKeyMiddleware, is_public
 from service.http.api.fast_path import FastPath
 from service.http.live_model import ModelHost, freeze_long_lived
+from service.http.malloc import pin_mmap_threshold
 from service.http.observability import (
     ACCESS_LOG,
     Metrics,
@@ -230,6 +231,7 @@ def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Ru
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        pin_mmap_threshold()  # before the model loads: memory a large request frees then leaves the process
         try:
             live = await host.start(artifact, runtime)
         except Exception as exc:
