@@ -1,8 +1,8 @@
 """Bulk scoring benchmark: `vae score` (the function and the command) against bare ONNX Runtime.
 
 "Bare ORT rows/s": the same ONNX Runtime sessions `vae score` loads (load_runtime(artifact, "onnx")) run the
-encoder on each chunk of rows and the decoder on that chunk's rows x (n_samples + K) draws, cut into
-the runtime's call_rows pieces as the engine cuts them; no noise, no scoring maths, no file reading or
+encoder on each chunk of rows and the decoder on that chunk's rows x (n_samples + K) draws, in pieces of the
+runtime's call_rows draws as the engine cuts its graphs' calls; no noise, no scoring maths, no file reading or
 writing; the better of one stream of chunks on every core and two streams of one runtime thread each.
 `vae score` does all of that on top: it reads a .npy of raw rows, draws the seeded noise, scores ln p(x|z),
 KL and L_K, decides and writes every per-input field of /elbo.
@@ -75,11 +75,11 @@ def input_rows(model_dir: Path, rows: int, path: Path) -> Path:
 
 
 def bare_ort_rows_per_s(model_dir: Path, rows: int, draws_per_row: int, chunk_rows: int) -> float:
-    """The networks alone, nothing else: the encoder on each chunk of rows, the decoder on its draws in the
-    runtime's call_rows pieces, as the engine cuts them. The better of one stream of chunks with every core in
-    each runtime call and two streams in threads with one runtime thread each (as score_file runs its chunks on
-    two cores): so the comparison is with bare ONNX Runtime at its best on this machine, not with a setting
-    score_file left behind."""
+    """The networks alone, nothing else: the encoder on each chunk of rows, the decoder on its draws in pieces
+    of the runtime's call_rows draws, as the engine cuts its graphs' calls. The better of one stream of chunks
+    with every core in each runtime call and two streams in threads with one runtime thread each (as score_file
+    runs its chunks on two cores): so the comparison is with bare ONNX Runtime at its best on this machine, not
+    with a setting score_file left behind."""
     one = _bare_streams(model_dir, rows, draws_per_row, chunk_rows, streams=1, threads=0)
     if (os.cpu_count() or 1) < 2:
         return one

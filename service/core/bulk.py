@@ -9,7 +9,6 @@ and the one being read.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +22,7 @@ from service.core.artifact import load_artifact
 from service.core.bulk_io import FIELDS, BulkError, open_writer, read_chunks
 from service.core.engine import PER_INPUT_OUTPUTS, ElboOptions, Scored, VaeEngine
 from service.core.errors import ServiceError
-from service.core.runtime import load_runtime
+from service.core.runtime import available_cores, load_runtime
 
 __all__ = ["FIELDS", "BulkError", "DEFAULT_CHUNK_ROWS", "answer_columns", "score_file", "stream_threads"]
 
@@ -42,13 +41,15 @@ def default_streams() -> int:
     per second than one at a time (docs/benchmark-serving.md, "Bulk scoring"). Timing both ways on the file's first
     chunks and keeping the faster was tried and dropped: on this shared machine the few chunks it could afford to
     time chose wrongly both ways."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
+    return 2 if available_cores() >= 2 else 1
 
 
 def stream_threads(streams: int, total_rows: int | None, chunk_rows: int) -> int:
-    """The runtime's threads for `streams` chunks at once: the cores shared out between the streams, so that each
+    """ONNX Runtime's threads for `streams` chunks at once: the cores shared out between the streams, so that each
     stream's calls run on threads of their own (and are cut to the one-thread runtime's smaller calls:
-    OnnxRuntime.call_rows); every core (0) when only one chunk runs at a time, or the file is one chunk.
+    OnnxRuntime.call_rows); every core (0) when only one chunk runs at a time, or the file is known to be one chunk
+    (a CSV's rows are not counted up front). TorchScript's threads are the whole process's (torch.set_num_threads),
+    so score_file leaves them alone.
 
     Until 2026-11-27 two streams shared a runtime with every core: their calls then contended for its thread pool,
     and a model whose networks dominate the work (784-1024-512) ran 6-9% slower than one chunk at a time. With a
@@ -56,7 +57,7 @@ def stream_threads(streams: int, total_rows: int | None, chunk_rows: int) -> int
     K = 1, 13% at K = 100 (docs/benchmark-serving.md, "Bulk scoring")."""
     if streams <= 1 or (total_rows is not None and total_rows <= chunk_rows):
         return 0
-    return max(1, (os.cpu_count() or 1) // streams)
+    return max(1, available_cores() // streams)
 
 
 def _finished(fn: Callable[..., Scored], *args: Any) -> Future[Scored]:
@@ -100,7 +101,7 @@ def score_file(
     artifact = load_artifact(model_dir)
     data, out = Path(data), Path(out)
     total, chunks = read_chunks(data, artifact.manifest.n_features, chunk_rows, columns, in_use=streams)
-    threads = stream_threads(streams, total, chunk_rows)
+    threads = stream_threads(streams, total, chunk_rows) if runtime == "onnx" else 0
     engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=threads))
     writer = open_writer(out)
     scoring: deque[tuple[int, int, Future[Scored]]] = deque()  # (first row, rows, its answers), in file order

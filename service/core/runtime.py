@@ -25,6 +25,15 @@ SERIAL_ROWS = 128
 ONE_THREAD_CALL_ROWS = 1024
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system has one (a container's cpuset limits
+    it), else every core; at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 class Runtime(Protocol):
     name: str
     has_scorer: bool  # the model directory has a scorer graph, so `score` can be called
@@ -92,12 +101,13 @@ class OnnxRuntime(_Graphs):
     small batches that costs more than it saves: on the digits MLP, encoder + scorer took 18.9 µs for one row
     on one thread and 24.9 µs on two; 44 and 60 µs for 16 rows; 453 and 395 µs for 256 rows; 3.8 and 2.4 ms
     for 2,048 (docs/benchmark-serving.md). Served requests are mostly small batches, while the event loop needs
-    a core of its own; large batches, and `vae score`'s chunks, still get every thread. The two sessions give
-    the same numbers (the graphs' kernels do not split a reduction across threads; tested).
+    a core of its own; large batches still get every thread. The two sessions give the same numbers (the graphs'
+    kernels do not split a reduction across threads; tested).
 
-    With one thread its calls are cut smaller (call_rows): a call's intermediate tensors then stay in the core's
-    cache. On the digits MLP, 1,024 draws per call of the ELBO graph against 8,192 ran 9% faster at two draws per
-    row and 18% faster at 101; with two threads the large calls were faster (docs/benchmark-serving.md, Bulk
+    With one thread its calls are cut smaller (call_rows: 1,024 draws; the ELBO graph takes whole rows of
+    draws, so a row of more draws still goes whole): a call's intermediate tensors then stay in the core's cache.
+    On the digits MLP, 1,024 draws per call of the ELBO graph against 8,192 ran 9% faster at two draws per row
+    and 18% faster at 101; with two threads the large calls were faster (docs/benchmark-serving.md, Bulk
     scoring). The numbers are the same whatever the cut (each row's draws are computed alone; tested).
     """
 
@@ -115,8 +125,8 @@ class OnnxRuntime(_Graphs):
         self._sessions = {
             graph: _session(artifact, graph, intra_op_threads, inter_op_threads, spinning) for graph in graphs
         }
-        self._serial_rows = serial_rows if intra_op_threads != 1 else 0
-        one_thread = (intra_op_threads or os.cpu_count() or 1) == 1
+        one_thread = (intra_op_threads or available_cores()) == 1  # 0: ONNX Runtime's default, every core
+        self._serial_rows = serial_rows if not one_thread else 0
         self.call_rows = ONE_THREAD_CALL_ROWS if one_thread else scoring.DECODE_CHUNK_ROWS
         self._serial_sessions = (
             {graph: _session(artifact, graph, 1, 1, spinning) for graph in graphs} if self._serial_rows else {}

@@ -17,17 +17,28 @@ page fault each time.
 from __future__ import annotations
 
 import ctypes
+import os
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value, kept from rising
 
 
+def operator_set_threshold() -> bool:
+    """Whether the environment sets glibc's mmap threshold itself (MALLOC_MMAP_THRESHOLD_, or
+    glibc.malloc.mmap_threshold in GLIBC_TUNABLES): an operator's own setting wins."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in tunables
+
+
 def pin_mmap_threshold() -> bool:
-    """Set glibc's mmap threshold to MMAP_THRESHOLD_BYTES for this process; False, with nothing changed, where the C
-    library has no mallopt (macOS) or refuses it (musl's does nothing and returns 0)."""
+    """Set glibc's mmap threshold to MMAP_THRESHOLD_BYTES for this process. False, with nothing changed, where the
+    environment sets it (operator_set_threshold), or the C library has no mallopt (macOS, Windows) or refuses it
+    (musl's does nothing and returns 0). With jemalloc or tcmalloc preloaded it changes nothing that matters."""
+    if operator_set_threshold():
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows' CDLL takes no None
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from service.core import bulk
 from service.core.bulk import DEFAULT_CHUNK_ROWS, FIELDS, BulkError, score_file, stream_threads
 from service.core.parquet_io import read_parquet_chunks
 
@@ -300,13 +300,13 @@ def test_the_answers_are_the_same_however_many_chunks_are_scored_at_once(digits_
 
 def test_streams_share_the_cores_out_unless_one_chunk_runs_at_a_time(monkeypatch):
     """Each stream's runtime calls get threads of their own; one stream, or a file of one chunk, gets every core."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(bulk, "available_cores", lambda: 8)
     assert stream_threads(1, 10**6, 4096) == 0  # 0: every core
     assert stream_threads(2, 4096, 4096) == 0  # one chunk: only one stream ever runs
     assert stream_threads(2, 4097, 4096) == 4
     assert stream_threads(2, None, 4096) == 4  # a CSV's rows are not counted up front
     assert stream_threads(3, 10**6, 4096) == 2
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bulk, "available_cores", lambda: 2)
     assert stream_threads(2, 10**6, 4096) == 1
     assert stream_threads(4, 10**6, 4096) == 1
 

@@ -144,22 +144,32 @@ def test_each_request_draws_the_elbos_noise_then_l_ks_from_its_own_seed(model_di
 
 
 @pytest.mark.parametrize("path", ["elbo", "scorer"])
-def test_a_one_thread_runtime_cuts_its_calls_smaller_and_the_numbers_stay_the_same(model_dirs, path):
-    """With one thread the graphs get at most ONE_THREAD_CALL_ROWS draws per call (whole rows of draws), so their
-    intermediate tensors stay in the core's cache; with more threads the whole batch goes in one call. Every
-    number is the same either way."""
+@pytest.mark.parametrize(
+    "rows, n_samples, iw_samples, calls",
+    [
+        (300, 3, 5, {"elbo": [[1024, 1024, 352], [2400]], "scorer": [[1024, 1024, 352], [2400]]}),  # 128 rows a call
+        # A row of more draws than a call takes: whole and alone to the ELBO graph, in slices to the scorer.
+        (3, 1, 1024, {"elbo": [[1025, 1025, 1025], [3075]], "scorer": [[1024, 1] * 3, [3075]]}),
+    ],
+)
+def test_a_one_thread_runtime_cuts_its_calls_smaller_and_the_numbers_stay_the_same(
+    model_dirs, path, rows, n_samples, iw_samples, calls
+):
+    """With one thread the graphs get ONE_THREAD_CALL_ROWS draws per call (the ELBO graph whole rows of draws, the
+    scorer slices of a row when one row has more), so their intermediate tensors stay in the core's cache; with
+    more threads the whole batch goes in one call. Every number is the same either way."""
     artifact = load_artifact(model_dirs["digits"])
     cut = RecordingRuntime(load_runtime(artifact, "onnx", threads=1), with_elbo=path == "elbo")
     whole = RecordingRuntime(load_runtime(artifact, "onnx", threads=2), with_elbo=path == "elbo")
     assert (cut.call_rows, whole.call_rows) == (ONE_THREAD_CALL_ROWS, scoring.DECODE_CHUNK_ROWS) == (1024, 8192)
-    options = ElboOptions(n_samples=3, seed=5, iw_samples=5, feature_scores=True)
+    options = ElboOptions(n_samples=n_samples, seed=5, iw_samples=iw_samples, feature_scores=True)
     answers = []
     for runtime in (cut, whole):
         engine = VaeEngine(artifact.manifest, runtime)
-        answers.append(engine.elbo(raw_rows(engine, 300, seed=1), options))  # 300 rows x 8 draws
+        answers.append(engine.elbo(raw_rows(engine, rows, seed=1), options))
     assert_same(*answers)
-    calls = [[a.shape[0] * a.shape[1] for a in (r.noise if path == "elbo" else r.draws)] for r in (cut, whole)]
-    assert calls == [[1024, 1024, 352], [2400]]
+    made = [[a.shape[0] * a.shape[1] for a in (r.noise if path == "elbo" else r.draws)] for r in (cut, whole)]
+    assert made == calls[path]
 
 
 @pytest.mark.parametrize("model", ["digits", "tabular"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -37,7 +38,10 @@ print((psutil.Process().memory_info().rss - before) / 2**20)
 
 
 def retained_mib(mode: str) -> float:
-    run = subprocess.run([sys.executable, "-c", RETAINED, mode], capture_output=True, text=True, check=True)
+    """In a fresh process, without any malloc setting of the environment's (which would stop glibc's threshold from
+    rising, so the unpinned case would look pinned)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    run = subprocess.run([sys.executable, "-c", RETAINED, mode], capture_output=True, text=True, check=True, env=env)
     return json.loads(run.stdout)
 
 
@@ -49,9 +53,12 @@ def test_with_the_threshold_pinned_freed_arrays_leave_the_process():
     assert retained_mib("pinned") < 16
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
-def test_pinning_succeeds_on_glibc():
-    assert pin_mmap_threshold() is True
+def test_an_operators_own_setting_wins(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert pin_mmap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
+    assert pin_mmap_threshold() is False
 
 
 def test_the_service_pins_the_threshold_as_it_starts(tmp_path, digits_model_dir, monkeypatch):
