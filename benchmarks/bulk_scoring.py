@@ -18,7 +18,6 @@ and model loading included), each the best of --repeats runs taken in turn. Trai
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -81,7 +80,7 @@ def bare_ort_rows_per_s(model_dir: Path, rows: int, draws_per_row: int, chunk_ro
     runs its chunks on two cores): so the comparison is with bare ONNX Runtime at its best on this machine, not
     with a setting score_file left behind."""
     one = _bare_streams(model_dir, rows, draws_per_row, chunk_rows, streams=1, threads=0)
-    if (os.cpu_count() or 1) < 2:
+    if bulk.default_streams() < 2:  # score_file's own rule for two chunks at once
         return one
     return max(one, _bare_streams(model_dir, rows, draws_per_row, chunk_rows, streams=2, threads=1))
 

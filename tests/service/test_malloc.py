@@ -61,7 +61,7 @@ def test_an_operators_own_setting_wins(monkeypatch):
     assert pin_mmap_threshold() is False
 
 
-def test_the_service_pins_the_threshold_as_it_starts(tmp_path, digits_model_dir, monkeypatch):
+def test_the_service_pins_the_threshold_as_it_starts(digits_model_dir, monkeypatch):
     from fastapi.testclient import TestClient
 
     calls = []
