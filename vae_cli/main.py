@@ -236,7 +236,7 @@ def _run_uvicorn(uvicorn, settings, overrides: dict, metrics_dir: str | None = N
 
             app = create_app(settings)
         else:  # each worker builds its own app; the supervisor only checks the model directory, as create_app would
-            load_artifact(settings.model_dir)
+            load_artifact(settings.model_dir, runtime=settings.runtime)
     except ArtifactError as exc:
         print(f"vae serve: {exc}", file=sys.stderr)
         return 2

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from service.core.artifact import load_artifact
 from service.core.bulk_io import FIELDS, BulkError, open_writer, read_chunks
 from service.core.engine import PER_INPUT_OUTPUTS, ElboOptions, Scored, VaeEngine
 from service.core.errors import ServiceError
+from service.core.progress import progress_bar
 from service.core.runtime import available_cores, load_runtime
 
 __all__ = ["FIELDS", "BulkError", "DEFAULT_CHUNK_ROWS", "answer_columns", "score_file", "stream_threads"]
@@ -98,11 +98,11 @@ def score_file(
     order. Memory holds at most streams + 1 chunks: those being scored and the one being read.
     """
     streams = default_streams() if streams is None else streams
-    artifact = load_artifact(model_dir)
+    artifact = load_artifact(model_dir, runtime=runtime)
     data, out = Path(data), Path(out)
     total, chunks = read_chunks(data, artifact.manifest.n_features, chunk_rows, columns, in_use=streams)
     threads = stream_threads(streams, total, chunk_rows) if runtime == "onnx" else 0
-    engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=threads))
+    engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=threads, lazy=True))
     writer = open_writer(out)
     scoring: deque[tuple[int, int, Future[Scored]]] = deque()  # (first row, rows, its answers), in file order
     read_rows, finished = 0, False
@@ -116,7 +116,7 @@ def score_file(
 
     pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="vae-score")
     try:
-        with tqdm(total=total, unit="row", disable=not progress, desc="score") as bar:
+        with progress_bar(total, progress) as bar:
 
             def write_oldest() -> None:
                 first_row, rows, answers = scoring.popleft()

@@ -20,6 +20,7 @@ import numpy as np
 from service.core import scoring
 from service.core.artifact import Calibration, Estimator, Manifest
 from service.core.errors import InvalidInput, LimitExceeded, ModelNotReady, Timeout
+from service.core.progress import progress_bar
 from service.core.runtime import Runtime
 from service.core.seeding import seeded_generators
 
@@ -665,13 +666,11 @@ def score_in_chunks(
 
     Calibration, `vae evaluate` and bulk scoring all go through here, so they score exactly as /elbo does.
     """
-    from tqdm.auto import tqdm
-
     if options.seed is None:
         raise ValueError("score_in_chunks needs a seed: chunk i is scored with seed + i")
     seed = options.seed
 
-    with tqdm(total=len(x_raw), unit="row", disable=not progress, desc="score", dynamic_ncols=True) as bar:
+    with progress_bar(len(x_raw), progress, dynamic_ncols=True) as bar:
         for i, start in enumerate(range(0, len(x_raw), chunk_rows)):
             chunk = x_raw[start : start + chunk_rows]
             yield engine.elbo(chunk, replace(options, seed=seed + i))

@@ -59,8 +59,8 @@ def engine_for(model_dir: str, runtime: str) -> VaeEngine:
     """The cached engine of this worker for a model directory; one ONNX Runtime thread per Spark task slot."""
     key = (str(Path(model_dir).resolve()), runtime)
     if key not in _ENGINES:
-        artifact = load_artifact(model_dir)
-        _ENGINES[key] = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=1))
+        artifact = load_artifact(model_dir, runtime=runtime)
+        _ENGINES[key] = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=1, lazy=True))
     return _ENGINES[key]
 
 
@@ -104,7 +104,7 @@ def _score(
 
     if chunk_rows < 1:
         raise SparkScoringError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    manifest = load_artifact(model_dir).manifest  # fails here, on the driver, before any job starts
+    manifest = load_artifact(model_dir, runtime=runtime).manifest  # fails here, on the driver, before any job starts
     features = _feature_columns(df, model_dir, columns, manifest.feature_names, manifest.n_features)
     indexed, n_rows = _numbered(df.select(*features), chunk_rows)
     location = str(model_dir)

@@ -223,7 +223,8 @@ class ServiceApp(FastAPI):
 
 def create_app(settings: Settings, artifact: Artifact | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The service for settings.model_dir. Tests may pass a loaded artifact and a runtime of their own."""
-    artifact = artifact or load_artifact(settings.model_dir)
+    # The graphs' files of the runtime that will load them are hashed; the rest need only exist (load_artifact).
+    artifact = artifact or load_artifact(settings.model_dir, runtime=runtime.name if runtime else settings.runtime)
     configure_logging(settings.log_level)
     metrics = Metrics(model=artifact.manifest.name)
 

@@ -92,11 +92,11 @@ def load_live(
 ) -> LiveModel:
     """Load, verify and warm up a model directory (blocking: call it in a thread). Raises on any failure.
 
-    Verified: every file's sha256 (load_artifact), the export parity recorded in the manifest for this
-    runtime, and one real inference through both graphs with finite results.
+    Verified: the sha256 of each graph file the runtime loads (load_artifact), the export parity recorded in the
+    manifest for this runtime, and one real inference through both graphs with finite results.
     """
-    artifact = artifact or load_artifact(settings.model_dir)
     runtime_name = runtime.name if runtime is not None else settings.runtime
+    artifact = artifact or load_artifact(settings.model_dir, runtime=runtime_name)
     check_parity(artifact, runtime_name)
     loaded = runtime or load_runtime(artifact, settings.runtime, settings.runtime_threads, settings.onnx_spinning)
     engine = VaeEngine(artifact.manifest, loaded, settings.limits, settings.threshold)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.engine import Limits
+from service.core.runtime import available_cores
 
 
 class Settings(BaseSettings):
@@ -71,8 +71,9 @@ class Settings(BaseSettings):
 
     @property
     def runtime_threads(self) -> int:
-        """Threads per worker so that workers x threads never exceeds the cores."""
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        """Threads per worker so that workers x threads never exceeds the cores this process may run on (its CPU
+        affinity: a container's cpuset, `taskset`), not the host's."""
+        return self.threads or max(1, available_cores() // self.workers)
 
 
 def describe_settings_error(exc) -> str:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.core.artifact import load_artifact
@@ -57,6 +58,44 @@ def test_changed_file_fails_its_sha256(model_copy):
         load_artifact(model_copy)
     assert str(err.value).startswith(f"{model_copy / 'encoder.onnx'} fails its sha256 check (manifest ")
     assert str(err.value).endswith("it changed after export")
+
+
+def _append_a_byte(path: Path) -> None:
+    with path.open("ab") as f:
+        f.write(b"\0")
+
+
+@pytest.mark.parametrize(("runtime", "other_format"), [("onnx", "pt"), ("torchscript", "onnx")])
+def test_a_runtime_hashes_its_own_graphs_and_needs_the_rest_present(
+    model_copy, digits_model_dir, runtime, other_format
+):
+    """What the service loads is hashed; files it never reads (the checkpoint, the other format's graphs,
+    the training metrics) need only exist."""
+    own_format = "onnx" if runtime == "onnx" else "pt"
+    for name in ("checkpoint.pt", f"decoder.{other_format}", f"elbo.{other_format}", "metrics.jsonl"):
+        _append_a_byte(model_copy / name)
+    assert load_artifact(model_copy, runtime=runtime).manifest.input_shape == [1, 8, 8]
+    with pytest.raises(ArtifactError) as err:  # and every file is still hashed without a runtime
+        load_artifact(model_copy)
+    assert str(err.value).startswith(f"{model_copy / 'checkpoint.pt'} fails its sha256 check (manifest ")
+
+    scorer = model_copy / f"scorer.{other_format}"
+    scorer.unlink()
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy, runtime=runtime)
+    assert str(err.value) == f"{scorer} is missing: the model directory is incomplete"
+
+    shutil.copy(digits_model_dir / scorer.name, scorer)
+    _append_a_byte(model_copy / f"elbo.{own_format}")
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(model_copy, runtime=runtime)
+    assert str(err.value).startswith(f"{model_copy / f'elbo.{own_format}'} fails its sha256 check (manifest ")
+
+
+def test_an_unknown_runtime_is_refused(model_copy):
+    with pytest.raises(ValueError) as err:
+        load_artifact(model_copy, runtime="tensorrt")
+    assert str(err.value) == "unknown runtime 'tensorrt'; expected one of onnx, torchscript"
 
 
 def test_manifest_that_is_not_json(model_copy):
@@ -157,3 +196,28 @@ def test_asgi_app_refuses_a_bad_setting(digits_model_dir):
     assert result.stderr.strip() == (
         "vae serve: invalid setting VAE_RUNTIME: Input should be 'onnx' or 'torchscript' (got 'tensorflow')"
     )
+
+
+def test_the_service_and_vae_score_hash_only_the_onnx_graphs_they_load(model_copy, start_app, tmp_path):
+    """`vae serve` and `vae score` name their runtime to the loader: a changed checkpoint or TorchScript graph
+    does not stop them, a changed ONNX graph does."""
+    from service.core.bulk import score_file
+
+    for name in ("checkpoint.pt", "elbo.pt"):
+        _append_a_byte(model_copy / name)
+    client = start_app(model_copy)
+    instance = [0.0] * 64
+    assert client.post("/elbo", json={"instances": [instance], "seed": 0}).status_code == 200
+    data = tmp_path / "rows.npy"
+    np.save(data, np.zeros((3, 64)))
+    assert score_file(model_copy, data, tmp_path / "scores.csv", progress=False) == 3
+
+    _append_a_byte(model_copy / "elbo.onnx")
+    message = f"{model_copy / 'elbo.onnx'} fails its sha256 check"
+    with pytest.raises(ArtifactError, match=message):
+        start_app(model_copy)
+    with pytest.raises(ArtifactError, match=message):
+        score_file(model_copy, data, tmp_path / "again.csv", progress=False)
+    serve = subprocess.run([VAE, "serve", str(model_copy), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 2
+    assert serve.stderr.startswith(f"vae serve: {message}")

@@ -394,3 +394,18 @@ def test_the_commands_default_chunk_is_score_files():
         "b",
         "c",
     ]
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_tqdm_is_imported_only_to_draw_a_bar(digits_model_dir, tmp_path, progress):
+    np.save(tmp_path / "d.npy", np.zeros((50, 64)))
+    script = (
+        "import sys\n"
+        "from service.core.bulk import score_file\n"
+        f"score_file({str(digits_model_dir)!r}, {str(tmp_path / 'd.npy')!r}, {str(tmp_path / 'o.csv')!r}, "
+        f"progress={progress})\n"
+        "print('tqdm' in sys.modules, 'asyncio' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout == ("True True\n" if progress else "False False\n")
+    assert ("score: 100%" in run.stderr) is progress

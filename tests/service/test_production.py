@@ -310,7 +310,8 @@ def test_cors_allows_listed_origins(make_client):
 
 # --- settings ------------------------------------------------------------------------------------------------
 def test_threads_never_oversubscribe_the_cores(digits_model_dir, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # the host's cores: not the ones this process may use
     assert Settings(model_dir=digits_model_dir, workers=4).runtime_threads == 2
     assert Settings(model_dir=digits_model_dir, workers=16).runtime_threads == 1
     assert Settings(model_dir=digits_model_dir, workers=2, threads=3).runtime_threads == 3

@@ -74,3 +74,60 @@ def test_one_thread_runtimes_keep_one_session_per_graph(artifact):
     served = load_runtime(artifact, "onnx", threads=2)
     assert isinstance(served, OnnxRuntime) and set(served._serial_sessions) == set(served._sessions)
     assert load_runtime(artifact, "onnx", threads=1)._serial_sessions == {}  # type: ignore[attr-defined]
+
+
+def test_a_lazy_runtime_makes_each_session_at_its_first_call_and_gives_the_same_numbers(artifact, monkeypatch):
+    from service.core import runtime as runtime_module
+
+    made = []
+    make = runtime_module._session
+
+    def counting(artifact, graph, intra, inter, spinning):
+        made.append((graph, intra))
+        return make(artifact, graph, intra, inter, spinning)
+
+    monkeypatch.setattr(runtime_module, "_session", counting)
+    lazy = load_runtime(artifact, "onnx", threads=2, lazy=True)
+    eager_made = len(made)
+    eager = load_runtime(artifact, "onnx", threads=2)
+    assert eager_made == 0 and len(made) == 8  # four graphs, each with its one-thread session
+    made.clear()
+    d, shape = artifact.manifest.latent_dim, artifact.manifest.input_shape
+    rng = np.random.default_rng(2)
+    x, eps = rng.random((3, *shape), dtype=np.float32), rng.standard_normal((3, 2, d), dtype=np.float32)
+    for got, want in zip(lazy.elbo_terms(x, eps), eager.elbo_terms(x, eps), strict=True):
+        assert np.array_equal(got, want)
+    assert made == [("elbo", 1)]  # 6 draws: the one-thread session, and nothing else
+    big = rng.random((SERIAL_ROWS, *shape), dtype=np.float32)
+    for got, want in zip(lazy.encode(big), eager.encode(big), strict=True):
+        assert np.array_equal(got, want)
+    lazy.elbo_terms(x, eps)
+    assert made == [("elbo", 1), ("encoder", 2)]
+
+
+def test_threads_that_first_need_a_lazy_session_at_once_make_it_once(artifact, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.core import runtime as runtime_module
+
+    made, make, both_in = [], runtime_module._session, threading.Barrier(2)
+
+    def slow(*args):  # long enough that the other thread asks for the session while this one makes it
+        made.append(args[1])
+        time.sleep(0.2)
+        return make(*args)
+
+    monkeypatch.setattr(runtime_module, "_session", slow)
+    lazy = load_runtime(artifact, "onnx", threads=1, lazy=True)
+    x = np.zeros((2, *artifact.manifest.input_shape), dtype=np.float32)
+
+    def call(_):
+        both_in.wait()
+        return lazy.encode(x)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(call, range(2))
+    assert made == ["encoder"]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
