@@ -129,11 +129,10 @@ def train_default_vae(x_normal: np.ndarray, workdir: Path, name: str, seed: int,
 
 
 def engine_for(artifact):
-    from service.core.artifact import load_artifact
     from service.core.engine import VaeEngine
     from service.core.runtime import OnnxRuntime
 
-    return VaeEngine(artifact.manifest, OnnxRuntime(load_artifact(artifact.dir)))
+    return VaeEngine(artifact.manifest, OnnxRuntime(artifact))
 
 
 def _score_pass(engine, flat_x: np.ndarray, seed: int, iw_samples: int | None) -> tuple[np.ndarray, float]:

@@ -80,7 +80,7 @@ def score_rates(model_dir: Path, data: Path, rows: int, iw_samples: int, tmp: Pa
     )
     bulk = rows / (time.perf_counter() - started)
 
-    artifact = load_artifact(model_dir)
+    artifact = load_artifact(model_dir, runtime="onnx")
     runtime = load_runtime(artifact, "onnx")
     engine = VaeEngine(artifact.manifest, runtime)
     x = np.load(data)[:rows].astype(np.float64)

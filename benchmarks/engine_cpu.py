@@ -33,7 +33,7 @@ def measure(model_dir: Path, batch: int, iw_samples: int | None, seconds: float)
     from service.core.engine import ElboOptions, VaeEngine
     from service.core.runtime import load_runtime
 
-    artifact = load_artifact(model_dir)
+    artifact = load_artifact(model_dir, runtime="onnx")
     # One ONNX Runtime thread: its CPU time is then the work itself, not idle threads waking on a busy machine.
     engine = VaeEngine(artifact.manifest, load_runtime(artifact, "onnx", threads=1))
     manifest = artifact.manifest

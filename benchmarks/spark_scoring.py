@@ -59,7 +59,7 @@ def engine_loop(model_dir: Path, x: np.ndarray, chunk_rows: int) -> tuple[float,
     from service.core.engine import ElboOptions, VaeEngine, score_in_chunks
     from service.core.runtime import load_runtime
 
-    artifact = load_artifact(model_dir)
+    artifact = load_artifact(model_dir, runtime="onnx")
     engine = VaeEngine(artifact.manifest, load_runtime(artifact, "onnx"))
     started = time.perf_counter()
     elbo = np.concatenate([s.elbo for s in score_in_chunks(engine, x, ElboOptions(seed=0), chunk_rows=chunk_rows)])

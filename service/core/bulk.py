@@ -9,6 +9,7 @@ and the one being read.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,7 +96,9 @@ def score_file(
     Chunk i is scored as an /elbo request with those rows and seed + i would be, so the answers are the same
     whatever `streams` (chunks scored at once, in threads; default_streams() when None) or the order the chunks
     finish in: they are written in order. `columns` picks a Parquet input's feature columns by name, in that
-    order. Memory holds at most streams + 1 chunks: those being scored and the one being read.
+    order. Memory holds at most streams + 1 chunks: those being scored and the one being read. The answers go
+    into a hidden file beside `out` (`.NAME.partial-PID`), renamed to `out` once every row is written: a run
+    that fails, at any chunk, leaves no partial answers and whatever `out` held before.
     """
     streams = default_streams() if streams is None else streams
     artifact = load_artifact(model_dir, runtime=runtime)
@@ -103,7 +106,9 @@ def score_file(
     total, chunks = read_chunks(data, artifact.manifest.n_features, chunk_rows, columns, in_use=streams)
     threads = stream_threads(streams, total, chunk_rows) if runtime == "onnx" else 0
     engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=threads, lazy=True))
-    writer = open_writer(out)
+    # Written beside `out` and renamed into place once whole: a run that fails leaves `out` as it was.
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    writer = open_writer(out, into=partial)
     scoring: deque[tuple[int, int, Future[Scored]]] = deque()  # (first row, rows, its answers), in file order
     read_rows, finished = 0, False
 
@@ -137,7 +142,10 @@ def score_file(
         finished = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        writer.close()
-        if not finished:
-            out.unlink(missing_ok=True)  # a half-written answer file must not look like a whole one
+        try:
+            writer.close()
+            if finished:
+                os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)  # renamed already, or a run that failed: nothing half-written is left
     return read_rows  # all of them scored and written

@@ -157,17 +157,19 @@ class AnswerWriter(Protocol):
     def close(self) -> None: ...
 
 
-def open_writer(path: Path) -> AnswerWriter:
-    """The writer for the output file's suffix: .csv, .npy or .parquet."""
+def open_writer(path: Path, into: Path | None = None) -> AnswerWriter:
+    """The writer for the output file's suffix: .csv, .npy or .parquet; it writes into `into` when given (the
+    file to be renamed to `path` once whole: bulk.score_file), and errors name `path`."""
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
         raise BulkError(f"{path}: expected an output file ending .csv, .npy or .parquet")
+    target = into or path
     try:
         if suffix == ".csv":
-            return CsvWriter(path)
+            return CsvWriter(target)
         if suffix == ".npy":
-            return NpyWriter(path)
-        return ParquetWriter(path)
+            return NpyWriter(target)
+        return ParquetWriter(target)
     except OSError as exc:
         raise BulkError(f"{path}: cannot be written ({exc.strerror or exc})") from None
 

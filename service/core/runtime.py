@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.core import scoring
-from service.core.artifact import Artifact, GraphName
+from service.core.artifact import Artifact, GraphName, check_runtime
 from service.core.errors import ArtifactError
 
 # Calls of fewer rows than this run on one thread (OnnxRuntime): where two threads began to pay on the digits MLP.
@@ -113,7 +113,9 @@ class OnnxRuntime(_Graphs):
 
     With `lazy`, each session is made when a call first needs it (`vae score` and Spark: a file scored through
     the ELBO graph never uses the other graphs' sessions, up to seven of eight, which took 0.12 of 0.15 s to
-    make on a 784-1024-512 MLP). The service makes them all before it is ready, so no request waits for one.
+    make on a 784-1024-512 MLP), from the file's bytes checked against the manifest as they are read
+    (Artifact.read_verified): a new export may have replaced the directory since it was loaded. The service
+    makes them all before it is ready, so no request waits for one.
     """
 
     name = "onnx"
@@ -131,7 +133,7 @@ class OnnxRuntime(_Graphs):
         one_thread = (intra_op_threads or available_cores()) == 1  # 0: ONNX Runtime's default, every core
         self._serial_rows = serial_rows if not one_thread else 0
         self.call_rows = ONE_THREAD_CALL_ROWS if one_thread else scoring.DECODE_CHUNK_ROWS
-        self._artifact, self._spinning = artifact, spinning
+        self._artifact, self._spinning, self._lazy = artifact, spinning, lazy
         self._threads = {False: (intra_op_threads, inter_op_threads), True: (1, 1)}  # keyed by "serial"
         self._sessions: dict[GraphName, Any] = {}
         self._serial_sessions: dict[GraphName, Any] = {}
@@ -152,7 +154,9 @@ class OnnxRuntime(_Graphs):
             with self._making:
                 session = sessions.get(graph)
                 if session is None:
-                    session = sessions[graph] = _session(self._artifact, graph, *self._threads[serial], self._spinning)
+                    threads = self._threads[serial]
+                    session = _session(self._artifact, graph, *threads, self._spinning, verified_now=self._lazy)
+                    sessions[graph] = session
         return session
 
     def _run(self, graph: GraphName, *values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -173,8 +177,15 @@ def _rows_of_work(graph: GraphName, values: tuple[np.ndarray, ...]) -> int:
 
 
 def _session(
-    artifact: Artifact, graph: GraphName, intra_op_threads: int, inter_op_threads: int, spinning: bool
+    artifact: Artifact,
+    graph: GraphName,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    spinning: bool,
+    verified_now: bool = False,
 ) -> Any:  # an onnxruntime.InferenceSession; onnxruntime is imported only when a runtime is built
+    """The graph's session; with `verified_now`, made from its bytes as read and checked (Artifact.read_verified),
+    else from the file that load_artifact checked."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -185,8 +196,9 @@ def _session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     path = artifact.path(graph, "onnx")
+    model = artifact.read_verified(graph, "onnx") if verified_now else str(path)
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         raise ArtifactError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
 
@@ -233,6 +245,5 @@ def load_runtime(
             serial_rows=SERIAL_ROWS,
             lazy=lazy,
         )
-    if runtime == "torchscript":
-        return TorchScriptRuntime(artifact, threads=threads)
-    raise ValueError(f"unknown runtime {runtime!r}; expected 'onnx' or 'torchscript'")
+    check_runtime(runtime)
+    return TorchScriptRuntime(artifact, threads=threads)

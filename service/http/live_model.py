@@ -39,7 +39,8 @@ class ReloadFailed(ServiceError):
 
 def model_version(artifact: Artifact) -> str:
     """The first 12 hex digits of the manifest's sha256. The manifest lists the sha256 of every other
-    file, so any change to the model directory gives a new version."""
+    file, so every new export gives a new version. (A file changed by hand after export changes no version:
+    the service checks the graphs it loads, load_artifact, and reads no other file.)"""
     return hashlib.sha256((artifact.dir / MANIFEST_NAME).read_bytes()).hexdigest()[:12]
 
 

@@ -86,16 +86,26 @@ def test_a_runtime_hashes_its_own_graphs_and_needs_the_rest_present(
     assert str(err.value) == f"{scorer} is missing: the model directory is incomplete"
 
     shutil.copy(digits_model_dir / scorer.name, scorer)
-    _append_a_byte(model_copy / f"elbo.{own_format}")
-    with pytest.raises(ArtifactError) as err:
-        load_artifact(model_copy, runtime=runtime)
-    assert str(err.value).startswith(f"{model_copy / f'elbo.{own_format}'} fails its sha256 check (manifest ")
+    for graph in ("encoder", "decoder", "scorer", "elbo"):  # each graph the runtime loads is hashed
+        own = model_copy / f"{graph}.{own_format}"
+        _append_a_byte(own)
+        with pytest.raises(ArtifactError) as err:
+            load_artifact(model_copy, runtime=runtime)
+        assert str(err.value).startswith(f"{own} fails its sha256 check (manifest ")
+        shutil.copy(digits_model_dir / own.name, own)
 
 
-def test_an_unknown_runtime_is_refused(model_copy):
-    with pytest.raises(ValueError) as err:
-        load_artifact(model_copy, runtime="tensorrt")
-    assert str(err.value) == "unknown runtime 'tensorrt'; expected one of onnx, torchscript"
+def test_an_unknown_runtime_is_refused(model_copy, tmp_path):
+    from service.core.runtime import load_runtime
+
+    for call in (
+        lambda: load_artifact(model_copy, runtime="tensorrt"),
+        lambda: load_artifact(tmp_path / "nope", runtime="tensorrt"),  # the runtime is named first
+        lambda: load_runtime(load_artifact(model_copy), "tensorrt"),
+    ):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == "unknown runtime 'tensorrt'; expected one of onnx, torchscript"
 
 
 def test_manifest_that_is_not_json(model_copy):

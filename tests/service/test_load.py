@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import shutil
 import signal
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from service.core.artifact import load_artifact
 from service.core.engine import ElboOptions, VaeEngine
-from service.core.runtime import OnnxRuntime
+from service.core.runtime import OnnxRuntime, available_cores
 from tests.helpers import start_server, stop
 
 
@@ -98,11 +99,17 @@ def test_sigterm_finishes_every_accepted_request(digits_model_dir, digits_rows):
         stop(process)
 
 
-def test_several_worker_processes_share_the_cores(digits_model_dir):
-    process, base = start_server(digits_model_dir, "--workers", "2")
+def test_several_worker_processes_share_the_cores(digits_model_dir, tmp_path):
+    """Also: the command's check of the directory and each worker's hash only the ONNX graphs they load, so a
+    checkpoint or TorchScript graph changed by hand stops neither."""
+    model = Path(shutil.copytree(digits_model_dir, tmp_path / "digits"))
+    for name in ("checkpoint.pt", "elbo.pt"):
+        with (model / name).open("ab") as f:
+            f.write(b"\0")
+    process, base = start_server(model, "--workers", "2")
     try:
         card = httpx.get(f"{base}/v1/model").json()
-        assert card["runtime_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+        assert card["runtime_threads"] == max(1, available_cores() // 2)
         for _ in range(10):
             assert httpx.post(f"{base}/elbo", json={"instances": [[0.0] * 64]}).status_code == 200
     finally:

@@ -310,8 +310,7 @@ def test_cors_allows_listed_origins(make_client):
 
 # --- settings ------------------------------------------------------------------------------------------------
 def test_threads_never_oversubscribe_the_cores(digits_model_dir, monkeypatch):
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    monkeypatch.setattr("os.cpu_count", lambda: 64)  # the host's cores: not the ones this process may use
+    monkeypatch.setattr("service.http.settings.available_cores", lambda: 8)  # the CPU affinity's, not os.cpu_count's
     assert Settings(model_dir=digits_model_dir, workers=4).runtime_threads == 2
     assert Settings(model_dir=digits_model_dir, workers=16).runtime_threads == 1
     assert Settings(model_dir=digits_model_dir, workers=2, threads=3).runtime_threads == 3
@@ -628,3 +627,13 @@ def test_batched_and_unbatched_answers_agree(make_client):
             np.testing.assert_allclose(
                 np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float), rtol=1e-6, atol=1e-6
             )
+
+
+def test_the_cores_are_those_of_the_cpu_affinity(monkeypatch):
+    from service.core.runtime import available_cores
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {2, 5, 7}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert available_cores() == 3
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # macOS has none
+    assert available_cores() == 64

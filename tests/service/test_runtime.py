@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,27 +84,28 @@ def test_a_lazy_runtime_makes_each_session_at_its_first_call_and_gives_the_same_
     made = []
     make = runtime_module._session
 
-    def counting(artifact, graph, intra, inter, spinning):
-        made.append((graph, intra))
-        return make(artifact, graph, intra, inter, spinning)
+    def counting(artifact, graph, intra, inter, spinning, verified_now=False):
+        made.append((graph, intra, verified_now))
+        return make(artifact, graph, intra, inter, spinning, verified_now)
 
     monkeypatch.setattr(runtime_module, "_session", counting)
     lazy = load_runtime(artifact, "onnx", threads=2, lazy=True)
     eager_made = len(made)
     eager = load_runtime(artifact, "onnx", threads=2)
     assert eager_made == 0 and len(made) == 8  # four graphs, each with its one-thread session
+    assert not any(verified for *_, verified in made)  # checked by load_artifact just before
     made.clear()
     d, shape = artifact.manifest.latent_dim, artifact.manifest.input_shape
     rng = np.random.default_rng(2)
     x, eps = rng.random((3, *shape), dtype=np.float32), rng.standard_normal((3, 2, d), dtype=np.float32)
     for got, want in zip(lazy.elbo_terms(x, eps), eager.elbo_terms(x, eps), strict=True):
         assert np.array_equal(got, want)
-    assert made == [("elbo", 1)]  # 6 draws: the one-thread session, and nothing else
+    assert made == [("elbo", 1, True)]  # 6 draws: the one-thread session, from bytes checked as read
     big = rng.random((SERIAL_ROWS, *shape), dtype=np.float32)
     for got, want in zip(lazy.encode(big), eager.encode(big), strict=True):
         assert np.array_equal(got, want)
     lazy.elbo_terms(x, eps)
-    assert made == [("elbo", 1), ("encoder", 2)]
+    assert made == [("elbo", 1, True), ("encoder", 2, True)]
 
 
 def test_threads_that_first_need_a_lazy_session_at_once_make_it_once(artifact, monkeypatch):
@@ -114,10 +117,10 @@ def test_threads_that_first_need_a_lazy_session_at_once_make_it_once(artifact, m
 
     made, make, both_in = [], runtime_module._session, threading.Barrier(2)
 
-    def slow(*args):  # long enough that the other thread asks for the session while this one makes it
+    def slow(*args, **kwargs):  # long enough that the other thread asks for the session while this one makes it
         made.append(args[1])
         time.sleep(0.2)
-        return make(*args)
+        return make(*args, **kwargs)
 
     monkeypatch.setattr(runtime_module, "_session", slow)
     lazy = load_runtime(artifact, "onnx", threads=1, lazy=True)
@@ -131,3 +134,25 @@ def test_threads_that_first_need_a_lazy_session_at_once_make_it_once(artifact, m
         first, second = pool.map(call, range(2))
     assert made == ["encoder"]
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_a_lazy_session_refuses_a_graph_that_changed_since_the_directory_was_loaded(model_dirs, tmp_path):
+    """A new export may replace the directory during a long `vae score`: a session made then is checked first."""
+    import shutil
+
+    from service.core.errors import ArtifactError
+
+    copy = Path(shutil.copytree(model_dirs["digits"], tmp_path / "copy"))
+    lazy = load_runtime(load_artifact(copy, runtime="onnx"), "onnx", threads=1, lazy=True)
+    with (copy / "encoder.onnx").open("ab") as f:
+        f.write(b"\0")
+    x = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(ArtifactError) as err:
+        lazy.encode(x)
+    assert str(err.value).startswith(f"{copy / 'encoder.onnx'} fails its sha256 check (manifest ")
+    (copy / "decoder.onnx").unlink()
+    with pytest.raises(ArtifactError) as err:
+        lazy.decode(np.zeros((2, 4), dtype=np.float32))
+    assert str(err.value) == (
+        f"{copy / 'decoder.onnx'} cannot be read (No such file or directory): the model directory changed"
+    )
