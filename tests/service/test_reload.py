@@ -124,6 +124,18 @@ def test_a_corrupt_model_is_refused_and_the_old_one_goes_on_serving(start_app, l
     assert errors == [f"model reload from {live_dir} failed; still serving {version}: {message.split(': ', 1)[1]}"]
 
 
+def test_a_reload_hashes_only_the_graphs_of_the_served_runtime(start_app, live_dir, second_model_dir):
+    """A checkpoint or TorchScript graph changed by hand is read by nothing the service does: the reload goes on."""
+    client = start_app(live_dir)
+    replace_dir(live_dir, second_model_dir)
+    for name in ("checkpoint.pt", "decoder.pt"):
+        with (live_dir / name).open("ab") as f:
+            f.write(b"\0")
+    reloaded = client.post("/v1/model/reload", json={})
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["version"] == model_version(load_artifact(second_model_dir))
+
+
 def test_a_model_whose_export_parity_is_out_of_tolerance_is_refused(start_app, live_dir, second_model_dir):
     client = start_app(live_dir)
     version = client.get("/v1/model").json()["version"]
