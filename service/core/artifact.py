@@ -283,6 +283,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_version(model_dir: Path) -> str:
+    """The first 12 hex digits of the sha256 of the directory's manifest. The manifest lists the sha256 of every
+    other file, so every export has a version of its own."""
+    return hashlib.sha256((model_dir / MANIFEST_NAME).read_bytes()).hexdigest()[:12]
+
+
 def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
     path = model_dir / MANIFEST_NAME
     path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")

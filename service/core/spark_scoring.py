@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.core.artifact import load_artifact
+from service.core.artifact import load_artifact, manifest_version
 from service.core.bulk import DEFAULT_CHUNK_ROWS
 from service.core.engine import PER_INPUT_OUTPUTS, ElboOptions, VaeEngine
 from service.core.errors import ServiceError
@@ -50,18 +50,28 @@ def output_ddl() -> str:
     return ", ".join(fields)
 
 
-# One engine per model directory and runtime in each Python worker process: Spark reuses its workers
-# (spark.python.worker.reuse, on by default), so a model is loaded and verified once per worker, not per chunk.
-_ENGINES: dict[tuple[str, str], VaeEngine] = {}
+# One engine per model directory and runtime in each Python worker process, with its manifest's version: Spark
+# reuses its workers (spark.python.worker.reuse, on by default), so a model is loaded and verified once per
+# worker and export, not per chunk.
+_ENGINES: dict[tuple[str, str], tuple[str, VaeEngine]] = {}
 
 
 def engine_for(model_dir: str, runtime: str) -> VaeEngine:
-    """The cached engine of this worker for a model directory; one ONNX Runtime thread per Spark task slot."""
-    key = (str(Path(model_dir).resolve()), runtime)
-    if key not in _ENGINES:
-        artifact = load_artifact(model_dir, runtime=runtime)
-        _ENGINES[key] = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=1, lazy=True))
-    return _ENGINES[key]
+    """The cached engine of this worker for a model directory; one ONNX Runtime thread per Spark task slot. A new
+    export into the directory (a new manifest version) replaces it: a worker kept from an earlier job scores with
+    the model the directory holds now, never with a mix of the two (its ONNX sessions are made lazily)."""
+    path = Path(model_dir).resolve()
+    key = (str(path), runtime)
+    try:
+        version = manifest_version(path)  # a small file: read for every chunk
+    except OSError:  # gone, or being replaced this instant: load_artifact names the problem if nothing is cached
+        version = None
+    cached = _ENGINES.get(key)
+    if cached is None or (version is not None and cached[0] != version):
+        artifact = load_artifact(path, runtime=runtime)
+        engine = VaeEngine(artifact.manifest, load_runtime(artifact, runtime, threads=1, lazy=True))
+        cached = _ENGINES[key] = (version or manifest_version(path), engine)
+    return cached[1]
 
 
 def score_dataframe(

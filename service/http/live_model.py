@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import math
 import time
@@ -19,7 +18,14 @@ from dataclasses import dataclass, field
 
 from fastapi.concurrency import run_in_threadpool
 
-from service.core.artifact import MANIFEST_NAME, PARITY_TOLERANCE, Artifact, ArtifactError, load_artifact
+from service.core.artifact import (
+    MANIFEST_NAME,
+    PARITY_TOLERANCE,
+    Artifact,
+    ArtifactError,
+    load_artifact,
+    manifest_version,
+)
 from service.core.engine import VaeEngine
 from service.core.errors import ServiceError
 from service.core.runtime import Runtime, load_runtime
@@ -38,10 +44,9 @@ class ReloadFailed(ServiceError):
 
 
 def model_version(artifact: Artifact) -> str:
-    """The first 12 hex digits of the manifest's sha256. The manifest lists the sha256 of every other
-    file, so every new export gives a new version. (A file changed by hand after export changes no version:
-    the service checks the graphs it loads, load_artifact, and reads no other file.)"""
-    return hashlib.sha256((artifact.dir / MANIFEST_NAME).read_bytes()).hexdigest()[:12]
+    """The served directory's manifest_version: every new export gives a new one. (A file changed by hand after
+    export changes no version: the service checks the graphs it loads, load_artifact, and reads no other file.)"""
+    return manifest_version(artifact.dir)
 
 
 def check_parity(artifact: Artifact, runtime: str) -> None:

@@ -145,3 +145,20 @@ def test_cli_names_a_non_finite_value(spark, tabular_model_dir, rows, tmp_path, 
         f"vae score: {data}: rows 64–127: instances[6]: feature 2 is nan, too far from the training data to "
         "represent after preprocessing (beyond float32)\n"
     )  # the chunk's rows, then the engine's own words (instance 6 of the chunk is row 70)
+
+
+def test_a_worker_s_engine_follows_a_new_export_into_its_directory(tmp_path, digits_model_dir, tabular_model_dir):
+    """Spark reuses its Python workers across jobs: an engine cached by a path must not outlive the export it
+    loaded (no Spark needed: engine_for is what each worker calls per chunk)."""
+    from service.core import spark_scoring
+
+    live = Path(shutil.copytree(digits_model_dir, tmp_path / "live"))
+    first = spark_scoring.engine_for(str(live), "onnx")
+    assert spark_scoring.engine_for(str(live), "onnx") is first  # loaded once per export, not per chunk
+    shutil.rmtree(live)
+    shutil.copytree(tabular_model_dir, live)  # a new export into the same directory
+    second = spark_scoring.engine_for(str(live), "onnx")
+    assert second is not first
+    assert second.manifest == load_artifact(tabular_model_dir).manifest
+    assert spark_scoring.engine_for(str(live), "onnx") is second
+    assert [key for key in spark_scoring._ENGINES if key[0] == str(live.resolve())] == [(str(live.resolve()), "onnx")]
