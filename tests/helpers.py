@@ -42,6 +42,13 @@ def missing_tool(request: pytest.FixtureRequest, what: str, untested: str) -> No
 FAST = dict(hidden=[64, 32], latent_dim=4, epochs=12, patience=50, progress=False)
 
 
+def change_after_export(*paths: Path) -> None:
+    """Each file of a model directory changed as by hand after export: one byte appended, so its sha256 differs."""
+    for path in paths:
+        with path.open("ab") as f:
+            f.write(b"\0")
+
+
 def write_tabular_csv(path: Path, n: int = 1000, seed: int = 0) -> Path:
     """Correlated gaussian features, one constant column, and a header: what users' CSVs look like."""
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ import pytest
 
 from service.core.artifact import load_artifact
 from service.core.errors import ArtifactError
+from tests.helpers import change_after_export
 
 VAE = str(Path(sys.executable).with_name("vae"))
 
@@ -52,17 +53,11 @@ def test_missing_file(model_copy):
 
 
 def test_changed_file_fails_its_sha256(model_copy):
-    with (model_copy / "encoder.onnx").open("ab") as f:
-        f.write(b"\0")
+    change_after_export(model_copy / "encoder.onnx")
     with pytest.raises(ArtifactError) as err:
         load_artifact(model_copy)
     assert str(err.value).startswith(f"{model_copy / 'encoder.onnx'} fails its sha256 check (manifest ")
     assert str(err.value).endswith("it changed after export")
-
-
-def _append_a_byte(path: Path) -> None:
-    with path.open("ab") as f:
-        f.write(b"\0")
 
 
 @pytest.mark.parametrize(("runtime", "other_format"), [("onnx", "pt"), ("torchscript", "onnx")])
@@ -72,8 +67,8 @@ def test_a_runtime_hashes_its_own_graphs_and_needs_the_rest_present(
     """What the service loads is hashed; files it never reads (the checkpoint, the other format's graphs,
     the training metrics) need only exist."""
     own_format = "onnx" if runtime == "onnx" else "pt"
-    for name in ("checkpoint.pt", f"decoder.{other_format}", f"elbo.{other_format}", "metrics.jsonl"):
-        _append_a_byte(model_copy / name)
+    unread = ("checkpoint.pt", f"decoder.{other_format}", f"elbo.{other_format}", "metrics.jsonl")
+    change_after_export(*(model_copy / name for name in unread))
     assert load_artifact(model_copy, runtime=runtime).manifest.input_shape == [1, 8, 8]
     with pytest.raises(ArtifactError) as err:  # and every file is still hashed without a runtime
         load_artifact(model_copy)
@@ -88,7 +83,7 @@ def test_a_runtime_hashes_its_own_graphs_and_needs_the_rest_present(
     shutil.copy(digits_model_dir / scorer.name, scorer)
     for graph in ("encoder", "decoder", "scorer", "elbo"):  # each graph the runtime loads is hashed
         own = model_copy / f"{graph}.{own_format}"
-        _append_a_byte(own)
+        change_after_export(own)
         with pytest.raises(ArtifactError) as err:
             load_artifact(model_copy, runtime=runtime)
         assert str(err.value).startswith(f"{own} fails its sha256 check (manifest ")
@@ -213,8 +208,7 @@ def test_the_service_and_vae_score_hash_only_the_onnx_graphs_they_load(model_cop
     does not stop them, a changed ONNX graph does."""
     from service.core.bulk import score_file
 
-    for name in ("checkpoint.pt", "elbo.pt"):
-        _append_a_byte(model_copy / name)
+    change_after_export(model_copy / "checkpoint.pt", model_copy / "elbo.pt")
     client = start_app(model_copy)
     instance = [0.0] * 64
     assert client.post("/elbo", json={"instances": [instance], "seed": 0}).status_code == 200
@@ -222,7 +216,7 @@ def test_the_service_and_vae_score_hash_only_the_onnx_graphs_they_load(model_cop
     np.save(data, np.zeros((3, 64)))
     assert score_file(model_copy, data, tmp_path / "scores.csv", progress=False) == 3
 
-    _append_a_byte(model_copy / "elbo.onnx")
+    change_after_export(model_copy / "elbo.onnx")
     message = f"{model_copy / 'elbo.onnx'} fails its sha256 check"
     with pytest.raises(ArtifactError, match=message):
         start_app(model_copy)

@@ -14,7 +14,7 @@ import pytest
 from service.core.artifact import load_artifact
 from service.core.engine import ElboOptions, VaeEngine
 from service.core.runtime import OnnxRuntime, available_cores
-from tests.helpers import start_server, stop
+from tests.helpers import change_after_export, start_server, stop
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +103,7 @@ def test_several_worker_processes_share_the_cores(digits_model_dir, tmp_path):
     """Also: the command's check of the directory and each worker's hash only the ONNX graphs they load, so a
     checkpoint or TorchScript graph changed by hand stops neither."""
     model = Path(shutil.copytree(digits_model_dir, tmp_path / "digits"))
-    for name in ("checkpoint.pt", "elbo.pt"):
-        with (model / name).open("ab") as f:
-            f.write(b"\0")
+    change_after_export(model / "checkpoint.pt", model / "elbo.pt")
     process, base = start_server(model, "--workers", "2")
     try:
         card = httpx.get(f"{base}/v1/model").json()

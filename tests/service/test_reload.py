@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.core.artifact import MANIFEST_NAME, load_artifact
 from service.http.live_model import model_version
-from tests.helpers import start_server, stop
+from tests.helpers import change_after_export, start_server, stop
 
 DIGITS = np.arange(128, dtype=np.float64).reshape(2, 64) % 17
 BODY = {"instances": DIGITS.tolist(), "n_samples": 4, "iw_samples": 8, "seed": 5}
@@ -105,8 +105,7 @@ def test_a_corrupt_model_is_refused_and_the_old_one_goes_on_serving(start_app, l
     version = client.get("/v1/model").json()["version"]
     before = client.post("/elbo", json=BODY).json()
     replace_dir(live_dir, second_model_dir)
-    with (live_dir / "decoder.onnx").open("ab") as f:
-        f.write(b"\0")  # a file changed after export
+    change_after_export(live_dir / "decoder.onnx")
 
     message = reload_failure(client)
     assert message.startswith(
@@ -128,9 +127,7 @@ def test_a_reload_hashes_only_the_graphs_of_the_served_runtime(start_app, live_d
     """A checkpoint or TorchScript graph changed by hand is read by nothing the service does: the reload goes on."""
     client = start_app(live_dir)
     replace_dir(live_dir, second_model_dir)
-    for name in ("checkpoint.pt", "decoder.pt"):
-        with (live_dir / name).open("ab") as f:
-            f.write(b"\0")
+    change_after_export(live_dir / "checkpoint.pt", live_dir / "decoder.pt")
     reloaded = client.post("/v1/model/reload", json={})
     assert reloaded.status_code == 200, reloaded.text
     assert reloaded.json()["version"] == model_version(load_artifact(second_model_dir))

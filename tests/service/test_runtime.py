@@ -9,6 +9,7 @@ import pytest
 
 from service.core.artifact import load_artifact
 from service.core.runtime import SERIAL_ROWS, OnnxRuntime, load_runtime
+from tests.helpers import change_after_export
 
 
 class Counting:
@@ -144,8 +145,7 @@ def test_a_lazy_session_refuses_a_graph_that_changed_since_the_directory_was_loa
 
     copy = Path(shutil.copytree(model_dirs["digits"], tmp_path / "copy"))
     lazy = load_runtime(load_artifact(copy, runtime="onnx"), "onnx", threads=1, lazy=True)
-    with (copy / "encoder.onnx").open("ab") as f:
-        f.write(b"\0")
+    change_after_export(copy / "encoder.onnx")
     x = np.zeros((2, 1, 8, 8), dtype=np.float32)
     with pytest.raises(ArtifactError) as err:
         lazy.encode(x)
