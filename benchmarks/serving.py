@@ -52,6 +52,7 @@ BINARY_ROWS = 256
 JSON, NPY = "application/json", "application/x-npy"
 API_KEY = "bench-key"
 TORCHSERVE = ROOT.parent / "shared" / "peers" / "torchserve.sh"
+LEAN = "lean reference (issue 15's design)"
 MARKER = "<!-- Everything below is written by hand; benchmarks/serving.py keeps it. -->"
 
 CEILING_APP = """
@@ -306,12 +307,13 @@ def start_servers(model_dir: Path, baseline: Path | None, app_dir: Path, probe: 
     ]
     if baseline is not None:
         starts.append(("before (--baseline-src), 1 worker", lambda: vae_serve(model_dir, 1, {}, baseline)))
-    for label, module, env in (
-        ("ceiling (bare ASGI)", "ceiling:app", {}),
-        ("naive FastAPI + ORT", "naive:app", {"NAIVE_MODEL_DIR": str(model_dir)}),
+    for label, module, env, where in (
+        ("ceiling (bare ASGI)", "ceiling:app", {}, app_dir),
+        ("naive FastAPI + ORT", "naive:app", {"NAIVE_MODEL_DIR": str(model_dir)}, app_dir),
+        (LEAN, "lean_reference:app", {"LEAN_MODEL_DIR": str(model_dir), "LEAN_API_KEY": API_KEY}, ROOT / "benchmarks"),
     ):
         command = [UVICORN, module, "--port", "{port}", "--loop", "uvloop", "--http", "httptools"]
-        command += ["--log-level", "warning", "--app-dir", str(app_dir)]
+        command += ["--log-level", "warning", "--app-dir", str(where)]
         starts.append((label, lambda command=command, env=env: Server(command, env, "/elbo", ready_body=probe)))
     starts.append(("TorchServe batched (32, 5 ms)", lambda: torchserve(model_dir, 32, 5)))
     starts.append(("TorchServe batchSize 1", lambda: torchserve(model_dir, 1, 0)))
@@ -323,7 +325,22 @@ def start_servers(model_dir: Path, baseline: Path | None, app_dir: Path, probe: 
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             notes.append(f"**{label} could not run**: {reason}")
             print(f"\n!!! {notes[-1]}\n", file=sys.stderr)
+    _check_lean(servers, probe, notes)
     return servers
+
+
+def _check_lean(servers: dict, probe: bytes, notes: list) -> None:
+    """The lean reference is a yardstick only while it answers with the same bytes as `vae serve`: else it is
+    stopped and left out, loudly."""
+    ours, lean = servers.get("vae serve, 1 worker"), servers.get(LEAN)
+    if ours is None or lean is None:
+        return
+    headers = {"content-type": JSON, "authorization": f"Bearer {API_KEY}"}
+    answers = [httpx.post(s.base + "/elbo", content=probe, headers=headers, timeout=10).content for s in (ours, lean)]
+    if answers[0] != answers[1]:
+        notes.append(f"**{LEAN} left out**: its answer differs from vae serve's ({answers[1][:200]!r})")
+        print(f"\n!!! {notes[-1]}\n", file=sys.stderr)
+        servers.pop(LEAN).stop()
 
 
 def bench(model_dir: Path, duration: float, rounds: int, baseline: Path | None) -> dict:
@@ -384,7 +401,7 @@ def bench(model_dir: Path, duration: float, rounds: int, baseline: Path | None) 
 
 def server_log_lines(path: Path) -> int:
     """The access log lines the server wrote: proof that logging was on while it was measured."""
-    return sum(1 for line in path.read_text().splitlines() if '"logger":"vae.access"' in line)
+    return sum(1 for line in path.read_text().splitlines() if re.search('"logger":"(vae|lean)\\.access"', line))
 
 
 def _rps(runs: dict, label: str, c: int) -> float | None:
@@ -426,6 +443,17 @@ def targets(out: dict) -> list[tuple[str, str, str]]:
     two = "vae serve, 2 workers, iw_samples=1"
     ratio("(2 workers) iw_samples=1, c=64 against TorchServe batched", two, 64, ts32, 2.0)
     ratio("(2 workers) iw_samples=1, c=64 against the ceiling", two, 64, "ceiling (bare ASGI)", 0.35)
+    # The yardstick: what the issue's own lean design reaches against the same targets, and ours as a share of it.
+    ratio(f"(yardstick) {LEAN}, c=64, against TorchServe batched", LEAN, 64, ts32, 2.0)
+    ratio(f"(yardstick) {LEAN}, c=64, against the ceiling", LEAN, 64, "ceiling (bare ASGI)", 0.35)
+    ratio(f"(yardstick) {LEAN}, c=1, against the naive app", LEAN, 1, "naive FastAPI + ORT", 1.5)
+    ratio(
+        f"(yardstick) vae serve, 1 worker, iw_samples=1, c=64, against the {LEAN}",
+        f"{one}, iw_samples=1",
+        64,
+        LEAN,
+        1.0,
+    )
     for label in ("vae serve, 1 worker", "vae serve, 2 workers"):
         server = out["servers"].get(label)
         if server is None:
@@ -483,7 +511,12 @@ def render(out: dict, duration: float, command: str) -> str:
         "orjson and returns a constant; the naive app is FastAPI with a pydantic body and a sync endpoint that "
         "runs ONNX Runtime once per request and computes a plain ELBO; TorchServe "
         "(`../shared/peers/torchserve.sh`) serves the TorchScript graphs of the same model and computes a "
-        "single-draw ELBO, one worker. One more cell sends 256 instances per request as a binary .npy body "
+        "single-draw ELBO, one worker. The lean reference (benchmarks/lean_reference.py) is the one-worker server "
+        "issue 15 describes as its measure of what Python can do: bare ASGI under uvicorn, orjson, a batcher "
+        "feeding one worker thread, the same ELBO graph, the decision and p-value, request ids, and metrics and "
+        "a JSON access log once per batch; it answers this request with the same bytes as `vae serve` (checked "
+        "before measuring) but leaves out the service's validation messages, limits, deadlines and every other "
+        "route. One more cell sends 256 instances per request as a binary .npy body "
         "(`Content-Type: application/x-npy`, `?n_samples=1&iw_samples=1&seed=1`).",
         "",
         "The last column is the CPU time the server's own processes used per request in that round (user and "

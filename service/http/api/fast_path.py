@@ -111,7 +111,7 @@ class FastPath:
         executor = live.executor
         deadline = executor.deadline()
         try:
-            raw = await _body(receive)
+            raw = await receive_body(receive)
             if raw is None:  # the client went away before its body arrived: nobody to answer
                 state["batch_size"] = None
                 return
@@ -155,7 +155,7 @@ class FastPath:
 _NOT_TAKEN: tuple[None, None] = (None, None)
 
 
-async def _body(receive) -> bytes | None:
+async def receive_body(receive) -> bytes | None:
     """The whole body (its size already checked against the limit from Content-Length); None on disconnect."""
     message = await receive()
     if message["type"] != "http.request":
